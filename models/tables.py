@@ -1,0 +1,187 @@
+"""The outbox schema: messages, their append-only attempts, chatbots, operator actions.
+
+The schema only ever reaches a database through Alembic migrations
+(`oaksend migrate`); these classes are the models that `alembic check`
+compares the migrations against.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Explicit constraint names, so migrations are stable across databases.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Message states. Open states can still change; terminal ones only by operator retry.
+OPEN_STATES = ("pending", "dispatched", "sending")
+TERMINAL_STATES = ("sent", "failed", "unknown", "expired", "cancelled")
+STATES = OPEN_STATES + TERMINAL_STATES
+#: States an operator may send again.
+RETRYABLE_STATES = ("failed", "unknown", "expired", "cancelled")
+
+#: A 64-bit integer primary key that is still SQLite's ROWID alias.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        from datetime import timezone
+
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        from datetime import timezone
+
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _states_check(column: str, states: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(s) for s in states)})"
+
+
+class Message(Base):
+    """One SMS to send: a row of the outbox. Created before anything else happens."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    serial_number: Mapped[str] = mapped_column(String(64))
+    to_phone: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    segments: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    #: Calls made to the API for this message (every one has an attempts row).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Failures counted against max_attempts (throttling does not count).
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: Attempts whose outcome was ambiguous (the SMS may have gone out).
+    ambiguous: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Set while dispatched or sending: who holds the row, and until when.
+    lease_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
+    last_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    session_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(_states_check("state", STATES), name="state"),
+        Index("ix_messages_due", "state", "next_attempt_at"),
+        Index("ix_messages_chatbot_due", "serial_number", "state", "next_attempt_at"),
+        Index("ix_messages_lease", "state", "lease_until"),
+        Index("ix_messages_deadline", "state", "deadline_at"),
+        Index("ix_messages_phone", "to_phone", "state"),
+        Index("ix_messages_created", "created_at"),
+    )
+
+
+class Attempt(Base):
+    """One call made to SendTwilioMessage: append-only, never updated."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("messages.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data_status: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    data_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    session_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    classification: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    __table_args__ = (Index("ix_attempts_message", "message_id", "number"),)
+
+
+class Chatbot(Base):
+    """Per-chatbot (SerialNumber) limits and pause state; a missing row means defaults."""
+
+    __tablename__ = "chatbots"
+
+    serial_number: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rate_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Optional second limit counted in SMS segments rather than messages.
+    segments_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pause_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OperatorAction(Base):
+    """An operator's (or campaign's) action on a message, kept for the audit trail."""
+
+    __tablename__ = "operator_actions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("messages.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_operator_actions_message", "message_id"),)
+
+
+class SuppressedNumber(Base):
+    """Numbers that must not be texted again (recipient replied STOP, or a landline)."""
+
+    __tablename__ = "suppressed_numbers"
+
+    to_phone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

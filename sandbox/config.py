@@ -1,0 +1,448 @@
+"""The sandbox's configuration: one frozen dataclass and its parsers.
+
+Flags, ``SANDBOX_*`` environment variables and the runtime
+``POST /_sandbox/config`` body all go through the same per-field parsers, so
+the three ways of configuring the fake cannot drift apart. Precedence at start:
+flag, then environment variable, then the dataclass default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.exceptions import ConfigError
+
+ENV_PREFIX = "SANDBOX_"
+#: read when neither --api-key nor SANDBOX_API_KEY is given, so the sandbox
+#: accepts the key a developer's oaksend settings already send
+FALLBACK_API_KEY_ENV = "NEWOAKS_API_KEY"
+
+#: random faults, in the order their probability bands are laid out on [0, 1)
+PROBABILITY_FIELDS = (
+    "p_429",
+    "p_500",
+    "p_502",
+    "p_503",
+    "p_504",
+    "p_code_500",
+    "p_status_false",
+    "p_twilio_error",
+    "p_hang",
+    "p_reset",
+    "p_malformed",
+)
+
+#: settings bound to the listening socket or the process, not changeable at runtime
+STARTUP_ONLY = frozenset({"host", "port", "log_level"})
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Added response delay, in milliseconds: fixed or drawn from a distribution."""
+
+    kind: str = "fixed"  #: fixed | uniform | normal | exp
+    a_ms: float = 0.0  #: fixed value, uniform low, normal mean, exp mean
+    b_ms: float = 0.0  #: uniform high, normal standard deviation
+
+    def sample_s(self, rng: random.Random) -> float:
+        """One delay in seconds (never negative)."""
+        if self.kind == "fixed":
+            ms = self.a_ms
+        elif self.kind == "uniform":
+            ms = rng.uniform(self.a_ms, self.b_ms)
+        elif self.kind == "normal":
+            ms = rng.gauss(self.a_ms, self.b_ms)
+        else:  # exp
+            ms = rng.expovariate(1.0 / self.a_ms) if self.a_ms > 0 else 0.0
+        return max(ms, 0.0) / 1000.0
+
+    @property
+    def is_zero(self) -> bool:
+        return self.kind == "fixed" and self.a_ms == 0
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return f"{self.a_ms:g}"
+        if self.kind == "exp":
+            return f"exp:{self.a_ms:g}"
+        return f"{self.kind}:{self.a_ms:g},{self.b_ms:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A server-side rate limit of one chatbot: ``rate_per_s`` with ``burst`` requests at once."""
+
+    rate_per_s: float
+    burst: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.rate_per_s:g}:{self.burst}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rate_per_s": self.rate_per_s, "burst": self.burst}
+
+
+# --- value parsers: each accepts a string (flag, env) or an already typed JSON value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what}: expected a finite number, got {value!r}")
+    return number
+
+
+def _integer(value: Any, what: str) -> int:
+    number = _number(value, what)
+    if number != int(number):
+        raise ConfigError(f"{what}: expected an integer, got {value!r}")
+    return int(number)
+
+
+def parse_probability(value: Any) -> float:
+    p = _number(value, "probability")
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"probability must be within [0, 1], got {value!r}")
+    return p
+
+
+def parse_seconds(value: Any) -> float:
+    s = _number(value, "seconds")
+    if s < 0:
+        raise ConfigError(f"seconds must not be negative, got {value!r}")
+    return s
+
+
+def parse_retry_after(value: Any) -> int:
+    """Whole seconds for the Retry-After header; a negative value omits the header."""
+    return _integer(value, "retry-after")
+
+
+def parse_port(value: Any) -> int:
+    port = _integer(value, "port")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be within 0..65535, got {value!r}")
+    return port
+
+
+def parse_seed(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip() in ("", "none")):
+        return None
+    return _integer(value, "seed")
+
+
+def parse_optional_str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {value!r}")
+    return value
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def parse_log_level(value: Any) -> str:
+    level = parse_str(value).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"unknown log level {value!r}")
+    return level
+
+
+def parse_latency(value: Any) -> Latency:
+    """``20`` (fixed ms), ``uniform:10,50``, ``normal:30,10`` or ``exp:20``."""
+    if isinstance(value, Latency):
+        return value
+    if not isinstance(value, str):
+        ms = _number(value, "latency")
+        if ms < 0:
+            raise ConfigError(f"latency must not be negative, got {value!r}")
+        return Latency("fixed", ms)
+    kind, sep, args = value.strip().partition(":")
+    if not sep:
+        kind, args = "fixed", kind
+    kind = kind.lower()
+    arity = {"fixed": 1, "exp": 1, "uniform": 2, "normal": 2}
+    if kind not in arity:
+        raise ConfigError(f"latency: unknown distribution {kind!r} (fixed, uniform, normal, exp)")
+    parts = [p for p in args.split(",") if p.strip()]
+    if len(parts) != arity[kind]:
+        raise ConfigError(f"latency: {kind} takes {arity[kind]} value(s) in ms, got {value!r}")
+    numbers = [_number(p, "latency") for p in parts]
+    if any(n < 0 for n in numbers):
+        raise ConfigError(f"latency values must not be negative, got {value!r}")
+    if kind == "uniform" and numbers[0] > numbers[1]:
+        raise ConfigError(f"latency: uniform low is above high in {value!r}")
+    return Latency(kind, numbers[0], numbers[1] if len(numbers) > 1 else 0.0)
+
+
+def parse_limit(value: Any) -> Limit:
+    """``RATE[:BURST]``: requests per second (may be fractional) and a burst of at least 1."""
+    if isinstance(value, Limit):
+        return value
+    if isinstance(value, Mapping):
+        rate, burst = value.get("rate_per_s"), value.get("burst", 1)
+    elif isinstance(value, str):
+        rate, _, burst_text = value.strip().partition(":")
+        burst = burst_text or 1
+    else:
+        rate, burst = value, 1
+    limit = Limit(_number(rate, "limit rate"), _integer(burst, "limit burst"))
+    if limit.rate_per_s <= 0 or limit.burst < 1:
+        raise ConfigError(f"limit needs a rate > 0 and a burst >= 1, got {value!r}")
+    return limit
+
+
+def parse_optional_limit(value: Any) -> Limit | None:
+    if value is None or (isinstance(value, str) and value.strip() in ("", "none")):
+        return None
+    return parse_limit(value)
+
+
+def parse_limits(value: Any) -> dict[str, Limit]:
+    """``SN1=5:1,SN2=20:2``, a list of ``SERIAL=RATE[:BURST]``, or ``{"SN1": "5:1"}``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {parse_str(serial): parse_limit(limit) for serial, limit in value.items()}
+    entries: Iterable[Any]
+    if isinstance(value, str):
+        entries = value.split(",")
+    elif isinstance(value, Sequence):
+        entries = [part for item in value for part in str(item).split(",")]
+    else:
+        raise ConfigError(f"limits: expected SERIAL=RATE[:BURST] entries, got {value!r}")
+    limits: dict[str, Limit] = {}
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        serial, sep, limit = entry.partition("=")
+        if not sep or not serial.strip():
+            raise ConfigError(f"limit entry must be SERIAL=RATE[:BURST], got {entry!r}")
+        limits[serial.strip()] = parse_limit(limit)
+    return limits
+
+
+def parse_twilio_codes(value: Any) -> tuple[int, ...]:
+    """One Twilio error code or several (``21610,30022``): each fault picks one at random."""
+    if isinstance(value, str):
+        items: list[Any] = [p for p in value.split(",") if p.strip()]
+    elif isinstance(value, Sequence):
+        items = list(value)
+    else:
+        items = [value]
+    codes = tuple(_integer(item, "twilio code") for item in items)
+    if not codes:
+        raise ConfigError("twilio-code needs at least one code")
+    return codes
+
+
+def parse_twilio_code(value: Any) -> int:
+    return _integer(value, "twilio code")
+
+
+# --- the configuration
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the fake API does: where it listens, what it accepts, which faults it injects."""
+
+    host: str = "127.0.0.1"
+    port: int = 8099  #: 0 picks a free port
+    api_key: str = field(default="sandbox-key", repr=False)  # never in a repr, a log or a record
+    seed: int | None = None  #: None draws a fresh seed
+    latency: Latency = Latency()
+    p_429: float = 0.0
+    retry_after: int = 1  #: seconds in Retry-After of random and scripted 429s; < 0 omits it
+    burst_429_every: float = 0.0  #: seconds between the starts of 429 bursts; 0 disables
+    burst_429_for: float = 0.0  #: seconds each burst lasts
+    p_500: float = 0.0
+    p_502: float = 0.0
+    p_503: float = 0.0
+    p_504: float = 0.0
+    p_code_500: float = 0.0
+    p_status_false: float = 0.0
+    status_false_code: int = 30003  #: Twilio code quoted in Data.Message of a Status "False"
+    p_twilio_error: float = 0.0
+    twilio_code: tuple[int, ...] = (21610,)
+    p_hang: float = 0.0
+    hang_s: float = 30.0
+    p_reset: float = 0.0
+    p_malformed: float = 0.0
+    limits: Mapping[str, Limit] = field(default_factory=dict)
+    default_limit: Limit | None = None
+    limit_slack_ms: float = 0.0  #: early arrival forgiven by the limiter (network jitter)
+    record_file: str | None = None  #: JSON lines written on exit
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        total = sum(getattr(self, name) for name in PROBABILITY_FIELDS)
+        if total > 1.0 + 1e-9:
+            raise ConfigError(
+                f"fault probabilities add up to {total:g} > 1: they are exclusive bands of one draw"
+            )
+        if self.burst_429_every and self.burst_429_for > self.burst_429_every:
+            raise ConfigError("burst-429-for must not exceed burst-429-every")
+        if not self.twilio_code:
+            raise ConfigError("twilio-code needs at least one code")
+        if not self.api_key:
+            raise ConfigError("api-key must not be empty")
+
+    def limit_for(self, serial: str) -> Limit | None:
+        """The configured limit of a chatbot, else the default limit."""
+        return self.limits.get(serial, self.default_limit)
+
+    def updated(self, changes: Mapping[str, Any]) -> Config:
+        """A copy with runtime ``changes`` (flag names; dashes or underscores) applied and validated."""
+        values: dict[str, Any] = {}
+        for raw_name, raw_value in changes.items():
+            name = normalize_name(raw_name)
+            if name not in FIELDS:
+                raise ConfigError(f"unknown setting {raw_name!r}")
+            if name in STARTUP_ONLY:
+                raise ConfigError(f"{raw_name!r} cannot change at runtime")
+            values[name] = FIELDS[name].parse(raw_value)
+        return dataclasses.replace(self, **values)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The configuration as JSON, without the API key."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "api_key":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, Latency):
+                value = str(value)
+            elif isinstance(value, Limit):
+                value = str(value)
+            elif f.name == "limits":
+                value = {serial: str(limit) for serial, limit in value.items()}
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """How one setting is read from a flag, an environment variable and runtime JSON."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    help: str
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+_SPECS = [
+    FieldSpec("host", parse_str, "address to listen on (default 127.0.0.1)"),
+    FieldSpec("port", parse_port, "port to listen on; 0 picks a free one (default 8099)"),
+    FieldSpec("api_key", parse_str, f"accepted Authorization value (env also {FALLBACK_API_KEY_ENV}; default sandbox-key)", "KEY"),
+    FieldSpec("seed", parse_seed, "seed of the fault random source (default: fresh)", "INT"),
+    FieldSpec("latency", parse_latency, "added delay in ms: 20, uniform:10,50, normal:30,10, exp:20", "SPEC"),
+    FieldSpec("p_429", parse_probability, "probability of HTTP 429", "P"),
+    FieldSpec("retry_after", parse_retry_after, "Retry-After seconds of 429s; negative omits the header (default 1)", "S"),
+    FieldSpec("burst_429_every", parse_seconds, "every S seconds start a burst of 429s (0: never)", "S"),
+    FieldSpec("burst_429_for", parse_seconds, "length of each 429 burst in seconds", "S"),
+    FieldSpec("p_500", parse_probability, "probability of HTTP 500", "P"),
+    FieldSpec("p_502", parse_probability, "probability of HTTP 502 (HTML body)", "P"),
+    FieldSpec("p_503", parse_probability, "probability of HTTP 503", "P"),
+    FieldSpec("p_504", parse_probability, "probability of HTTP 504 (HTML body)", "P"),
+    FieldSpec("p_code_500", parse_probability, "probability of HTTP 200 with envelope Code 500", "P"),
+    FieldSpec("p_status_false", parse_probability, "probability of HTTP 200, Code 200, Data.Status \"False\"", "P"),
+    FieldSpec("status_false_code", parse_twilio_code, "Twilio code quoted by Status \"False\" (default 30003)", "CODE"),
+    FieldSpec("p_twilio_error", parse_probability, "probability of HTTP 200, Code 400, a Twilio error Message", "P"),
+    FieldSpec("twilio_code", parse_twilio_codes, "Twilio error code(s) for --p-twilio-error, e.g. 21610,30022", "CODES"),
+    FieldSpec("p_hang", parse_probability, "probability of never answering (for --hang-s, then close)", "P"),
+    FieldSpec("hang_s", parse_seconds, "seconds a hung request is held before the connection closes (default 30)", "S"),
+    FieldSpec("p_reset", parse_probability, "probability of resetting the connection without an answer", "P"),
+    FieldSpec("p_malformed", parse_probability, "probability of HTTP 200 with a malformed body", "P"),
+    FieldSpec("limits", parse_limits, "per-chatbot limit SERIAL=RATE[:BURST], repeatable (env SANDBOX_LIMITS=SN1=5:1,SN2=20:2)", "SERIAL=RATE[:BURST]"),
+    FieldSpec("default_limit", parse_optional_limit, "limit of chatbots without their own --limit", "RATE[:BURST]"),
+    FieldSpec("limit_slack_ms", parse_seconds, "how early (ms) a request may come before the limiter counts it a violation (default 0)", "MS"),
+    FieldSpec("record_file", parse_optional_str, "write the request records here as JSON lines on exit", "PATH"),
+    FieldSpec("log_level", parse_log_level, "DEBUG logs each request with masked numbers (default INFO)", "LEVEL"),
+]
+FIELDS: dict[str, FieldSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def normalize_name(name: str) -> str:
+    """``--p-503``, ``p-503``, ``P_503``, ``SANDBOX_P_503`` and ``limit`` all name their field."""
+    key = name.strip().lstrip("-").lower().replace("-", "_")
+    key = key.removeprefix(ENV_PREFIX.lower())
+    return "limits" if key == "limit" else key
+
+
+def _argtype(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """Makes argparse print the parser's own message instead of a generic one."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def build_parser(prog: str = "oaksend sandbox") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Fake NewOaks SendTwilioMessage API with fault injection. "
+        f"Every flag also reads {ENV_PREFIX}<FLAG_NAME> from the environment; flags win.",
+    )
+    for spec in _SPECS:
+        if spec.name == "limits":
+            # Repeatable and kept as text: the entries are merged after parsing.
+            parser.add_argument("--limit", dest="limits", action="append", metavar=spec.metavar, help=spec.help)
+        else:
+            parser.add_argument(spec.flag, type=_argtype(spec.parse), metavar=spec.metavar, help=spec.help)
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration from flags over environment over defaults.
+
+    Raises :class:`ConfigError` for an invalid value; argparse exits on a bad flag.
+    """
+    env = os.environ if environ is None else environ
+    namespace = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for spec in _SPECS:
+        flag_value = getattr(namespace, spec.name)
+        env_value = env.get(spec.env) or None
+        if spec.name == "api_key" and env_value is None:
+            env_value = env.get(FALLBACK_API_KEY_ENV) or None
+        try:
+            if flag_value is not None:
+                values[spec.name] = parse_limits(flag_value) if spec.name == "limits" else flag_value
+            elif env_value is not None:
+                values[spec.name] = spec.parse(env_value)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.env}: {exc}") from exc
+    return Config(**values)

@@ -1,0 +1,125 @@
+"""The one settings object of oaksend, read from the environment (and `.env`).
+
+Every process (producer, worker, dispatcher, CLI) builds a `Settings` once and
+passes it explicitly; nothing reads the environment elsewhere.  Units are in
+the names (`_s` seconds, `_per_s` per second).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+#: Values that look like a key but are only the documentation's placeholder.
+_PLACEHOLDER_KEYS = {"", "<your-secret-key>", "your-secret-key", "changeme", "xxx"}
+
+_VERDICTS = {"sent", "retry", "final", "ambiguous"}
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both the bare name the README documents and the OAKSEND_ one."""
+    return AliasChoices(name, f"OAKSEND_{name}")
+
+
+class Settings(BaseSettings):
+    """oaksend configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # -- stores ---------------------------------------------------------------------------
+    database_url: str = Field("sqlite:///oaksend.db", validation_alias=_env("DATABASE_URL"))
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+
+    # -- the API --------------------------------------------------------------------------
+    newoaks_region: Literal["us", "eu"] = Field("us", validation_alias="NEWOAKS_REGION")
+    newoaks_base_url: str | None = Field(None, validation_alias="NEWOAKS_BASE_URL")
+    newoaks_api_key: SecretStr | None = Field(None, validation_alias="NEWOAKS_API_KEY")
+    connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("CONNECT_TIMEOUT_S"))
+    read_timeout_s: float = Field(15.0, gt=0, validation_alias=_env("READ_TIMEOUT_S"))
+
+    # -- retries, backoff, deadlines ------------------------------------------------------
+    max_attempts: int = Field(5, ge=1, validation_alias=_env("MAX_ATTEMPTS"))
+    backoff_base_s: float = Field(2.0, gt=0, validation_alias=_env("BACKOFF_BASE_S"))
+    backoff_cap_s: float = Field(300.0, gt=0, validation_alias=_env("BACKOFF_CAP_S"))
+    retry_later_floor_s: float = Field(300.0, ge=0, validation_alias=_env("RETRY_LATER_FLOOR_S"))
+    retry_after_cap_s: float = Field(3600.0, gt=0, validation_alias=_env("RETRY_AFTER_CAP_S"))
+    default_deadline_s: float = Field(3 * 3600.0, gt=0, validation_alias=_env("DEFAULT_DEADLINE_S"))
+    ambiguous_policy: Literal["retry", "hold"] = Field(
+        "retry", validation_alias=_env("AMBIGUOUS_POLICY")
+    )
+    #: JSON object mapping a Code (envelope Code, HTTP status or Twilio code) to a verdict.
+    code_overrides: dict[int, str] = Field(default_factory=dict, validation_alias=_env("CODE_OVERRIDES"))
+
+    # -- rate limits ----------------------------------------------------------------------
+    default_rate_per_s: float = Field(1.0, gt=0, validation_alias=_env("DEFAULT_RATE_PER_S"))
+    default_burst: int = Field(1, ge=1, validation_alias=_env("DEFAULT_BURST"))
+    #: A worker waits in-process for a rate token at most this long, else it hands the message back.
+    max_token_wait_s: float = Field(1.0, ge=0, validation_alias=_env("MAX_TOKEN_WAIT_S"))
+
+    # -- dispatch and leases --------------------------------------------------------------
+    lease_s: float = Field(30.0, gt=0, validation_alias=_env("LEASE_S"))
+    dispatch_interval_s: float = Field(1.0, gt=0, validation_alias=_env("DISPATCH_INTERVAL_S"))
+    dispatch_batch_size: int = Field(20, ge=1, le=1000, validation_alias=_env("DISPATCH_BATCH_SIZE"))
+    #: How much work (seconds of each chatbot's rate) may sit in the broker at once.
+    dispatch_lookahead_s: float = Field(2.0, gt=0, validation_alias=_env("DISPATCH_LOOKAHEAD_S"))
+    #: Upper bound of messages dispatched per chatbot per pass, whatever its rate.
+    dispatch_max_per_pass: int = Field(500, ge=1, validation_alias=_env("DISPATCH_MAX_PER_PASS"))
+    queue_name: str = Field("oaksend", validation_alias=_env("QUEUE_NAME"))
+
+    @field_validator("code_overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"CODE_OVERRIDES must be a JSON object: {exc.msg}") from None
+        if isinstance(value, dict):
+            bad = {k: v for k, v in value.items() if str(v).lower() not in _VERDICTS}
+            if bad:
+                raise ValueError(f"CODE_OVERRIDES verdicts must be one of {sorted(_VERDICTS)}")
+            return {int(k): str(v).lower() for k, v in value.items()}
+        return value
+
+    @field_validator("newoaks_base_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    # -- derived --------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """The API base URL: NEWOAKS_BASE_URL when set, else the region's."""
+        from worker.client import base_url_for
+
+        return base_url_for(self.newoaks_region, self.newoaks_base_url)
+
+    def api_key(self) -> str:
+        """The secret key, checked; raises ConfigError (without the value) when unusable."""
+        key = self.newoaks_api_key.get_secret_value() if self.newoaks_api_key else ""
+        if key.strip().lower() in _PLACEHOLDER_KEYS:
+            raise ConfigError(
+                "NEWOAKS_API_KEY is not set: workers need the chatbot account's secret key"
+            )
+        if key != key.strip():
+            raise ConfigError("NEWOAKS_API_KEY has leading or trailing spaces (the API answers 401)")
+        return key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning pydantic's multi-line errors into one ConfigError line."""
+    from pydantic import ValidationError as PydanticValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise ConfigError(f"{loc.upper()}: {first.get('msg')}") from None
