@@ -15,6 +15,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     instead of failing with "database is locked" on a read-to-write upgrade.
     PostgreSQL: pre-ping, so a connection killed during an outage is replaced.
     """
+    # Errors must not carry phone numbers or texts into logs and tracebacks.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):

@@ -67,7 +67,7 @@ def parse_token(token: str) -> Outcome:
         if head == "twilio":
             code = int(arg) if arg else None
             return Outcome("twilio", twilio_code=code, label=f"twilio:{code}" if arg else "twilio")
-        if head == "hang" and (not arg or float(arg) >= 0):
+        if head == "hang" and (not arg or 0 <= float(arg) < math.inf):
             return Outcome("hang", hang_s=float(arg) if arg else None, label="hang")
         if text == "reset":
             return Outcome("reset", label="reset")

@@ -17,7 +17,7 @@ import math
 import re
 import ssl
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -63,6 +63,8 @@ _LITERAL_PREFIXES: Final = frozenset(
 )
 _DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 _DIGITS = re.compile(r"\d{1,19}", re.ASCII)
+# email.utils raises any of these for a junk date, depending on the junk.
+_DATE_ERRORS: Final = (TypeError, ValueError, IndexError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ class NewOaksClient:
         try:
             with self._http.stream("POST", self._url, content=payload) as response:
                 return self._receive(response, started_s)
-        except Exception as exc:  # the boundary: nothing from httpx gets past it
+        except (httpx.HTTPError, OSError) as exc:  # the boundary: httpx stops here
             return _transport_error(exc, self._api_key)
 
     def close(self) -> None:
@@ -230,35 +232,33 @@ class NewOaksClient:
         chunks: list[bytes] = []
         size = 0
         incomplete: str | None = None
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_body_bytes:
-            incomplete = "body too large"
-        else:
-            try:
-                for chunk in response.iter_bytes():
-                    if size + len(chunk) > self._max_body_bytes:
-                        chunks.append(chunk[: self._max_body_bytes - size])
-                        incomplete = "body too large"
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if (
-                        self._response_deadline_s is not None
-                        and time.monotonic() - started_s > self._response_deadline_s
-                    ):
-                        incomplete = "body read failed: read_timeout"
-                        break
-            except Exception as exc:
-                # The status line and headers arrived, so keep them: a 429 or
-                # 503 is still safe to retry even if its body broke off.
-                incomplete = f"body read failed: {_transport_error(exc, self._api_key).kind}"
-        envelope = parse_envelope(
+        try:
+            for chunk in response.iter_bytes():
+                if size + len(chunk) > self._max_body_bytes:
+                    # Keep what fits, for the excerpt; leaving the with-block
+                    # closes the connection instead of draining the rest.
+                    chunks.append(chunk[: self._max_body_bytes - size])
+                    incomplete = "body too large"
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if (
+                    self._response_deadline_s is not None
+                    and time.monotonic() - started_s > self._response_deadline_s
+                ):
+                    incomplete = "body read failed: read_timeout"
+                    break
+        except (httpx.HTTPError, OSError) as exc:
+            # The status line and headers arrived, so keep them: a 429 or 503
+            # is still safe to retry even if its body broke off.
+            incomplete = f"body read failed: {_transport_error(exc, self._api_key).kind}"
+        return parse_envelope(
             response.status_code,
             b"".join(chunks),
             retry_after_s=retry_after_s,
             incomplete=incomplete,
+            secret=self._api_key,
         )
-        return _redact_envelope(envelope, self._api_key)
 
 
 def parse_envelope(
@@ -267,6 +267,7 @@ def parse_envelope(
     *,
     retry_after_s: float | None = None,
     incomplete: str | None = None,
+    secret: str | None = None,
 ) -> Envelope:
     """Parse a response body into an :class:`Envelope`; never raises.
 
@@ -276,10 +277,17 @@ def parse_envelope(
         retry_after_s: the already parsed Retry-After, carried along.
         incomplete: why the body is not whole ("body too large", "body read
             failed: ..."), if so; the body is then not parsed, only excerpted.
+        secret: a string to cut out of every text taken from the body (the API
+            key, in case an error page echoes the request headers).
     """
-    excerpt = body[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:_EXCERPT_CHARS]
+    # Redact before cutting the excerpt, so no prefix of the key survives.
+    head = body[: _EXCERPT_CHARS * 4 + len(secret or "")].decode("utf-8", errors="replace")
+    excerpt = _redact(head, secret)[:_EXCERPT_CHARS]
     fields: dict[str, Any] = {}
     malformed = incomplete if incomplete is not None else _parse_fields(body, fields)
+    for name in ("message", "data_status", "data_message", "version"):
+        if fields.get(name) is not None:
+            fields[name] = _redact(fields[name], secret)
     return Envelope(
         http_status=http_status,
         success=fields.get("success"),
@@ -396,7 +404,7 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
         if now.tzinfo is None:
             now = now.replace(tzinfo=timezone.utc)
         delay_s = (when - now).total_seconds()
-    except Exception:  # email.utils raises several types for junk dates
+    except _DATE_ERRORS:
         return None
     if not math.isfinite(delay_s):
         return None
@@ -410,7 +418,7 @@ def _reference_time(response: httpx.Response) -> datetime:
         try:
             parsed = parsedate_to_datetime(date)
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-        except Exception:
+        except _DATE_ERRORS:
             pass
     return datetime.now(timezone.utc)
 
@@ -472,29 +480,14 @@ def _safe_detail(exc: BaseException, secret: str) -> str:
     return text[:_DETAIL_CHARS]
 
 
-def _redact(text: str, secret: str) -> str:
+def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, _REDACTED) if secret else text
-
-
-def _redact_envelope(envelope: Envelope, secret: str) -> Envelope:
-    """Cut the API key out of everything the server wrote (an echoing error page)."""
-    return replace(
-        envelope,
-        message=None if envelope.message is None else _redact(envelope.message, secret),
-        data_message=(
-            None if envelope.data_message is None else _redact(envelope.data_message, secret)
-        ),
-        data_status=(
-            None if envelope.data_status is None else _redact(envelope.data_status, secret)
-        ),
-        body_excerpt=_redact(envelope.body_excerpt, secret),
-    )
 
 
 def _check_base_url(base_url: str) -> None:
     try:
         url = httpx.URL(base_url)
-    except Exception:
+    except (httpx.InvalidURL, TypeError, ValueError):
         raise ConfigError("base_url is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError("base_url must be an http:// or https:// URL with a host")

@@ -1,0 +1,235 @@
+"""The fake API's behaviour: routing, state and the control endpoints, without I/O.
+
+:meth:`SandboxApp.handle` turns one parsed request into an :class:`Action`
+(an answer, a delay, or "hang"/"reset"); the server applies it to the
+connection. Time is passed in, so the whole behaviour can be driven
+without sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from sandbox.config import Config, normalize_name
+from sandbox.exceptions import ConfigError
+from sandbox.faults import SCRIPT_KEYS, Outcome, Scripts, decide, resolve
+from sandbox.http11 import Request
+from sandbox.limits import Limiter
+from sandbox.records import Record, Recorder
+from sandbox.responses import Response, error, for_outcome, json_response
+from sandbox.validation import SEND_PATH, check_send, mask_phone
+
+log = logging.getLogger("sandbox")
+
+#: above 2**31 on purpose: a client storing SessionID in a 32-bit int breaks at once
+FIRST_SESSION_ID = 123123123123
+CONTROL_PREFIX = "/_sandbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What the server does on the connection after reading a request."""
+
+    response: Response | None  #: None: send nothing (hang or reset)
+    delay_s: float = 0.0  #: wait before answering (latency), or how long to hang
+    reset: bool = False  #: abort the connection (RST) after the delay
+    close: bool = False  #: close the connection after the answer (or after the hang)
+
+
+class SandboxApp:
+    """State of one fake API: config, records, limits, scripts, SessionIDs."""
+
+    def __init__(self, config: Config, now_s: float) -> None:
+        self.config = config
+        self.records = Recorder()
+        self.limiter = Limiter()
+        self.scripts = Scripts()
+        self._next_session_id = FIRST_SESSION_ID
+        self._started_s = now_s
+        self._burst_origin_s = now_s
+        self._rng = random.Random()
+        self._latency_rng = random.Random()
+        self._seed(config.seed)
+
+    def _seed(self, seed: int | None) -> None:
+        # Two streams: turning latency on must not change which requests get which faults.
+        self._rng.seed(seed)
+        self._latency_rng.seed(None if seed is None else f"{seed}:latency")
+
+    # --- requests
+
+    def handle(self, request: Request, now_unix: float, now_s: float) -> Action:
+        """The action for one request; ``now_unix`` is recorded, ``now_s`` (monotonic) drives limits."""
+        if request.path == SEND_PATH:
+            return self._send(request, now_unix, now_s)
+        if request.path.startswith(CONTROL_PREFIX + "/"):
+            return Action(self._control(request, now_s))
+        return Action(error(404, f"Not Found: no endpoint at {request.path}"))
+
+    def _send(self, request: Request, now_unix: float, now_s: float) -> Action:
+        config = self.config
+        check = check_send(request.method, request.headers, request.body, config.api_key)
+        serial = check.serial
+        if serial is not None:
+            self.limiter.observe(serial, now_s)
+
+        scripted = False
+        outcome: Outcome | None = None
+        if not check.ok:
+            assert check.error_status is not None
+            allow = (("Allow", "POST"),) if check.error_status == 405 else ()
+            response: Response | None = error(check.error_status, check.error_message, allow)
+            fault = "invalid"
+        else:
+            assert serial is not None and check.phone is not None
+            wait_s = self.limiter.admit(serial, config.limit_for(serial), now_s, config.limit_slack_ms / 1000.0)
+            if wait_s > 0.0:
+                outcome = Outcome("http", 429, retry_after=max(1, math.ceil(wait_s)), label="limit")
+            else:
+                outcome = self.scripts.pop(check.phone, serial)
+                if outcome is not None:
+                    scripted = True
+                    outcome = resolve(outcome, config, self._rng)
+                else:
+                    outcome = decide(config, self._rng, now_s - self._burst_origin_s)
+            fault = outcome.label
+
+        session_id = None
+        if outcome is not None and outcome.issues_session:
+            session_id = self._next_session_id
+            self._next_session_id += 1
+
+        if outcome is not None and outcome.kind == "hang":
+            assert outcome.hang_s is not None
+            action = Action(None, outcome.hang_s, close=True)
+            status: int | str = "hang"
+        else:
+            delay_s = 0.0 if config.latency.is_zero else config.latency.sample_s(self._latency_rng)
+            if outcome is not None and outcome.kind == "reset":
+                action = Action(None, delay_s, reset=True)
+                status = "reset"
+            else:
+                if outcome is not None:
+                    response = for_outcome(outcome, session_id)
+                assert response is not None
+                action = Action(response, delay_s)
+                status = response.status
+
+        record = Record(
+            self.records.next_seq,
+            now_unix,
+            serial,
+            check.phone,
+            check.message,
+            check.auth_ok,
+            fault,
+            status,
+            session_id,
+            scripted,
+            round(action.delay_s * 1000.0, 3),
+        )
+        self.records.add(record)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "send seq=%d serial=%s to=%s auth_ok=%s fault=%s status=%s session=%s",
+                record.seq, serial, mask_phone(check.phone), check.auth_ok, fault, status, session_id,
+            )
+        return action
+
+    # --- control endpoints
+
+    def _control(self, request: Request, now_s: float) -> Response:
+        route = request.path[len(CONTROL_PREFIX):]
+        routes = {
+            "/health": {"GET": lambda: {"ok": True}},
+            "/requests": {"GET": lambda: self._requests(request.query)},
+            "/stats": {"GET": lambda: self.stats(now_s)},
+            "/reset": {"POST": lambda: self.reset(now_s)},
+            "/config": {
+                "GET": self.config.public_dict,
+                "POST": lambda: self._configure(request.body, now_s),
+            },
+            "/script": {"GET": lambda: {"pending": self.scripts.pending()}, "POST": lambda: self._script(request.body)},
+        }
+        methods = routes.get(route)
+        if methods is None:
+            return error(404, f"Not Found: no endpoint at {request.path}")
+        handler = methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(methods)
+            return json_response({"error": f"use {allowed}"}, 405, (("Allow", allowed),))
+        try:
+            return json_response(handler())
+        except ConfigError as exc:
+            return json_response({"error": str(exc)}, 400)
+
+    def _requests(self, query: str) -> list[dict[str, Any]]:
+        params = parse_qs(query)
+        try:
+            since = int(params.get("since", ["0"])[-1])
+        except ValueError:
+            raise ConfigError("since must be an integer sequence number") from None
+        return self.records.since(since)
+
+    def stats(self, now_s: float) -> dict[str, Any]:
+        """Counts over everything received since start or the last reset."""
+        config = self.config
+        serials = dict.fromkeys([*self.limiter.serials(), *config.limits])
+        chatbots = self.limiter.snapshot({serial: config.limit_for(serial) for serial in serials})
+        for serial, entry in chatbots.items():
+            entry["by_status"] = dict(self.records.by_chatbot_status.get(serial, {}))
+        return {
+            "total": len(self.records),
+            "uptime_s": round(now_s - self._started_s, 3),
+            "sessions_issued": self.records.sessions_issued,
+            "by_status": dict(self.records.by_status),
+            "by_fault": dict(self.records.by_fault),
+            "chatbots": chatbots,
+            "scripts_pending": self.scripts.pending(),
+        }
+
+    def reset(self, now_s: float) -> dict[str, Any]:
+        """Forgets records, counts, limiter state and scripts; keeps config and SessionIDs growing."""
+        self.records.clear()
+        self.limiter.reset()
+        self.scripts.clear()
+        self._burst_origin_s = now_s
+        return {"ok": True}
+
+    def _configure(self, body: bytes, now_s: float) -> dict[str, Any]:
+        changes = _json_object(body)
+        new = self.config.updated(changes)
+        if any(normalize_name(name) == "seed" for name in changes):
+            self._seed(new.seed)
+        if (new.burst_429_every, new.burst_429_for) != (self.config.burst_429_every, self.config.burst_429_for):
+            self._burst_origin_s = now_s  # a new burst schedule starts counting now
+        self.config = new
+        log.info("config changed: %s", ", ".join(sorted(changes)))  # names only: values may be secret
+        return new.public_dict()
+
+    def _script(self, body: bytes) -> dict[str, Any]:
+        payload = _json_object(body)
+        keys = [key for key in SCRIPT_KEYS if key in payload]
+        responses = payload.get("responses")
+        if len(keys) != 1 or not isinstance(payload[keys[0]], str):
+            raise ConfigError(f"a script names exactly one of {', '.join(SCRIPT_KEYS)} (a string)")
+        if not isinstance(responses, list) or not responses:
+            raise ConfigError("responses must be a non-empty list of outcome tokens")
+        queued = self.scripts.add(keys[0], payload[keys[0]], [str(token) for token in responses])
+        return {keys[0]: payload[keys[0]], "queued": queued}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body) if body.strip() else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"invalid JSON body: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ConfigError("the body must be a JSON object")
+    return payload

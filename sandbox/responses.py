@@ -1,0 +1,156 @@
+"""The bodies the fake API answers with: envelopes, proxy pages, broken bodies.
+
+Everything a client could meet from the real provider or the proxies in front
+of it, built as bytes ready to write. The success body is a byte template
+because it is built on every request of a benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from sandbox.faults import Outcome
+
+VERSION = "1.0.0"
+JSON = "application/json; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+HUGE_BODY_BYTES = 2 * 1024 * 1024
+
+#: realistic texts for the Twilio codes the project classifies (see newoaks-api.md)
+TWILIO_ERRORS = {
+    14107: "SMS send rate limit exceeded",
+    20429: "Too Many Requests",
+    21211: "Invalid 'To' Phone Number",
+    21408: "Permission to send an SMS has not been enabled for the region indicated by the 'To' number",
+    21610: "Attempt to send to unsubscribed recipient",
+    21611: "This 'From' number has exceeded the maximum number of queued messages",
+    21614: "'To' number is not a valid mobile number",
+    21617: "The concatenated message body exceeds the 1600 character limit",
+    30001: "Queue overflow",
+    30002: "Account suspended",
+    30003: "Unreachable destination handset",
+    30004: "Message blocked",
+    30005: "Unknown destination handset",
+    30006: "Landline or unreachable carrier",
+    30007: "Message filtered",
+    30008: "Unknown error",
+    30022: "US A2P 10DLC - Rate Limits Exceeded",
+    30034: "US A2P 10DLC - Message from an Unregistered Number",
+    30450: "Message delivery blocked (SMS Pumping Protection)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One HTTP answer, before framing."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def twilio_message(code: int) -> str:
+    return f"Twilio error {code}: {TWILIO_ERRORS.get(code, 'Message could not be sent')}"
+
+
+def envelope(code: int, message: str, data: Any = None, success: bool = False) -> dict[str, Any]:
+    return {"Data": data, "Version": VERSION, "Success": success, "Code": code, "Message": message}
+
+
+def json_response(payload: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, json.dumps(payload, separators=(",", ":")).encode(), JSON, headers)
+
+
+def error(status: int, message: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    """HTTP ``status`` with the error envelope (Code = status)."""
+    return json_response(envelope(status, message or reason(status)), status, headers)
+
+
+_SUCCESS_HEAD = b'{"Data":{"Status":"True","Message":"","SessionID":'
+_SUCCESS_TAIL = b'},"Version":"1.0.0","Success":true,"Code":200,"Message":""}'
+
+
+def success(session_id: int) -> Response:
+    return Response(200, b"%s%d%s" % (_SUCCESS_HEAD, session_id, _SUCCESS_TAIL))
+
+
+def proxy_page(status: int) -> Response:
+    """What nginx or a load balancer answers with for 502/504: HTML, not the envelope."""
+    title = f"{status} {reason(status)}"
+    body = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+    return Response(status, body.encode(), HTML)
+
+
+def too_many_requests(retry_after_s: int | None, message: str = "Too Many Requests") -> Response:
+    headers = (("Retry-After", str(retry_after_s)),) if retry_after_s is not None else ()
+    return error(429, message, headers)
+
+
+def malformed(variant: str, session_id: int) -> Response:
+    """HTTP 200 whose body a careful client must refuse to read as a success."""
+    good = success(session_id).body
+    if variant == "truncated":
+        return Response(200, good[: len(good) // 2])
+    if variant == "html":
+        page = "<html><head><title>Maintenance</title></head><body><h1>We'll be back soon</h1></body></html>"
+        return Response(200, page.encode(), HTML)
+    if variant == "array":
+        return Response(200, b"[" + good + b"]")
+    if variant == "wrong-types":
+        data = {"Status": True, "Message": None, "SessionID": "x"}
+        payload: dict[str, Any] = {"Data": data, "Version": 1, "Success": "true", "Code": "abc", "Message": 0}
+        return json_response(payload)
+    if variant == "missing-fields":
+        return json_response({"Data": {"Status": "True"}, "Version": VERSION})
+    if variant == "huge":
+        payload = envelope(200, "", {"Status": "True", "Message": "x" * HUGE_BODY_BYTES, "SessionID": session_id}, True)
+        return json_response(payload)
+    if variant == "empty":
+        return Response(200, b"")
+    raise ValueError(f"unknown malformed variant {variant!r}")
+
+
+def for_outcome(outcome: Outcome, session_id: int | None) -> Response:
+    """The answer to a valid request given its (resolved) outcome.
+
+    ``session_id`` is required exactly when ``outcome.issues_session``.
+    Hang and reset have no answer: the server handles them on the connection.
+    """
+    kind = outcome.kind
+    if kind == "ok":
+        assert session_id is not None
+        return success(session_id)
+    if kind == "http":
+        if outcome.status == 429:
+            return too_many_requests(outcome.retry_after)
+        if outcome.status in (502, 504):
+            return proxy_page(outcome.status)
+        return error(outcome.status)
+    if kind == "code":
+        text = "Internal error" if outcome.status == 500 else reason(outcome.status)
+        return json_response(envelope(outcome.status, text))
+    if kind == "status-false":
+        assert session_id is not None and outcome.twilio_code is not None
+        data = {"Status": "False", "Message": twilio_message(outcome.twilio_code), "SessionID": session_id}
+        return json_response(envelope(200, "", data, success=True))
+    if kind == "twilio":
+        assert outcome.twilio_code is not None
+        return json_response(envelope(400, twilio_message(outcome.twilio_code)))
+    if kind == "malformed":
+        assert session_id is not None and outcome.variant is not None
+        return malformed(outcome.variant, session_id)
+    raise ValueError(f"outcome {outcome.label!r} has no response body")

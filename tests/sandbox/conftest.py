@@ -1,0 +1,58 @@
+"""Fixtures that run the sandbox as a real subprocess, the way the project uses it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.sandbox.helpers import KEY, SandboxProcess, start_sandbox
+
+
+@pytest.fixture
+def sandbox_factory(tmp_path: Path) -> Iterator[Any]:
+    """Starts dedicated sandboxes (for flags, env and signals); stops them after the test."""
+    started: list[SandboxProcess] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> SandboxProcess:
+        started.append(start_sandbox(tmp_path, *args, env=env))
+        return started[-1]
+
+    yield factory
+    for sandbox in started:
+        if not sandbox.stopped:
+            sandbox.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    """One sandbox process for the tests that only need runtime config (fast)."""
+    sandbox = start_sandbox(tmp_path_factory.mktemp("shared"), "--api-key", KEY, "--seed", "7")
+    yield sandbox
+    assert sandbox.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def baseline_config(shared_sandbox: SandboxProcess) -> dict[str, Any]:
+    config = httpx.get(shared_sandbox.base_url + "/_sandbox/config").json()
+    for startup_only in ("host", "port", "log_level"):
+        config.pop(startup_only)
+    return config
+
+
+@pytest.fixture
+def base_url(shared_sandbox: SandboxProcess, baseline_config: dict[str, Any]) -> str:
+    """The shared sandbox, reset and back at its start configuration."""
+    with httpx.Client(base_url=shared_sandbox.base_url) as client:
+        client.post("/_sandbox/config", json=baseline_config).raise_for_status()
+        client.post("/_sandbox/reset").raise_for_status()
+    return shared_sandbox.base_url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=5.0) as c:
+        yield c

@@ -1,0 +1,292 @@
+"""classify: every row of DESIGN.md's classification table, overrides, Twilio codes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.classify import (
+    TWILIO_FINAL_CODES,
+    TWILIO_RETRY_LATER_CODES,
+    Decision,
+    Verdict,
+    classify,
+)
+from worker.client import Envelope, TransportError
+
+SENT, RETRY, FINAL, AMBIGUOUS = Verdict.SENT, Verdict.RETRY, Verdict.FINAL, Verdict.AMBIGUOUS
+
+OK = Envelope(
+    http_status=200,
+    success=True,
+    code=200,
+    message="",
+    data_status="True",
+    data_message="test",
+    session_id=123123123123,
+    version="1.0.0",
+    retry_after_s=None,
+    malformed=None,
+    body_excerpt="{}",
+)
+
+
+def env(**changes: Any) -> Envelope:
+    """The documented success envelope, with some fields changed."""
+    return replace(OK, **changes)
+
+
+def page(status: int, retry_after_s: float | None = None) -> Envelope:
+    """A non-JSON error page (a proxy's 502, a 429 from a gateway)."""
+    return Envelope(
+        http_status=status,
+        success=None,
+        code=None,
+        message=None,
+        data_status=None,
+        data_message=None,
+        session_id=None,
+        version=None,
+        retry_after_s=retry_after_s,
+        malformed="html page",
+        body_excerpt="<html>",
+    )
+
+
+def failed(message: str = "", data_message: str | None = None, code: int = 200) -> Envelope:
+    """An envelope that reports a business failure."""
+    return env(
+        success=False,
+        code=code,
+        message=message,
+        data_status="False",
+        data_message=data_message,
+        session_id=None,
+    )
+
+
+# (outcome, expected decision)
+TABLE: list[tuple[str, Any, Decision]] = [
+    # --- the request never left: RETRY --------------------------------------
+    ("connect", TransportError("connect", False, "refused"), Decision(RETRY, "connect")),
+    ("dns", TransportError("connect", False, "Name or service not known"), Decision(RETRY, "connect")),
+    ("connect_timeout", TransportError("connect_timeout", False, ""), Decision(RETRY, "connect_timeout")),
+    ("pool_timeout", TransportError("pool_timeout", False, ""), Decision(RETRY, "pool_timeout")),
+    ("tls", TransportError("tls", False, "CERTIFICATE_VERIFY_FAILED"), Decision(RETRY, "tls")),
+    # --- may have been received: AMBIGUOUS ------------------------------------
+    ("read_timeout", TransportError("read_timeout", True, ""), Decision(AMBIGUOUS, "read_timeout")),
+    ("reset", TransportError("reset", True, ""), Decision(AMBIGUOUS, "reset")),
+    ("protocol", TransportError("protocol", True, ""), Decision(AMBIGUOUS, "protocol")),
+    ("write_timeout", TransportError("write_timeout", True, ""), Decision(AMBIGUOUS, "write_timeout")),
+    ("2xx html", page(200), Decision(AMBIGUOUS, "malformed: html page")),
+    ("2xx truncated", env(malformed="truncated json"), Decision(AMBIGUOUS, "malformed: truncated json")),
+    ("2xx empty", replace(page(200), malformed="empty body"), Decision(AMBIGUOUS, "malformed: empty body")),
+    ("2xx too large", replace(page(200), malformed="body too large"), Decision(AMBIGUOUS, "malformed: body too large")),
+    ("2xx wrong type", env(malformed="wrong type Success", success=None), Decision(AMBIGUOUS, "malformed: wrong type Success")),
+    ("204", replace(page(204), malformed="empty body"), Decision(AMBIGUOUS, "malformed: empty body")),
+    # --- HTTP 408, 425, 429, 503: RETRY honouring Retry-After -----------------
+    ("408", page(408), Decision(RETRY, "http_408")),
+    ("425", page(425), Decision(RETRY, "http_425")),
+    ("503", page(503), Decision(RETRY, "http_503")),
+    ("503 retry-after", page(503, 30.0), Decision(RETRY, "http_503", retry_after_s=30.0)),
+    ("503 retry-after capped", page(503, 86400.0), Decision(RETRY, "http_503", retry_after_s=3600.0)),
+    ("503 retry-after nan", page(503, math.nan), Decision(RETRY, "http_503")),
+    ("503 retry-after negative", page(503, -1.0), Decision(RETRY, "http_503")),
+    ("429", page(429), Decision(RETRY, "http_429", throttled=True, pause_chatbot=True)),
+    ("429 retry-after", page(429, 12.0), Decision(RETRY, "http_429", retry_after_s=12.0, throttled=True, pause_chatbot=True)),
+    # --- HTTP 500, 502, 504, other 5xx: AMBIGUOUS -----------------------------
+    ("500", page(500), Decision(AMBIGUOUS, "http_500")),
+    ("502", page(502), Decision(AMBIGUOUS, "http_502")),
+    ("504", page(504), Decision(AMBIGUOUS, "http_504")),
+    ("507", page(507), Decision(AMBIGUOUS, "http_507")),
+    ("599", page(599), Decision(AMBIGUOUS, "http_599")),
+    ("502 retry-after kept", page(502, 5.0), Decision(AMBIGUOUS, "http_502", retry_after_s=5.0)),
+    # --- HTTP 400, 404, 405, 422, other 4xx: FINAL ----------------------------
+    ("400", page(400), Decision(FINAL, "http_400")),
+    ("404", page(404), Decision(FINAL, "http_404")),
+    ("405", page(405), Decision(FINAL, "http_405")),
+    ("422", page(422), Decision(FINAL, "http_422")),
+    ("409", page(409), Decision(FINAL, "http_409")),
+    ("413", page(413), Decision(FINAL, "http_413")),
+    ("400 with envelope", replace(failed(code=400), http_status=400), Decision(FINAL, "http_400")),
+    # --- HTTP 401, 403: FINAL and pause the chatbot ---------------------------
+    ("401", page(401), Decision(FINAL, "http_401", pause_chatbot=True)),
+    ("403", page(403), Decision(FINAL, "http_403", pause_chatbot=True)),
+    # --- not in the table: redirects and odd statuses -------------------------
+    ("301", page(301), Decision(FINAL, "http_301", pause_chatbot=True)),
+    ("308", page(308), Decision(FINAL, "http_308", pause_chatbot=True)),
+    ("600", page(600), Decision(AMBIGUOUS, "http_600")),
+    ("199", page(199), Decision(AMBIGUOUS, "http_199")),
+    # --- HTTP 200, Success true, Code 200, Data.Status "True": SENT -----------
+    ("sent", OK, Decision(SENT, "ok")),
+    ("sent no session id", env(session_id=None), Decision(SENT, "ok_no_session_id")),
+    ("sent status lowercase", env(data_status="true"), Decision(SENT, "ok")),
+    ("sent http 201", env(http_status=201), Decision(SENT, "ok")),
+    ("sent ignores retry-after", env(retry_after_s=60.0), Decision(SENT, "ok")),
+    # A clean success is SENT even if its text happens to hold a code number.
+    ("sent despite a code in text", env(data_message="queued 30003"), Decision(SENT, "ok")),
+    # --- HTTP 200 with Code != 200: classify Code as the HTTP status ----------
+    ("code 429", failed(code=429), Decision(RETRY, "code_429", throttled=True, pause_chatbot=True)),
+    ("code 429 retry-after", replace(failed(code=429), retry_after_s=9.0), Decision(RETRY, "code_429", retry_after_s=9.0, throttled=True, pause_chatbot=True)),
+    ("code 503", failed(code=503), Decision(RETRY, "code_503")),
+    ("code 408", failed(code=408), Decision(RETRY, "code_408")),
+    ("code 425", failed(code=425), Decision(RETRY, "code_425")),
+    ("code 500", failed(code=500), Decision(AMBIGUOUS, "code_500")),
+    ("code 502", failed(code=502), Decision(AMBIGUOUS, "code_502")),
+    ("code 504", failed(code=504), Decision(AMBIGUOUS, "code_504")),
+    ("code 400", failed(code=400), Decision(FINAL, "code_400")),
+    ("code 404", failed(code=404), Decision(FINAL, "code_404")),
+    ("code 422", failed(code=422), Decision(FINAL, "code_422")),
+    ("code 401", failed(code=401), Decision(FINAL, "code_401", pause_chatbot=True)),
+    ("code 403", failed(code=403), Decision(FINAL, "code_403", pause_chatbot=True)),
+    ("code 500 but success true", env(code=500), Decision(AMBIGUOUS, "code_500")),
+    # Codes that are not HTTP numbers: Success false says it failed.
+    ("code 0 success false", failed(code=0), Decision(FINAL, "code_0")),
+    ("code 1001 success false", failed(code=1001), Decision(FINAL, "code_1001")),
+    ("code 1001 success true", env(code=1001, data_status=None), Decision(AMBIGUOUS, "code_1001")),
+    # --- Code 200 but Success false or Data.Status not "True": FINAL ----------
+    ("success false", failed(), Decision(FINAL, "success_false")),
+    ("success false status true", env(success=False), Decision(FINAL, "success_false")),
+    ("status False", env(data_status="False"), Decision(FINAL, "status_false")),
+    ("status Failed", env(data_status="Failed"), Decision(FINAL, "status_false")),
+    ("status empty", env(data_status=""), Decision(FINAL, "status_false")),
+    ("status missing", env(data_status=None), Decision(AMBIGUOUS, "status_missing")),
+    ("success false no data", env(success=False, data_status=None, data_message=None), Decision(FINAL, "success_false")),
+    ("unknown code in text", failed("Twilio error 99999"), Decision(FINAL, "success_false")),
+    # ... unless Message holds a retry-later code.
+    ("retry-later in Message", failed("Twilio error 30003: unreachable"), Decision(RETRY, "twilio_30003", min_delay_s=300.0)),
+    ("retry-later in Data.Message", failed("", "Error 21611"), Decision(RETRY, "twilio_21611", min_delay_s=300.0)),
+    ("final in Data.Message", failed("", "Error 21211: invalid To"), Decision(FINAL, "twilio_21211")),
+    ("Message before Data.Message", failed("30003", "21610"), Decision(RETRY, "twilio_30003", min_delay_s=300.0)),
+    ("first known code wins", failed("ref 12345, then 21610"), Decision(FINAL, "twilio_21610", suppress_number=True)),
+    ("code in a longer number ignored", failed("ticket 1216100"), Decision(FINAL, "success_false")),
+    ("code glued to letters ignored", failed("E21610x"), Decision(FINAL, "success_false")),
+    ("code with punctuation found", failed("(21610)"), Decision(FINAL, "twilio_21610", suppress_number=True)),
+    # Twilio codes take precedence over the Code and the HTTP status.
+    ("twilio beats code 400", failed("21610", code=400), Decision(FINAL, "twilio_21610", suppress_number=True)),
+    ("twilio beats http 500", replace(failed("30001", code=500), http_status=500), Decision(RETRY, "twilio_30001", min_delay_s=300.0)),
+    ("retry-after kept on twilio retry", replace(failed("30008"), retry_after_s=42.0), Decision(RETRY, "twilio_30008", retry_after_s=42.0, min_delay_s=300.0)),
+    ("pumping floor", failed("30450"), Decision(RETRY, "twilio_30450", min_delay_s=900.0)),
+]
+
+
+@pytest.mark.parametrize(("outcome", "expected"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+def test_classification_table(outcome: Any, expected: Decision) -> None:
+    assert classify(outcome) == expected
+
+
+RETRY_LATER = {20429: True, 21611: False, 30001: False, 30003: False, 30008: False, 30022: True, 30450: False, 14107: False}
+
+
+def test_code_lists_match_the_api_notes() -> None:
+    assert TWILIO_RETRY_LATER_CODES == set(RETRY_LATER)
+    assert TWILIO_FINAL_CODES == {
+        21211, 21408, 21610, 21614, 21617, 30002, 30004, 30005, 30006, 30007, 30034,
+    }
+
+
+@pytest.mark.parametrize(("code", "throttle"), sorted(RETRY_LATER.items()))
+def test_retry_later_twilio_codes(code: int, throttle: bool) -> None:
+    decision = classify(failed(f"Twilio error {code}: try later"), retry_later_floor_s=120.0)
+    assert decision.verdict is RETRY
+    assert decision.reason == f"twilio_{code}"
+    assert decision.min_delay_s == (900.0 if code == 30450 else 120.0)
+    assert decision.throttled is throttle
+    assert decision.pause_chatbot is throttle
+    assert decision.suppress_number is False
+
+
+@pytest.mark.parametrize("code", sorted(TWILIO_FINAL_CODES))
+def test_final_twilio_codes(code: int) -> None:
+    decision = classify(failed("", f"Twilio returned {code}."))
+    suppress = code in (21610, 30006)
+    assert decision == Decision(FINAL, f"twilio_{code}", suppress_number=suppress)
+
+
+# --- overrides ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "overrides", "expected"),
+    [
+        # On the HTTP status.
+        (page(500), {500: RETRY}, Decision(RETRY, "http_500")),
+        (page(502), {502: FINAL}, Decision(FINAL, "http_502")),
+        (page(409), {409: RETRY}, Decision(RETRY, "http_409")),
+        (page(404), {500: RETRY}, Decision(FINAL, "http_404")),  # other numbers untouched
+        (page(429, 10.0), {429: FINAL}, Decision(FINAL, "http_429", pause_chatbot=True)),
+        (page(503, 10.0), {503: AMBIGUOUS}, Decision(AMBIGUOUS, "http_503", retry_after_s=10.0)),
+        # On the envelope Code.
+        (failed(code=500), {500: FINAL}, Decision(FINAL, "code_500")),
+        (failed(code=1001), {1001: RETRY}, Decision(RETRY, "code_1001")),
+        (failed(code=409), {409: RETRY}, Decision(RETRY, "code_409")),
+        (failed(), {200: RETRY}, Decision(RETRY, "success_false")),
+        # On Twilio codes: a listed one, and one only the overrides know.
+        (failed("21610"), {21610: RETRY}, Decision(RETRY, "twilio_21610")),
+        (failed("30003"), {30003: FINAL}, Decision(FINAL, "twilio_30003")),
+        (failed("20429"), {20429: FINAL}, Decision(FINAL, "twilio_20429", pause_chatbot=True)),
+        (failed("21612 no route"), {21612: FINAL}, Decision(FINAL, "twilio_21612")),
+        (failed("21612 no route"), {21612: RETRY}, Decision(RETRY, "twilio_21612")),
+        (failed("", "12345"), {12345: SENT}, Decision(SENT, "twilio_12345")),
+        # The Twilio code decides before the Code does.
+        (failed("21610", code=500), {500: RETRY}, Decision(FINAL, "twilio_21610", suppress_number=True)),
+        # Transport errors carry no number.
+        (TransportError("read_timeout", True, ""), {200: RETRY}, Decision(AMBIGUOUS, "read_timeout")),
+        # A clean success is not overridden through its Code.
+        (OK, {200: FINAL}, Decision(SENT, "ok")),
+    ],
+)
+def test_overrides(outcome: Any, overrides: dict[int, Verdict], expected: Decision) -> None:
+    assert classify(outcome, overrides=overrides) == expected
+
+
+def test_retry_after_cap_is_configurable() -> None:
+    assert classify(page(503, 500.0), retry_after_cap_s=60.0).retry_after_s == 60.0
+    assert classify(page(503, math.inf), retry_after_cap_s=60.0).retry_after_s == 60.0
+
+
+# --- never raises ---------------------------------------------------------------
+
+_texts = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.sampled_from(sorted(TWILIO_RETRY_LATER_CODES | TWILIO_FINAL_CODES)).map(lambda c: f"err {c}"),
+)
+_ints = st.one_of(st.none(), st.integers(), st.integers(min_value=-1, max_value=1000))
+_floats = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
+_envelopes = st.builds(
+    Envelope,
+    http_status=st.one_of(st.integers(), st.integers(min_value=100, max_value=700)),
+    success=st.one_of(st.none(), st.booleans()),
+    code=_ints,
+    message=_texts,
+    data_status=st.one_of(st.none(), st.sampled_from(["True", "False", "true", ""]), st.text(max_size=8)),
+    data_message=_texts,
+    session_id=_ints,
+    version=st.one_of(st.none(), st.text(max_size=5)),
+    retry_after_s=_floats,
+    malformed=st.one_of(st.none(), st.sampled_from(["not json", "truncated json", "html page"])),
+    body_excerpt=st.text(max_size=10),
+)
+_transport_errors = st.builds(TransportError, kind=st.text(max_size=12), sent=st.booleans(), detail=st.text(max_size=12))
+_overrides = st.one_of(
+    st.none(),
+    st.dictionaries(st.integers(min_value=0, max_value=99999), st.sampled_from(list(Verdict)), max_size=4),
+)
+
+
+@settings(max_examples=400, database=None, deadline=None)
+@given(outcome=st.one_of(_envelopes, _transport_errors), overrides=_overrides)
+def test_classify_never_raises(outcome: Any, overrides: dict[int, Verdict] | None) -> None:
+    decision = classify(outcome, overrides=overrides)
+    assert isinstance(decision.verdict, Verdict)
+    assert decision.reason
+    if decision.retry_after_s is not None:
+        assert 0.0 <= decision.retry_after_s <= 3600.0
+    if decision.verdict is SENT:
+        assert not (decision.throttled or decision.pause_chatbot or decision.suppress_number)

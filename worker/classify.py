@@ -1,0 +1,258 @@
+"""What came back from SendTwilioMessage -> what to do with the message.
+
+``classify(outcome)`` is a pure function of the client's value. The rules are
+DESIGN.md's "Classification defaults", checked in this order:
+
+1. A transport failure: never left -> RETRY; may have been received -> AMBIGUOUS.
+2. A 2xx whose body is not the documented envelope -> AMBIGUOUS.
+3. A clean success (Success true, Code 2xx, Data.Status "True") -> SENT,
+   whatever numbers its texts hold: a send that happened must never be retried.
+4. A Twilio code in the envelope's Message or Data.Message: retry-later codes
+   -> RETRY with a floor of minutes; 21610/30006 -> FINAL and suppress the
+   number; the other known final codes -> FINAL.
+5. The status: the HTTP status, or for a 2xx the envelope's Code (the API
+   reuses HTTP numbers for business errors):
+   408/425/429/503 -> RETRY (Retry-After honoured); other 5xx -> AMBIGUOUS;
+   401/403 -> FINAL and pause the chatbot; other 4xx -> FINAL.
+6. Code 2xx but Success false or Data.Status not "True" -> FINAL.
+
+``overrides`` maps a number (an HTTP status, an envelope Code or a Twilio code)
+to the verdict it should get instead; it applies to the number that decided.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Final
+
+from worker.client import Envelope, Outcome, TransportError
+
+__all__ = [
+    "Decision",
+    "TWILIO_FINAL_CODES",
+    "TWILIO_RETRY_LATER_CODES",
+    "TWILIO_SUPPRESS_CODES",
+    "TWILIO_THROTTLE_CODES",
+    "Verdict",
+    "classify",
+]
+
+
+class Verdict(StrEnum):
+    """What to do with the message after this attempt."""
+
+    SENT = "sent"  #: done; keep the SessionID
+    RETRY = "retry"  #: safe to send again later
+    FINAL = "final"  #: will not succeed by retrying
+    AMBIGUOUS = "ambiguous"  #: may have been sent; the ambiguity policy decides
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one attempt, with what the caller needs to apply it."""
+
+    verdict: Verdict
+    reason: str  #: short and stable: "ok", "http_503", "code_500", "twilio_21610", "read_timeout"...
+    retry_after_s: float | None = None  #: server-requested delay, already capped
+    min_delay_s: float | None = None  #: floor for retry-later Twilio codes (minutes, not seconds)
+    throttled: bool = False  #: a rate-limit signal: does not use the message's retry budget
+    pause_chatbot: bool = False  #: pause every message of this chatbot (auth: until fixed; 429: for the delay)
+    suppress_number: bool = False  #: never text this number again (STOP, landline)
+
+
+#: Twilio codes that clear with time: queue full, carrier hiccups, rate limits.
+TWILIO_RETRY_LATER_CODES: Final = frozenset(
+    {20429, 21611, 30001, 30003, 30008, 30022, 30450, 14107}
+)
+#: Retry-later codes that say "too fast": a chatbot-wide slowdown, not a fault.
+TWILIO_THROTTLE_CODES: Final = frozenset({20429, 30022})
+#: Codes after which the number must not be texted again (STOP, landline).
+TWILIO_SUPPRESS_CODES: Final = frozenset({21610, 30006})
+#: Twilio codes that no retry will fix.
+TWILIO_FINAL_CODES: Final = frozenset(
+    {21211, 21408, 21610, 21614, 21617, 30002, 30004, 30005, 30006, 30007, 30034}
+)
+
+_RETRY_STATUSES: Final = frozenset({408, 425, 429, 503})
+_AUTH_STATUSES: Final = frozenset({401, 403})
+# Pumping protection (30450) holds a number for 15 to 30 minutes: retrying
+# after the generic floor would only spend attempts.
+_PUMPING_FLOOR_S: Final = 900.0
+_TWILIO_CODE = re.compile(r"\b\d{5}\b", re.ASCII)
+
+
+def classify(
+    outcome: Outcome,
+    *,
+    overrides: Mapping[int, Verdict] | None = None,
+    retry_after_cap_s: float = 3600.0,
+    retry_later_floor_s: float = 300.0,
+) -> Decision:
+    """Decide what an attempt's outcome means for the message; never raises.
+
+    Args:
+        outcome: what ``NewOaksClient.send`` returned.
+        overrides: verdicts by number, replacing the default for the HTTP
+            status, envelope Code or Twilio code that decided.
+        retry_after_cap_s: the longest server-requested delay honoured.
+        retry_later_floor_s: the least delay after a retry-later Twilio code.
+    """
+    if isinstance(outcome, TransportError):
+        reason = outcome.kind if isinstance(outcome.kind, str) and outcome.kind else "other"
+        # Only a certain "never left" is safe to resend; anything else may duplicate.
+        if outcome.sent is False:
+            return Decision(Verdict.RETRY, reason)
+        return Decision(Verdict.AMBIGUOUS, reason)
+    if not isinstance(outcome, Envelope):
+        return Decision(Verdict.AMBIGUOUS, "unknown_outcome")
+
+    decision, number = _classify_envelope(
+        outcome,
+        overrides or {},
+        retry_after_s=_capped(outcome.retry_after_s, retry_after_cap_s),
+        retry_later_floor_s=retry_later_floor_s,
+    )
+    if number is not None and overrides and number in overrides:
+        return _overridden(decision, Verdict(overrides[number]))
+    return decision
+
+
+def _classify_envelope(
+    env: Envelope,
+    overrides: Mapping[int, Verdict],
+    *,
+    retry_after_s: float | None,
+    retry_later_floor_s: float,
+) -> tuple[Decision, int | None]:
+    """The default decision, and the number that decided it (for overrides)."""
+    http_status = env.http_status if _is_int(env.http_status) else 0
+    if not 200 <= http_status <= 299:
+        twilio = _twilio_code(env, overrides)
+        if twilio is not None:
+            return _by_twilio(twilio, retry_after_s, retry_later_floor_s), twilio
+        return _by_status(http_status, f"http_{http_status}", retry_after_s), http_status
+
+    if env.malformed is not None:
+        return Decision(Verdict.AMBIGUOUS, f"malformed: {env.malformed}", retry_after_s), None
+    code = env.code if _is_int(env.code) else None
+    code_ok = code is not None and 200 <= code <= 299
+    status_true = isinstance(env.data_status, str) and env.data_status.strip().lower() == "true"
+    if code_ok and env.success is True and status_true:
+        reason = "ok" if _is_int(env.session_id) else "ok_no_session_id"
+        return Decision(Verdict.SENT, reason), None
+
+    twilio = _twilio_code(env, overrides)
+    if twilio is not None:
+        return _by_twilio(twilio, retry_after_s, retry_later_floor_s), twilio
+    if code is None:  # unreachable for a parsed envelope; kept for odd values
+        return Decision(Verdict.AMBIGUOUS, "code_missing", retry_after_s), None
+    if not code_ok:
+        if 100 <= code <= 599:
+            return _by_status(code, f"code_{code}", retry_after_s), code
+        # Not an HTTP number: the provider's own failure says "not sent" when
+        # Success is false; otherwise nobody knows.
+        if env.success is False:
+            return Decision(Verdict.FINAL, f"code_{code}"), code
+        return Decision(Verdict.AMBIGUOUS, f"code_{code}", retry_after_s), code
+    if env.success is not True:
+        return Decision(Verdict.FINAL, "success_false"), code
+    if env.data_status is None:
+        # Success with no status at all: the send may well have happened.
+        return Decision(Verdict.AMBIGUOUS, "status_missing", retry_after_s), code
+    return Decision(Verdict.FINAL, "status_false"), code
+
+
+def _by_status(status: int, reason: str, retry_after_s: float | None) -> Decision:
+    """Classify an HTTP status (or a Code standing in for one)."""
+    if status in _RETRY_STATUSES:
+        # A 429 is refused before processing, so it is safe to retry, and it
+        # speaks for the whole chatbot: its other messages would be refused too.
+        rate_limited = status == 429
+        return Decision(
+            Verdict.RETRY,
+            reason,
+            retry_after_s=retry_after_s,
+            throttled=rate_limited,
+            pause_chatbot=rate_limited,
+        )
+    if status in _AUTH_STATUSES:
+        return Decision(Verdict.FINAL, reason, pause_chatbot=True)
+    if 500 <= status <= 599:
+        return Decision(Verdict.AMBIGUOUS, reason, retry_after_s=retry_after_s)
+    if 400 <= status <= 499:
+        return Decision(Verdict.FINAL, reason)
+    if 300 <= status <= 399:
+        # Redirects are not followed: the base URL is wrong for every message
+        # of this chatbot, so stop them all until an operator fixes it.
+        return Decision(Verdict.FINAL, reason, pause_chatbot=True)
+    # 1xx, 6xx and beyond: no documented meaning, so no safe guess.
+    return Decision(Verdict.AMBIGUOUS, reason, retry_after_s=retry_after_s)
+
+
+def _by_twilio(code: int, retry_after_s: float | None, retry_later_floor_s: float) -> Decision:
+    """Classify a Twilio error code found in the envelope's texts."""
+    reason = f"twilio_{code}"
+    if code in TWILIO_RETRY_LATER_CODES:
+        floor_s = retry_later_floor_s
+        if code == 30450:
+            floor_s = max(floor_s, _PUMPING_FLOOR_S)
+        throttle = code in TWILIO_THROTTLE_CODES
+        return Decision(
+            Verdict.RETRY,
+            reason,
+            retry_after_s=retry_after_s,
+            min_delay_s=floor_s,
+            throttled=throttle,
+            pause_chatbot=throttle,
+        )
+    if code in TWILIO_SUPPRESS_CODES:
+        return Decision(Verdict.FINAL, reason, suppress_number=True)
+    # A known final code, or a code only the overrides know (they decide).
+    return Decision(Verdict.FINAL, reason)
+
+
+def _twilio_code(env: Envelope, overrides: Mapping[int, Verdict]) -> int | None:
+    """The first known (or overridden) 5-digit code in Message, then Data.Message."""
+    for text in (env.message, env.data_message):
+        if not isinstance(text, str):
+            continue
+        for match in _TWILIO_CODE.finditer(text):
+            number = int(match.group())
+            if (
+                number in TWILIO_RETRY_LATER_CODES
+                or number in TWILIO_FINAL_CODES
+                or number in overrides
+            ):
+                return number
+    return None
+
+
+def _overridden(decision: Decision, verdict: Verdict) -> Decision:
+    """Replace the verdict, dropping the flags that no longer make sense."""
+    if verdict is Verdict.SENT:
+        return Decision(Verdict.SENT, decision.reason)
+    if verdict is Verdict.FINAL:
+        # Nothing will be retried, so delays and throttling are moot; a pause
+        # (auth, rate limit) and a suppression still hold.
+        return replace(
+            decision, verdict=verdict, retry_after_s=None, min_delay_s=None, throttled=False
+        )
+    # RETRY or AMBIGUOUS: the number will be texted again, so never suppress it.
+    return replace(decision, verdict=verdict, suppress_number=False)
+
+
+def _capped(retry_after_s: float | None, cap_s: float) -> float | None:
+    """A usable Retry-After in seconds, at most ``cap_s``; None if absent or junk."""
+    if isinstance(retry_after_s, bool) or not isinstance(retry_after_s, int | float):
+        return None
+    if math.isnan(retry_after_s) or retry_after_s < 0:
+        return None
+    return float(min(retry_after_s, cap_s))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

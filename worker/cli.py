@@ -1,0 +1,483 @@
+"""`oaksend`: a thin shell over the library. Parse, build from settings, call one function, print.
+
+Exit codes (documented in the README):
+    0  success
+    1  done, but some items were refused (e.g. `retry` of a message that is not retryable)
+    2  bad input or configuration (the message names the field or setting)
+    3  not found
+    4  a service (database, Redis) is unavailable
+Errors are one line on stderr. `--json` prints machine-readable output on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> Any:
+    from worker.settings import load_settings
+
+    overrides = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "redis_url", None):
+        overrides["redis_url"] = args.redis_url
+    return load_settings(**overrides)
+
+
+def _outbox(settings: Any) -> Any:
+    from models.db import make_engine
+    from models.repository import Outbox
+
+    return Outbox(make_engine(settings.database_url))
+
+
+def _when(value: str | None, field: str) -> datetime | None:
+    """Parse an ISO time (naive = UTC) or a relative one like +10m, +2h, +30s."""
+    if value is None:
+        return None
+    from worker.clock import utcnow
+
+    value = value.strip()
+    if value.startswith("+") and value[-1:] in {"s", "m", "h", "d"}:
+        try:
+            amount = float(value[1:-1])
+        except ValueError:
+            raise CliError(f"{field}: {value!r} is not a time (use ISO 8601 or +30s, +10m, +2h, +1d)") from None
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
+        return utcnow() + timedelta(seconds=amount * unit)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(f"{field}: {value!r} is not a time (use ISO 8601 or +30s, +10m, +2h, +1d)") from None
+    if parsed.tzinfo is None:
+        from datetime import timezone
+
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def message_dict(m: Any) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "chatbot": m.serial_number,
+        "to": m.to_phone,
+        "text": m.body,
+        "segments": m.segments,
+        "state": m.state,
+        "attempts": m.attempts,
+        "failures": m.failures,
+        "ambiguous": m.ambiguous,
+        "next_attempt_at": _iso(m.next_attempt_at),
+        "deadline_at": _iso(m.deadline_at),
+        "idempotency_key": m.idempotency_key,
+        "last_outcome": m.last_outcome,
+        "last_reason": m.last_reason,
+        "session_id": m.session_id,
+        "metadata": m.meta,
+        "created_at": _iso(m.created_at),
+        "updated_at": _iso(m.updated_at),
+        "sent_at": _iso(m.sent_at),
+    }
+
+
+def attempt_dict(a: Any) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "started_at": _iso(a.started_at),
+        "latency_ms": round(a.latency_ms, 1) if a.latency_ms is not None else None,
+        "http_status": a.http_status,
+        "success": a.success,
+        "code": a.code,
+        "message": a.message,
+        "data_status": a.data_status,
+        "data_message": a.data_message,
+        "session_id": a.session_id,
+        "classification": a.classification,
+        "reason": a.reason,
+        "error": a.error,
+        "worker": a.worker,
+    }
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from worker.migrate import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url, args.revision)
+    print(f"database at revision {args.revision}")
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.app import make_app
+    from worker.logs import configure_logging
+
+    settings = _settings(args)
+    key = settings.api_key()  # refuses to start without a usable key, without printing it
+    configure_logging(args.log_level, secrets=(key,))
+    app = make_app(settings)
+    argv = ["worker", "--loglevel", args.log_level, "-Q", settings.queue_name,
+            "--pool", args.pool, "--concurrency", str(args.concurrency), "--without-gossip",
+            "--without-mingle", "--without-heartbeat", *args.extra]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    from worker.dispatcher import run
+    from worker.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(args.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(settings, stop)
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from worker.enqueue import Producer
+
+    metadata = None
+    if args.metadata is not None:
+        try:
+            metadata = json.loads(args.metadata)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"metadata: not JSON ({exc.msg})") from None
+    settings = _settings(args)
+    producer = Producer(settings)
+    try:
+        mid = producer.send(args.chatbot, args.to, args.text, idempotency_key=args.key,
+                            send_at=_when(args.send_at, "send_at"), deadline=_when(args.deadline, "deadline"),
+                            metadata=metadata)
+    finally:
+        producer.close()
+    if args.json:
+        _print_json({"id": mid})
+    else:
+        print(mid)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    outbox = _outbox(_settings(args))
+    message = outbox.get(args.id)
+    if message is None:
+        raise CliError(f"message {args.id} not found", EXIT_NOT_FOUND)
+    attempts, actions = outbox.history(args.id)
+    data = message_dict(message)
+    data["attempt_history"] = [attempt_dict(a) for a in attempts]
+    data["operator_actions"] = [
+        {"action": a.action, "from_state": a.from_state, "actor": a.actor, "at": _iso(a.at), "note": a.note}
+        for a in actions
+    ]
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    for k in ("id", "chatbot", "to", "state", "attempts", "failures", "ambiguous", "session_id", "last_outcome",
+              "last_reason", "next_attempt_at", "deadline_at", "idempotency_key", "created_at", "sent_at"):
+        print(f"{k:16} {'' if data[k] is None else data[k]}")
+    print(f"{'text':16} {data['text']}")
+    if data["metadata"]:
+        print(f"{'metadata':16} {json.dumps(data['metadata'])}")
+    print()
+    rows = [
+        {**attempt_dict(a), "started_at": a.started_at.strftime("%H:%M:%S.%f")[:-3],
+         "envelope": f"Success={a.success} Code={a.code} Status={a.data_status}" if a.http_status else ""}
+        for a in attempts
+    ]
+    _table(rows, ["number", "started_at", "latency_ms", "http_status", "envelope", "session_id",
+                  "classification", "reason", "error"])
+    for a in data["operator_actions"]:
+        print(f"operator {a['action']} from {a['from_state']} at {a['at']} by {a['actor'] or '-'}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    outbox = _outbox(_settings(args))
+    messages = outbox.list(states=args.state or (), serial_number=args.chatbot,
+                           since=_when(args.since, "since"), until=_when(args.until, "until"), limit=args.limit)
+    if args.json:
+        _print_json([message_dict(m) for m in messages])
+        return EXIT_OK
+    from worker.logs import mask_phone
+
+    rows = [{**message_dict(m), "to": mask_phone(m.to_phone), "created_at": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+             "last_reason": (m.last_reason or "")[:50]} for m in messages]
+    _table(rows, ["id", "chatbot", "to", "state", "attempts", "session_id", "created_at", "last_reason"])
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace, verb: str) -> int:
+    from worker.clock import utcnow
+    from worker.enqueue import wake
+
+    settings = _settings(args)
+    outbox = _outbox(settings)
+    actor = args.actor
+    if verb == "retry":
+        results = outbox.operator_retry(args.ids, utcnow(), actor, _when(args.deadline, "deadline"))
+    else:
+        results = outbox.cancel(args.ids, utcnow(), actor)
+    done = "retried" if verb == "retry" else "cancelled"
+    if any(v == done for v in results.values()):
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        wake(client)
+        client.close()
+    if args.json:
+        _print_json([{"id": k, "result": v} for k, v in results.items()])
+    else:
+        for mid, result in results.items():
+            print(f"{mid}: {result}")
+    if all(v == "not found" for v in results.values()):
+        return EXIT_NOT_FOUND
+    return EXIT_OK if all(v == done for v in results.values()) else EXIT_PARTIAL
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    return _apply(args, "retry")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return _apply(args, "cancel")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    counts = _outbox(_settings(args)).counts()
+    if args.json:
+        _print_json(counts)
+    else:
+        _table([{"state": k, "messages": v} for k, v in sorted(counts.items())], ["state", "messages"])
+    return EXIT_OK
+
+
+def cmd_chatbot(args: argparse.Namespace) -> int:
+    """`chatbot show|set-limit|pause|resume`: limits and pauses, stored in the database."""
+    import redis
+
+    from worker.clock import utcnow
+    from worker.limits import LimitBook
+    from worker.ratelimit import RateLimiter
+
+    settings = _settings(args)
+    outbox = _outbox(settings)
+    now = utcnow()
+    if args.action == "set-limit":
+        if args.rate is not None and args.rate <= 0:
+            raise CliError("rate: must be greater than 0 (messages per second)")
+        if args.burst is not None and args.burst < 1:
+            raise CliError("burst: must be at least 1")
+        if args.segments_per_s is not None and args.segments_per_s <= 0:
+            raise CliError("segments-per-s: must be greater than 0")
+        outbox.set_limit(args.serial_number, now, rate_per_s=args.rate, burst=args.burst,
+                         segments_per_s=args.segments_per_s)
+    elif args.action in ("pause", "resume"):
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        limiter = RateLimiter(client)
+        if args.action == "pause":
+            until = now + timedelta(seconds=args.for_s) if args.for_s else now + timedelta(days=3650)
+            reason = f"paused by operator{': ' + args.reason if args.reason else ''}"
+            outbox.pause(args.serial_number, until, reason, now)
+            limiter.pause(args.serial_number, until, now)
+        else:
+            if not outbox.resume(args.serial_number, now):
+                print(f"{args.serial_number}: was not paused")
+            limiter.resume(args.serial_number)
+        client.close()
+    rows = outbox.chatbots([args.serial_number] if args.serial_number else None)
+    names = [args.serial_number] if args.serial_number else sorted(rows)
+    book = LimitBook(outbox, settings, ttl_s=0)
+    out = []
+    for sn in names:
+        state = book.get(sn)
+        paused = state.paused(now)
+        out.append({
+            "chatbot": sn,
+            "rate_per_s": state.limit.rate_per_s,
+            "burst": state.limit.burst,
+            "segments_per_s": state.limit.segments_per_s,
+            "configured": sn in rows,
+            "paused": paused,
+            "paused_until": _iso(state.paused_until) if paused else None,
+            "pause_reason": state.pause_reason if paused else None,
+        })
+    if args.json:
+        _print_json(out if not args.serial_number else out[0])
+    else:
+        _table(out, ["chatbot", "rate_per_s", "burst", "segments_per_s", "paused", "paused_until", "pause_reason"])
+    return EXIT_OK
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from sandbox.server import main as sandbox_main
+
+    return sandbox_main(args.extra)
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oaksend", description="Durable SMS through the NewOaks SendTwilioMessage API.")
+    parser.add_argument("--database-url", help="overrides DATABASE_URL")
+    parser.add_argument("--redis-url", help="overrides REDIS_URL")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply the database migrations (creates the outbox)")
+    p.add_argument("--revision", default="head")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("worker", help="run a Celery worker of oaksend's app (extra args go to Celery)")
+    p.add_argument("--pool", default="threads", help="Celery pool (default threads)")
+    p.add_argument("--concurrency", type=int, default=8, help="sends in flight per worker process (default 8)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("dispatcher", help="run the dispatcher (one is active, others stand by)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_dispatcher)
+
+    p = sub.add_parser("send", help="enqueue one message and print its id")
+    p.add_argument("--chatbot", required=True, help="the chatbot's SerialNumber")
+    p.add_argument("--to", required=True, help="E.164 destination, e.g. +14155550123")
+    p.add_argument("--text", required=True, help="the message (at most 1600 characters)")
+    p.add_argument("--key", help="idempotency key")
+    p.add_argument("--send-at", help="not before this time (ISO 8601, or +10m)")
+    p.add_argument("--deadline", help="never after this time (ISO 8601, or +2h)")
+    p.add_argument("--metadata", help="a JSON object kept with the message")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("show", help="a message and its whole attempt history")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="messages, newest first")
+    p.add_argument("--state", action="append", choices=["pending", "dispatched", "sending", "sent", "failed",
+                                                          "unknown", "expired", "cancelled"])
+    p.add_argument("--chatbot")
+    p.add_argument("--since", help="created at or after (ISO 8601 or -1h style is not supported; use ISO)")
+    p.add_argument("--until")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    for name, func, helptext in (("retry", cmd_retry, "send failed / expired / unknown messages again"),
+                                 ("cancel", cmd_cancel, "cancel messages not yet sent")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("ids", type=int, nargs="+")
+        p.add_argument("--actor", default=None, help="who did it, for the audit trail (default $USER)")
+        if name == "retry":
+            p.add_argument("--deadline", help="a new deadline (ISO 8601 or +2h)")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("stats", help="messages per state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("chatbot", help="a chatbot's rate limit and pause (no restart needed)")
+    p.add_argument("action", choices=["show", "set-limit", "pause", "resume"])
+    p.add_argument("serial_number", nargs="?", help="the chatbot (all configured ones for `show` when omitted)")
+    p.add_argument("--rate", type=float, help="messages per second")
+    p.add_argument("--burst", type=int, help="messages allowed at once")
+    p.add_argument("--segments-per-s", type=float, help="optional limit in SMS segments per second")
+    p.add_argument("--for", dest="for_s", type=float, help="pause for this many seconds (default: until resumed)")
+    p.add_argument("--reason", help="why (shown to operators)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_chatbot)
+
+    p = sub.add_parser("sandbox", help="run the fake NewOaks API (see `oaksend sandbox --help`)", add_help=False)
+    p.set_defaults(func=cmd_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script. Returns the exit code (see the module docstring)."""
+    import os
+
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+    from worker.errors import ConfigError, NotFound, OaksendError, ValidationError
+
+    parser = build_parser()
+    # `worker` hands unknown arguments to Celery and `sandbox` all of its own to the sandbox.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("worker", "sandbox"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = [a for a in extra if a != "--"] if args.command == "worker" else extra
+    if getattr(args, "actor", "unset") is None:
+        args.actor = os.environ.get("USER") or None
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"oaksend: {exc}", file=sys.stderr)
+        return exc.code
+    except (ValidationError, ConfigError) as exc:
+        print(f"oaksend: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFound as exc:
+        print(f"oaksend: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except OaksendError as exc:
+        print(f"oaksend: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    except OperationalError as exc:
+        print(f"oaksend: database unavailable: {str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__}",
+              file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except SQLAlchemyError as exc:
+        print(f"oaksend: database error: {type(exc).__name__} (has `oaksend migrate` been run?)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
+        import redis
+
+        if isinstance(exc, redis.RedisError):
+            print(f"oaksend: Redis unavailable: {type(exc).__name__}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The one place that reads the wall clock; everything else is handed `now`."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)

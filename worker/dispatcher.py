@@ -1,0 +1,246 @@
+"""The dispatcher: due rows -> fair, rate-aware batches -> Celery; and rescue of lost leases.
+
+One instance is active at a time (a Redis lock with a TTL it keeps renewing);
+others wait as standbys and take over when the lock lapses. If two were ever
+active at once (Redis lost the lock), nothing is sent twice: leasing a row is a
+conditional UPDATE, and a worker only claims a row under its lease token.
+
+Each pass:
+1. rescue: dispatched rows whose lease ran out go back to pending; rows left
+   `sending` by a dead worker are recorded as ambiguous (see Outbox.rescue);
+   pending rows past their deadline are expired;
+2. for each chatbot with due messages, in round-robin order, lease at most what
+   its rate allows for the next `dispatch_lookahead_s` (minus what is already
+   in flight), so the broker holds only a second or two of work;
+3. publish one task per batch, interleaving chatbots, so a chatbot with a huge
+   backlog delays another's messages by at most one pass.
+Then it sleeps until the next message is due, a producer wakes it, or
+`dispatch_interval_s` passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import zip_longest
+
+import redis
+from celery import Celery
+from sqlalchemy.exc import SQLAlchemyError
+
+from models.repository import Outbox
+from worker.app import SEND_TASK
+from worker.clock import utcnow
+from worker.enqueue import WAKE_KEY
+from worker.limits import LimitBook
+from worker.ratelimit import RateLimiter
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "oaksend:dispatcher:lock"
+#: The lock lives this long without renewal; a standby takes over after it.
+LOCK_TTL_S = 5.0
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+@dataclass
+class PassStats:
+    """What one dispatch pass did."""
+
+    dispatched: int = 0
+    tasks: int = 0
+    rescued: dict[str, int] = field(default_factory=dict)
+    expired: int = 0
+    capped: bool = False  # some chatbot had more due work than it may have in flight
+
+
+def allowance(rate_per_s: float, burst: int, inflight: int, *, lookahead_s: float, max_per_pass: int) -> int:
+    """Pure: how many more messages of a chatbot may enter the broker now."""
+    budget = math.ceil(rate_per_s * lookahead_s) + burst
+    return max(0, min(max_per_pass, budget - inflight))
+
+
+def interleave(batches_by_chatbot: list[list[list[int]]]) -> list[int]:
+    """Pure: the order to publish batches: one of each chatbot in turn (indices into a flat list)."""
+    order: list[int] = []
+    offsets = []
+    total = 0
+    for batches in batches_by_chatbot:
+        offsets.append(total)
+        total += len(batches)
+    for round_ in zip_longest(*[range(len(b)) for b in batches_by_chatbot]):
+        for chatbot, index in enumerate(round_):
+            if index is not None:
+                order.append(offsets[chatbot] + index)
+    return order
+
+
+class Dispatcher:
+    """Moves due outbox rows into Celery, fairly and within each chatbot's rate."""
+
+    def __init__(self, settings: Settings, outbox: Outbox, redis_client: redis.Redis, app: Celery, *,
+                 clock: Callable[[], datetime] = utcnow, name: str | None = None) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.redis = redis_client
+        self.app = app
+        self.clock = clock
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.limits = LimitBook(outbox, settings, ttl_s=1.0)
+        self.limiter = RateLimiter(redis_client)
+        self._renew = redis_client.register_script(_RENEW)
+        self._rr_offset = 0
+        self.active = False
+
+    # -- leadership -----------------------------------------------------------------------
+    def hold_lock(self) -> bool:
+        """Acquire or renew the active-dispatcher lock; False means: stay standby."""
+        ttl_ms = int(LOCK_TTL_S * 1000)
+        if self.active and self._renew(keys=[LOCK_KEY], args=[self.name, ttl_ms]):
+            return True
+        got = bool(self.redis.set(LOCK_KEY, self.name, nx=True, px=ttl_ms))
+        if got != self.active:
+            log.info("dispatcher %s is now %s", self.name, "active" if got else "standby")
+        self.active = got
+        return got
+
+    def release_lock(self) -> None:
+        try:
+            if self.redis.get(LOCK_KEY) == self.name.encode():
+                self.redis.delete(LOCK_KEY)
+        except redis.RedisError:
+            pass
+        self.active = False
+
+    # -- one pass -------------------------------------------------------------------------
+    def run_pass(self) -> PassStats:
+        """Rescue, then lease and publish due work. Call only while holding the lock."""
+        stats = PassStats()
+        now = self.clock()
+        stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}")
+        stats.expired = self.outbox.expire_overdue(now)
+        due = self.outbox.due_chatbots(now)
+        if not due:
+            return stats
+        # Rotate the starting chatbot each pass, so no one is always first.
+        start = self._rr_offset % len(due)
+        due = due[start:] + due[:start]
+        self._rr_offset += 1
+        states = self.limits.get_many(due)
+        inflight = self.outbox.inflight_counts()
+        lease_until = now + timedelta(seconds=self.settings.lease_s)
+        leased: list[tuple[str, list[list[int]]]] = []
+        for sn in due:
+            state = states[sn]
+            if state.paused(now):
+                self._mirror_pause(sn, state.paused_until, now)  # type: ignore[arg-type]
+                continue
+            n = allowance(state.limit.rate_per_s, state.limit.burst, inflight.get(sn, 0),
+                          lookahead_s=self.settings.dispatch_lookahead_s,
+                          max_per_pass=self.settings.dispatch_max_per_pass)
+            if n == 0:
+                stats.capped = True
+                continue
+            token, ids = self.outbox.lease_due(sn, now, n, lease_until)
+            if len(ids) == n:
+                stats.capped = True
+            if ids:
+                size = self.settings.dispatch_batch_size
+                leased.append((token, [ids[i : i + size] for i in range(0, len(ids), size)]))
+        flat: list[tuple[str, list[int]]] = [(token, batch) for token, batches in leased for batch in batches]
+        for index in interleave([batches for _, batches in leased]):
+            token, batch = flat[index]
+            try:
+                self.app.send_task(SEND_TASK, args=[batch, token], queue=self.settings.queue_name)
+            except Exception as exc:  # the broker is away: give the rows back now
+                log.warning("could not publish a batch (%s); giving %d messages back", type(exc).__name__, len(batch))
+                self.outbox.release(batch, token, self.clock())
+                continue
+            stats.tasks += 1
+            stats.dispatched += len(batch)
+        return stats
+
+    def _mirror_pause(self, serial_number: str, until: datetime, now: datetime) -> None:
+        try:
+            if not self.redis.exists(f"oaksend:pause:{{{serial_number}}}"):
+                self.limiter.pause(serial_number, until, now)
+        except redis.RedisError:
+            pass
+
+    def sleep_for(self, stats: PassStats) -> float:
+        """How long to wait for the next pass (a producer's wake-up cuts it short)."""
+        if stats.capped:
+            return 0.05
+        interval = self.settings.dispatch_interval_s
+        nxt = self.outbox.next_due_at()
+        if nxt is None:
+            return interval
+        return max(0.005, min(interval, (nxt - self.clock()).total_seconds()))
+
+    # -- the loop -------------------------------------------------------------------------
+    def run_forever(self, stop: threading.Event) -> None:
+        """Dispatch until `stop` is set; survive Redis and database outages."""
+        log.info("dispatcher %s started", self.name)
+        last_error = ""
+        while not stop.is_set():
+            try:
+                if not self.hold_lock():
+                    stop.wait(LOCK_TTL_S / 5)
+                    continue
+                stats = self.run_pass()
+                if stats.dispatched or stats.expired or any(stats.rescued.values()):
+                    log.info("pass: dispatched %d in %d tasks, rescued %s, expired %d",
+                             stats.dispatched, stats.tasks, stats.rescued, stats.expired)
+                self._wait(self.sleep_for(stats), stop)
+                last_error = ""
+            except (redis.RedisError, SQLAlchemyError, OSError) as exc:
+                text = f"{type(exc).__name__}"
+                if text != last_error:
+                    log.warning("dispatcher: %s unavailable (%s); retrying", _which(exc), text)
+                last_error = text
+                stop.wait(0.5)
+        self.release_lock()
+        log.info("dispatcher %s stopped", self.name)
+
+    def _wait(self, seconds: float, stop: threading.Event) -> None:
+        if seconds <= 0.01 or stop.is_set():
+            return
+        # BLPOP takes whole or fractional seconds on Redis >= 6.
+        got = self.redis.blpop([WAKE_KEY], timeout=min(seconds, LOCK_TTL_S / 3))
+        if got:
+            self.redis.delete(WAKE_KEY)
+
+
+def _which(exc: BaseException) -> str:
+    return "Redis" if isinstance(exc, redis.RedisError) else "the database" if isinstance(exc, SQLAlchemyError) else "a service"
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Build a dispatcher from settings and run it until stopped (SIGTERM/SIGINT in the CLI)."""
+    from models.db import make_engine
+    from worker.app import make_app
+
+    outbox = Outbox(make_engine(settings.database_url))
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    app = make_app(settings)
+    dispatcher = Dispatcher(settings, outbox, client, app)
+    try:
+        dispatcher.run_forever(stop or threading.Event())
+    finally:
+        client.close()
+        outbox.engine.dispose()
+

@@ -1,0 +1,116 @@
+"""Per-chatbot rate limits shared by every worker: one atomic Redis script per admission.
+
+GCRA (the generic cell rate algorithm) on Redis's own clock (`TIME`), so the
+workers' clocks do not matter. For emission interval T = 1/rate and a burst of
+B, any window of length W admits at most W/T + B requests. A second, optional
+limit counts SMS segments instead of messages; a request must pass both.
+
+The script also honours a pause key (set after a 429 or an auth failure), so a
+pause reaches every worker at once. All of this state may be lost (FLUSHALL,
+restart without persistence): it rebuilds itself, since an absent key means
+"no recent sends", and pauses are also kept in the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+
+#: KEYS: message tat, segment tat, pause. ARGV: T_msg_ms, burst, T_seg_ms (0 = none), cost_segments.
+_GCRA = """
+local pause_ms = redis.call('PTTL', KEYS[3])
+if pause_ms and pause_ms > 0 then
+  return {0, pause_ms, 1}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local seg_interval = tonumber(ARGV[3])
+local segments = tonumber(ARGV[4])
+
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local wait = new_tat - burst * interval - now
+
+local seg_new_tat = 0
+if seg_interval > 0 then
+  local seg_tat = tonumber(redis.call('GET', KEYS[2]) or now)
+  if seg_tat < now then seg_tat = now end
+  seg_new_tat = seg_tat + seg_interval * segments
+  -- a message longer than the burst could never pass otherwise: it passes alone
+  local allowance = math.max(burst, segments) * seg_interval
+  local seg_wait = seg_new_tat - allowance - now
+  if seg_wait > wait then wait = seg_wait end
+end
+
+if wait > 0 then
+  return {0, math.ceil(wait), 0}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+if seg_interval > 0 then
+  redis.call('SET', KEYS[2], string.format('%.3f', seg_new_tat), 'PX', math.ceil(seg_new_tat - now) + 1000)
+end
+return {1, 0, 0}
+"""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A chatbot's limit: `rate_per_s` messages per second with a burst, and optionally segments per second."""
+
+    rate_per_s: float
+    burst: int = 1
+    segments_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer of one admission: allowed now, or wait this long (paused: an API or operator pause)."""
+
+    allowed: bool
+    wait_s: float = 0.0
+    paused: bool = False
+
+
+def _keys(serial_number: str) -> list[str]:
+    # One hash tag per chatbot, so the script's keys share a slot on Redis Cluster.
+    tag = "{" + serial_number + "}"
+    return [f"oaksend:rl:{tag}:msg", f"oaksend:rl:{tag}:seg", f"oaksend:pause:{tag}"]
+
+
+class RateLimiter:
+    """Admission control for sends, shared by all worker processes through Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._script = client.register_script(_GCRA)
+
+    def admit(self, serial_number: str, limit: Limit, segments: int = 1) -> Admission:
+        """Take one token for `serial_number` if its limit allows it now."""
+        interval_ms = 1000.0 / limit.rate_per_s
+        seg_interval_ms = 1000.0 / limit.segments_per_s if limit.segments_per_s else 0
+        allowed, wait_ms, paused = self._script(
+            keys=_keys(serial_number),
+            args=[f"{interval_ms:.6f}", max(1, limit.burst), f"{seg_interval_ms:.6f}", max(1, segments)],
+        )
+        return Admission(bool(allowed), float(wait_ms) / 1000.0, bool(paused))
+
+    def pause(self, serial_number: str, until: datetime, now: datetime) -> None:
+        """Pause every send of this chatbot until `until` (mirrors the database's pause)."""
+        ms = int((until - now).total_seconds() * 1000)
+        if ms > 0:
+            self.redis.set(_keys(serial_number)[2], "1", px=ms)
+
+    def resume(self, serial_number: str) -> None:
+        self.redis.delete(_keys(serial_number)[2])
+
+    def sync_pauses(self, paused: dict[str, datetime], now: datetime) -> None:
+        """Re-create pause keys from the database (after Redis lost them)."""
+        for serial_number, until in paused.items():
+            if until > now:
+                self.pause(serial_number, until, now)
+

@@ -1,0 +1,223 @@
+"""The send task: claim, send, record. It applies decisions; it makes none of its own.
+
+For each id of a batch (all of one chatbot): expire it if its deadline passed,
+take a rate token (or hand it back to the database to wait), claim it
+atomically, call the API, classify, plan, and write the attempt and the new
+state in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+import redis
+from celery import Celery
+from sqlalchemy.exc import SQLAlchemyError
+
+from models.db import make_engine
+from models.repository import Outbox, Work
+from worker.app import SEND_TASK
+from worker.classify import Verdict, classify
+from worker.client import NewOaksClient
+from worker.clock import utcnow
+from worker.enqueue import wake
+from worker.limits import LimitBook
+from worker.logs import mask_phone
+from worker.ratelimit import RateLimiter
+from worker.settings import Settings
+from worker.transition import RetryPolicy, attempt_record, plan
+
+log = logging.getLogger(__name__)
+
+#: How long a worker keeps trying to write an outcome while the database is away.
+RECORD_RETRY_S = 120.0
+
+
+@dataclass
+class BatchResult:
+    """What one batch did, for logs and tests."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    unknown: int = 0
+    expired: int = 0
+    throttled: int = 0
+    skipped: int = 0
+    calls: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    def count(self, state: str) -> None:
+        self.by_state[state] = self.by_state.get(state, 0) + 1
+
+
+class Sender:
+    """Everything a worker process needs to send, built once per process from Settings."""
+
+    def __init__(self, settings: Settings, *, outbox: Outbox | None = None,
+                 redis_client: redis.Redis | None = None, clock: Callable[[], datetime] = utcnow,
+                 rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self._api_key = settings.api_key()  # fail fast, before any message is claimed
+        self.outbox = outbox or Outbox(make_engine(settings.database_url))
+        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.limiter = RateLimiter(self.redis)
+        self.limits = LimitBook(self.outbox, settings)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.policy = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s,
+                                  settings.ambiguous_policy)
+        self.overrides = {code: Verdict(v) for code, v in settings.code_overrides.items()}
+        self._local = threading.local()
+        self._host = socket.gethostname()
+
+    # -- per thread -----------------------------------------------------------------------
+    def _client(self) -> NewOaksClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = NewOaksClient(self.settings.base_url, self._api_key,
+                                   connect_timeout_s=self.settings.connect_timeout_s,
+                                   read_timeout_s=self.settings.read_timeout_s)
+            self._local.client = client
+        return client
+
+    @property
+    def name(self) -> str:
+        return f"{self._host}:{os.getpid()}:{threading.current_thread().name}"
+
+    # -- the batch ------------------------------------------------------------------------
+    def process(self, ids: list[int], token: str) -> BatchResult:
+        """Send the messages of one task. Rows no longer dispatched under `token` are skipped."""
+        result = BatchResult()
+        works = self.outbox.load_dispatched(ids, token)
+        result.skipped = len(ids) - len(works)
+        for work in works:
+            self._one(work, token, result)
+        if works:
+            wake(self.redis)  # in-flight work dropped: the dispatcher may send more
+        return result
+
+    def _one(self, work: Work, token: str, result: BatchResult) -> None:
+        now = self.clock()
+        if work.deadline_at is not None and work.deadline_at <= now:
+            if self.outbox.expire(work.id, token, now):
+                result.expired += 1
+                result.count("expired")
+            return
+        state = self.limits.get(work.serial_number)
+        if state.paused(now):
+            self.outbox.give_back(work.id, token, now, state.paused_until, f"chatbot paused: {state.pause_reason}")  # type: ignore[arg-type]
+            result.throttled += 1
+            return
+        admission = self._admit(work, state)
+        if not admission.allowed:
+            due = self.clock() + timedelta(seconds=max(admission.wait_s, 0.001))
+            why = "chatbot paused" if admission.paused else "throttled: waiting for the chatbot's rate limit"
+            self.outbox.give_back(work.id, token, self.clock(), due, why)
+            result.throttled += 1
+            return
+        now = self.clock()
+        if work.deadline_at is not None and work.deadline_at <= now:
+            if self.outbox.expire(work.id, token, now):
+                result.expired += 1
+                result.count("expired")
+            return
+        call_lease = timedelta(seconds=self.settings.connect_timeout_s + self.settings.read_timeout_s + 30)
+        if not self.outbox.claim(work.id, token, now, now + call_lease):
+            result.skipped += 1
+            return
+        started = self.clock()
+        t0 = time.perf_counter()
+        outcome = self._client().send(work.serial_number, work.to_phone, work.body)
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        result.calls += 1
+        decision = classify(outcome, overrides=self.overrides, retry_after_cap_s=self.settings.retry_after_cap_s,
+                            retry_later_floor_s=self.settings.retry_later_floor_s)
+        now = self.clock()
+        session_id = getattr(outcome, "session_id", None)
+        change = plan(decision, failures=work.failures, deadline_at=work.deadline_at, now=now,
+                      policy=self.policy, rng=self.rng, session_id=session_id)
+        record = attempt_record(outcome, decision, number=work.attempts + 1, started_at=started,
+                                latency_ms=latency_ms, worker=self.name)
+        self._record(work, token, record, change, now)
+        if change.pause_until is not None:
+            self._pause(work.serial_number, change.pause_until, now)
+        result.count(change.state)
+        log.info("message %s to %s: %s (%s) -> %s", work.id, mask_phone(work.to_phone), decision.verdict,
+                 decision.reason, change.state)
+
+    def _admit(self, work: Work, state: Any) -> Any:
+        """Take a rate token, waiting in-process for short waits only (never a busy loop)."""
+        waited = 0.0
+        while True:
+            admission = self.limiter.admit(work.serial_number, state.limit, work.segments)
+            if admission.allowed or admission.paused:
+                return admission
+            if waited + admission.wait_s > self.settings.max_token_wait_s:
+                return admission
+            self.sleep(admission.wait_s)
+            waited += admission.wait_s
+
+    def _record(self, work: Work, token: str, record: Any, change: Any, now: datetime) -> None:
+        """Write the outcome; while the database is away, keep trying rather than lose it."""
+        deadline = time.monotonic() + RECORD_RETRY_S
+        delay = 0.2
+        while True:
+            try:
+                self.outbox.record(work.id, work.serial_number, work.to_phone, token, record, change, now)
+                return
+            except SQLAlchemyError as exc:
+                if time.monotonic() > deadline:
+                    # The row stays `sending`; the dispatcher's rescue will treat it as ambiguous.
+                    log.error("message %s: could not record the outcome (%s); left for rescue as ambiguous",
+                              work.id, type(exc).__name__)
+                    return
+                log.warning("message %s: database unavailable (%s); retrying the write in %.1fs",
+                            work.id, type(exc).__name__, delay)
+                self.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _pause(self, serial_number: str, until: datetime, now: datetime) -> None:
+        try:
+            self.limiter.pause(serial_number, until, now)
+        except redis.RedisError:
+            pass  # the database holds the pause too; the dispatcher re-creates the key
+        self.limits.forget(serial_number)
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+        self.redis.close()
+        self.outbox.engine.dispose()
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Register the send task on `app`; its Sender is built lazily, once per process."""
+    lock = threading.Lock()
+    holder: dict[str, Any] = {}
+
+    def sender() -> Sender:
+        pid = os.getpid()
+        if holder.get("pid") != pid:
+            with lock:
+                if holder.get("pid") != pid:
+                    holder["sender"] = Sender(settings)
+                    holder["pid"] = pid
+        return holder["sender"]
+
+    @app.task(name=SEND_TASK, ignore_result=True)
+    def send_batch(ids: list[int], token: str) -> dict[str, int]:
+        result = sender().process([int(i) for i in ids], str(token))
+        return {"calls": result.calls, "skipped": result.skipped, "throttled": result.throttled, **result.by_state}
+
+    app.oaksend_sender = sender  # type: ignore[attr-defined]
