@@ -16,6 +16,8 @@ from sandbox.config import Limit
 
 #: length of the sliding window whose peak count is reported
 WINDOW_S = 1.0
+#: float rounding of summed intervals must not turn an exactly-on-time request into a violation
+_ROUNDING_S = 1e-9
 
 
 class Gcra:
@@ -34,7 +36,7 @@ class Gcra:
         """0.0 when the request conforms (and is counted), else the seconds until one would."""
         tat = max(self.tat_s, now_s)
         allowed_at = tat - self.tolerance_s
-        if now_s + slack_s < allowed_at:
+        if now_s + slack_s + _ROUNDING_S < allowed_at:
             return allowed_at - now_s  # rejected requests do not move the bucket
         self.tat_s = tat + self.interval_s
         return 0.0

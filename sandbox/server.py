@@ -49,6 +49,7 @@ class SandboxServer:
             self._serve, config.host, config.port, limit=MAX_HEAD_BYTES, reuse_address=True
         )
         port = self._server.sockets[0].getsockname()[1]
+        self.app.config = dataclasses.replace(config, port=port)  # GET /_sandbox/config shows the real one
         host = f"[{config.host}]" if ":" in config.host else config.host
         self.base_url = f"http://{host}:{port}"
         return self.base_url

@@ -232,17 +232,29 @@ def _twilio_code(env: Envelope, overrides: Mapping[int, Verdict]) -> int | None:
 
 
 def _overridden(decision: Decision, verdict: Verdict) -> Decision:
-    """Replace the verdict, dropping the flags that no longer make sense."""
+    """Replace the verdict, keeping only the flags that still make sense.
+
+    A pause on a FINAL decision is read as "until an operator resumes" (auth,
+    wrong URL), a pause on a retry as "for the delay" (rate limits); so each
+    keeps the pause only when it meant the same thing before.
+    """
     if verdict is Verdict.SENT:
         return Decision(Verdict.SENT, decision.reason)
     if verdict is Verdict.FINAL:
-        # Nothing will be retried, so delays and throttling are moot; a pause
-        # (auth, rate limit) and a suppression still hold.
-        return replace(
-            decision, verdict=verdict, retry_after_s=None, min_delay_s=None, throttled=False
+        # Nothing will be retried: delays and throttling are moot.
+        return Decision(
+            Verdict.FINAL,
+            decision.reason,
+            pause_chatbot=decision.pause_chatbot and decision.verdict is Verdict.FINAL,
+            suppress_number=decision.suppress_number,
         )
     # RETRY or AMBIGUOUS: the number will be texted again, so never suppress it.
-    return replace(decision, verdict=verdict, suppress_number=False)
+    return replace(
+        decision,
+        verdict=verdict,
+        pause_chatbot=decision.pause_chatbot and decision.throttled,
+        suppress_number=False,
+    )
 
 
 def _capped(retry_after_s: float | None, cap_s: float) -> float | None:

@@ -81,7 +81,9 @@ def _pause(decision: Decision, now: datetime) -> tuple[datetime | None, str | No
         return None, None
     if decision.verdict is Verdict.FINAL:
         # 401/403: every other send of this chatbot would fail the same way.
-        return now + INDEFINITE, f"{decision.reason}: check NEWOAKS_API_KEY and the chatbot's permissions, then `oaksend chatbot resume`"
+        hint = ("check NEWOAKS_API_KEY and the chatbot's permissions" if decision.reason in ("http_401", "http_403",
+                "code_401", "code_403") else "check NEWOAKS_BASE_URL / NEWOAKS_REGION")
+        return now + INDEFINITE, f"{decision.reason}: {hint}, then `oaksend chatbot resume`"
     seconds = decision.retry_after_s or decision.min_delay_s or 1.0
     return now + timedelta(seconds=seconds), f"{decision.reason}: rate limited by the API"
 

@@ -36,23 +36,29 @@ def shared_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox
 
 
 @pytest.fixture(scope="session")
-def baseline_config(shared_sandbox: SandboxProcess) -> dict[str, Any]:
-    config = httpx.get(shared_sandbox.base_url + "/_sandbox/config").json()
+def shared_client(shared_sandbox: SandboxProcess) -> Iterator[httpx.Client]:
+    # One client for the session: building an httpx.Client costs tens of ms (its SSL context).
+    with httpx.Client(base_url=shared_sandbox.base_url, timeout=5.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def baseline_config(shared_client: httpx.Client) -> dict[str, Any]:
+    config = shared_client.get("/_sandbox/config").json()
     for startup_only in ("host", "port", "log_level"):
         config.pop(startup_only)
     return config
 
 
 @pytest.fixture
-def base_url(shared_sandbox: SandboxProcess, baseline_config: dict[str, Any]) -> str:
-    """The shared sandbox, reset and back at its start configuration."""
-    with httpx.Client(base_url=shared_sandbox.base_url) as client:
-        client.post("/_sandbox/config", json=baseline_config).raise_for_status()
-        client.post("/_sandbox/reset").raise_for_status()
-    return shared_sandbox.base_url
+def client(shared_client: httpx.Client, baseline_config: dict[str, Any]) -> httpx.Client:
+    """A client of the shared sandbox, reset and back at its start configuration."""
+    # The key is not in the config the sandbox shows, so it is restored by hand.
+    shared_client.post("/_sandbox/config", json={**baseline_config, "api_key": KEY}).raise_for_status()
+    shared_client.post("/_sandbox/reset").raise_for_status()
+    return shared_client
 
 
 @pytest.fixture
-def client(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=5.0) as c:
-        yield c
+def base_url(client: httpx.Client) -> str:
+    return str(client.base_url).rstrip("/")

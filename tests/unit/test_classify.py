@@ -218,8 +218,11 @@ def test_final_twilio_codes(code: int) -> None:
         (page(500), {500: RETRY}, Decision(RETRY, "http_500")),
         (page(502), {502: FINAL}, Decision(FINAL, "http_502")),
         (page(409), {409: RETRY}, Decision(RETRY, "http_409")),
+        (page(401), {401: FINAL}, Decision(FINAL, "http_401", pause_chatbot=True)),
+        (page(401), {401: RETRY}, Decision(RETRY, "http_401")),
+        (page(429, 10.0), {429: AMBIGUOUS}, Decision(AMBIGUOUS, "http_429", retry_after_s=10.0, throttled=True, pause_chatbot=True)),
         (page(404), {500: RETRY}, Decision(FINAL, "http_404")),  # other numbers untouched
-        (page(429, 10.0), {429: FINAL}, Decision(FINAL, "http_429", pause_chatbot=True)),
+        (page(429, 10.0), {429: FINAL}, Decision(FINAL, "http_429")),
         (page(503, 10.0), {503: AMBIGUOUS}, Decision(AMBIGUOUS, "http_503", retry_after_s=10.0)),
         # On the envelope Code.
         (failed(code=500), {500: FINAL}, Decision(FINAL, "code_500")),
@@ -229,7 +232,7 @@ def test_final_twilio_codes(code: int) -> None:
         # On Twilio codes: a listed one, and one only the overrides know.
         (failed("21610"), {21610: RETRY}, Decision(RETRY, "twilio_21610")),
         (failed("30003"), {30003: FINAL}, Decision(FINAL, "twilio_30003")),
-        (failed("20429"), {20429: FINAL}, Decision(FINAL, "twilio_20429", pause_chatbot=True)),
+        (failed("20429"), {20429: FINAL}, Decision(FINAL, "twilio_20429")),
         (failed("21612 no route"), {21612: FINAL}, Decision(FINAL, "twilio_21612")),
         (failed("21612 no route"), {21612: RETRY}, Decision(RETRY, "twilio_21612")),
         (failed("", "12345"), {12345: SENT}, Decision(SENT, "twilio_12345")),
