@@ -1,0 +1,33 @@
+# oaksend: the two set-up commands are `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench compose-check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install oaksend with its test tools
+
+demo: $(STAMP)  ## run the whole path on SQLite, a local or embedded Redis and the fake API
+	$(BIN)/python scripts/demo.py
+
+test: $(STAMP)  ## the whole suite against real Redis, PostgreSQL and SQLite
+	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## pure functions only: no services needed
+	$(BIN)/pytest tests/unit
+
+bench: $(STAMP)  ## end-to-end throughput vs bare Celery, and latency (prints figures)
+	$(BIN)/python -m bench.pipeline
+
+compose-check:  ## validate docker-compose.yml (Debian's docker-compose package)
+	docker-compose config -q
+
+clean:
+	rm -rf var .pytest_cache oaksend.db oaksend.db-*
