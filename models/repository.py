@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -231,15 +231,36 @@ class Outbox:
 
     # -- dispatching ----------------------------------------------------------------------
     def due_chatbots(self, now: datetime) -> list[str]:
-        """Chatbots with at least one due pending message, in a stable order."""
-        with self.session() as s:
-            rows = s.execute(
-                select(Message.serial_number)
-                .where(Message.state == "pending", Message.next_attempt_at <= now)
-                .group_by(Message.serial_number)
-                .order_by(Message.serial_number)
+        """Chatbots with at least one due pending message, in a stable order.
+
+        A loose index scan over the partial index of pending rows: one probe per
+        chatbot with waiting messages, whatever the size of each backlog.
+        """
+        walk = text(
+            """
+            WITH RECURSIVE bots(sn) AS (
+                SELECT min(serial_number) FROM messages WHERE state = 'pending'
+                UNION ALL
+                SELECT (SELECT min(m.serial_number) FROM messages m
+                        WHERE m.state = 'pending' AND m.serial_number > bots.sn)
+                FROM bots WHERE bots.sn IS NOT NULL
             )
-            return [r[0] for r in rows]
+            SELECT sn FROM bots WHERE sn IS NOT NULL
+            """
+        )
+        earliest = (
+            select(func.min(Message.next_attempt_at))
+            .where(Message.state == "pending", Message.serial_number == bindparam("sn"))
+            .scalar_subquery()
+        )
+        with self.session() as s:
+            bots = [row[0] for row in s.execute(walk)]
+            due: list[str] = []
+            for sn in bots:
+                first = s.scalar(select(earliest), {"sn": sn})
+                if first is not None and first <= now:
+                    due.append(sn)
+            return due
 
     def inflight_counts(self) -> dict[str, int]:
         """Messages per chatbot that are dispatched or being sent right now."""

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -117,6 +118,15 @@ class Message(Base):
         Index("ix_messages_lease", "state", "lease_until"),
         Index("ix_messages_deadline", "state", "deadline_at"),
         Index("ix_messages_phone", "to_phone", "state"),
+        # Only waiting rows: the dispatcher walks chatbots with pending work through it,
+        # so a 100,000-message backlog costs one index probe per chatbot, not a scan.
+        Index(
+            "ix_messages_pending",
+            "serial_number",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
         Index("ix_messages_created", "created_at"),
     )
 

@@ -18,7 +18,10 @@ from datetime import datetime
 
 import redis
 
-#: KEYS: message tat, segment tat, pause. ARGV: T_msg_ms, burst, T_seg_ms (0 = none), cost_segments.
+#: KEYS: message tat, segment tat, pause.
+#: ARGV: T_msg_ms, burst, T_seg_ms (0 = none), cost_segments, max_wait_ms.
+#: Returns {allowed, wait_ms, paused}. With max_wait_ms > 0 a slot up to that far ahead
+#: is reserved: the caller sleeps wait_ms and then sends, so waiters never race.
 _GCRA = """
 local pause_ms = redis.call('PTTL', KEYS[3])
 if pause_ms and pause_ms > 0 then
@@ -30,6 +33,7 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local seg_interval = tonumber(ARGV[3])
 local segments = tonumber(ARGV[4])
+local max_wait = tonumber(ARGV[5] or '0')
 
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
@@ -47,14 +51,15 @@ if seg_interval > 0 then
   if seg_wait > wait then wait = seg_wait end
 end
 
-if wait > 0 then
+if wait > max_wait then
   return {0, math.ceil(wait), 0}
 end
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 if seg_interval > 0 then
   redis.call('SET', KEYS[2], string.format('%.3f', seg_new_tat), 'PX', math.ceil(seg_new_tat - now) + 1000)
 end
-return {1, 0, 0}
+if wait < 0 then wait = 0 end
+return {1, math.ceil(wait), 0}
 """
 
 
@@ -90,14 +95,27 @@ class RateLimiter:
         self._script = client.register_script(_GCRA)
 
     def admit(self, serial_number: str, limit: Limit, segments: int = 1) -> Admission:
-        """Take one token for `serial_number` if its limit allows it now."""
+        """Take one token for `serial_number` if its limit allows it now (else: how long to wait)."""
+        return self.reserve(serial_number, limit, segments, max_wait_s=0.0)
+
+    def reserve(self, serial_number: str, limit: Limit, segments: int = 1, *, max_wait_s: float) -> Admission:
+        """Reserve the next slot if it is at most `max_wait_s` away.
+
+        Allowed with `wait_s` > 0 means: the slot is yours, send after sleeping
+        `wait_s`. Not allowed means nothing was taken; `wait_s` says when to come back.
+        """
         interval_ms = 1000.0 / limit.rate_per_s
         seg_interval_ms = 1000.0 / limit.segments_per_s if limit.segments_per_s else 0
         allowed, wait_ms, paused = self._script(
             keys=_keys(serial_number),
-            args=[f"{interval_ms:.6f}", max(1, limit.burst), f"{seg_interval_ms:.6f}", max(1, segments)],
+            args=[f"{interval_ms:.6f}", max(1, limit.burst), f"{seg_interval_ms:.6f}", max(1, segments),
+                  int(max_wait_s * 1000)],
         )
         return Admission(bool(allowed), float(wait_ms) / 1000.0, bool(paused))
+
+    def paused(self, serial_number: str) -> bool:
+        """Whether the chatbot is paused right now (an API 429 or an operator)."""
+        return bool(self.redis.exists(_keys(serial_number)[2]))
 
     def pause(self, serial_number: str, until: datetime, now: datetime) -> None:
         """Pause every send of this chatbot until `until` (mirrors the database's pause)."""

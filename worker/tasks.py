@@ -31,7 +31,7 @@ from worker.clock import utcnow
 from worker.enqueue import wake
 from worker.limits import LimitBook
 from worker.logs import mask_phone
-from worker.ratelimit import RateLimiter
+from worker.ratelimit import Admission, RateLimiter
 from worker.settings import Settings
 from worker.transition import RetryPolicy, attempt_record, plan
 
@@ -155,17 +155,16 @@ class Sender:
         log.info("message %s to %s: %s (%s) -> %s", work.id, mask_phone(work.to_phone), decision.verdict,
                  decision.reason, change.state)
 
-    def _admit(self, work: Work, state: Any) -> Any:
-        """Take a rate token, waiting in-process for short waits only (never a busy loop)."""
-        waited = 0.0
-        while True:
-            admission = self.limiter.admit(work.serial_number, state.limit, work.segments)
-            if admission.allowed or admission.paused:
-                return admission
-            if waited + admission.wait_s > self.settings.max_token_wait_s:
-                return admission
+    def _admit(self, work: Work, state: Any) -> Admission:
+        """Reserve a rate slot at most `max_token_wait_s` ahead and sleep until it (no busy loop)."""
+        admission = self.limiter.reserve(work.serial_number, state.limit, work.segments,
+                                         max_wait_s=self.settings.max_token_wait_s)
+        if admission.allowed and admission.wait_s > 0:
             self.sleep(admission.wait_s)
-            waited += admission.wait_s
+            if self.limiter.paused(work.serial_number):
+                # Paused (a 429 elsewhere) while we waited: hand the message back.
+                return Admission(False, 1.0, True)
+        return admission
 
     def _record(self, work: Work, token: str, record: Any, change: Any, now: datetime) -> None:
         """Write the outcome; while the database is away, keep trying rather than lose it."""
