@@ -38,8 +38,7 @@ class Action:
 
     response: Response | None  #: None: send nothing (hang or reset)
     delay_s: float = 0.0  #: wait before answering (latency), or how long to hang
-    reset: bool = False  #: abort the connection (RST) after the delay
-    close: bool = False  #: close the connection after the answer (or after the hang)
+    reset: bool = False  #: abort the connection (RST) after the delay; else, without a response, close it
 
 
 class SandboxApp:
@@ -75,72 +74,70 @@ class SandboxApp:
     def _send(self, request: Request, now_unix: float, now_s: float) -> Action:
         config = self.config
         check = check_send(request.method, request.headers, request.body, config.api_key)
-        serial = check.serial
-        if serial is not None:
-            self.limiter.observe(serial, now_s)
+        if check.serial is not None:
+            self.limiter.observe(check.serial, now_s)
 
-        scripted = False
         outcome: Outcome | None = None
-        if not check.ok:
-            assert check.error_status is not None
-            allow = (("Allow", "POST"),) if check.error_status == 405 else ()
-            response: Response | None = error(check.error_status, check.error_message, allow)
-            fault = "invalid"
-        else:
-            assert serial is not None and check.phone is not None
-            wait_s = self.limiter.admit(serial, config.limit_for(serial), now_s, config.limit_slack_ms / 1000.0)
-            if wait_s > 0.0:
-                outcome = Outcome("http", 429, retry_after=max(1, math.ceil(wait_s)), label="limit")
-            else:
-                outcome = self.scripts.pop(check.phone, serial)
-                if outcome is not None:
-                    scripted = True
-                    outcome = resolve(outcome, config, self._rng)
-                else:
-                    outcome = decide(config, self._rng, now_s - self._burst_origin_s)
-            fault = outcome.label
-
+        scripted = False
         session_id = None
-        if outcome is not None and outcome.issues_session:
-            session_id = self._next_session_id
-            self._next_session_id += 1
+        if check.ok:
+            assert check.serial is not None and check.phone is not None  # valid means both are there
+            outcome, scripted = self._outcome(check.serial, check.phone, now_s)
+            if outcome.issues_session:
+                session_id = self._next_session_id
+                self._next_session_id += 1
 
         if outcome is not None and outcome.kind == "hang":
             assert outcome.hang_s is not None
-            action = Action(None, outcome.hang_s, close=True)
+            action = Action(None, outcome.hang_s)
             status: int | str = "hang"
         else:
             delay_s = 0.0 if config.latency.is_zero else config.latency.sample_s(self._latency_rng)
-            if outcome is not None and outcome.kind == "reset":
+            if outcome is None:
+                assert check.error_status is not None
+                allow = (("Allow", "POST"),) if check.error_status == 405 else ()
+                action = Action(error(check.error_status, check.error_message, allow), delay_s)
+            elif outcome.kind == "reset":
                 action = Action(None, delay_s, reset=True)
-                status = "reset"
             else:
-                if outcome is not None:
-                    response = for_outcome(outcome, session_id)
-                assert response is not None
-                action = Action(response, delay_s)
-                status = response.status
+                action = Action(for_outcome(outcome, session_id), delay_s)
+            status = action.response.status if action.response is not None else "reset"
 
         record = Record(
-            self.records.next_seq,
-            now_unix,
-            serial,
-            check.phone,
-            check.message,
-            check.auth_ok,
-            fault,
-            status,
-            session_id,
-            scripted,
-            round(action.delay_s * 1000.0, 3),
+            seq=self.records.next_seq,
+            received_at=now_unix,
+            serial_number=check.serial,
+            to_phone_number=check.phone,
+            message=check.message,
+            auth_ok=check.auth_ok,
+            fault=outcome.label if outcome is not None else "invalid",
+            status=status,
+            session_id=session_id,
+            scripted=scripted,
+            delay_ms=round(action.delay_s * 1000.0, 3),
         )
         self.records.add(record)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "send seq=%d serial=%s to=%s auth_ok=%s fault=%s status=%s session=%s",
-                record.seq, serial, mask_phone(check.phone), check.auth_ok, fault, status, session_id,
+                record.seq, check.serial, mask_phone(check.phone), check.auth_ok, record.fault, status, session_id,
             )
         return action
+
+    def _outcome(self, serial: str, phone: str, now_s: float) -> tuple[Outcome, bool]:
+        """The outcome of a valid request, and whether a script chose it.
+
+        The limiter comes first: like a real gateway it rejects before any
+        processing, so a scripted outcome is not consumed by a request over the limit.
+        """
+        config = self.config
+        wait_s = self.limiter.admit(serial, config.limit_for(serial), now_s, config.limit_slack_ms / 1000.0)
+        if wait_s > 0.0:
+            return Outcome("http", 429, retry_after=max(1, math.ceil(wait_s)), label="limit"), False
+        scripted = self.scripts.pop(phone, serial)
+        if scripted is not None:
+            return resolve(scripted, config, self._rng), True
+        return decide(config, self._rng, now_s - self._burst_origin_s), False
 
     # --- control endpoints
 

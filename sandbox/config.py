@@ -118,11 +118,12 @@ def parse_probability(value: Any) -> float:
     return p
 
 
-def parse_seconds(value: Any) -> float:
-    s = _number(value, "seconds")
-    if s < 0:
-        raise ConfigError(f"seconds must not be negative, got {value!r}")
-    return s
+def parse_non_negative(value: Any) -> float:
+    """Seconds or milliseconds: the unit is in the setting's name."""
+    number = _number(value, "duration")
+    if number < 0:
+        raise ConfigError(f"duration must not be negative, got {value!r}")
+    return number
 
 
 def parse_retry_after(value: Any) -> int:
@@ -366,8 +367,8 @@ _SPECS = [
     FieldSpec("latency", parse_latency, "added delay in ms: 20, uniform:10,50, normal:30,10, exp:20", "SPEC"),
     FieldSpec("p_429", parse_probability, "probability of HTTP 429", "P"),
     FieldSpec("retry_after", parse_retry_after, "Retry-After seconds of 429s; negative omits the header (default 1)", "S"),
-    FieldSpec("burst_429_every", parse_seconds, "every S seconds start a burst of 429s (0: never)", "S"),
-    FieldSpec("burst_429_for", parse_seconds, "length of each 429 burst in seconds", "S"),
+    FieldSpec("burst_429_every", parse_non_negative, "every S seconds start a burst of 429s (0: never)", "S"),
+    FieldSpec("burst_429_for", parse_non_negative, "length of each 429 burst in seconds", "S"),
     FieldSpec("p_500", parse_probability, "probability of HTTP 500", "P"),
     FieldSpec("p_502", parse_probability, "probability of HTTP 502 (HTML body)", "P"),
     FieldSpec("p_503", parse_probability, "probability of HTTP 503", "P"),
@@ -378,12 +379,12 @@ _SPECS = [
     FieldSpec("p_twilio_error", parse_probability, "probability of HTTP 200, Code 400, a Twilio error Message", "P"),
     FieldSpec("twilio_code", parse_twilio_codes, "Twilio error code(s) for --p-twilio-error, e.g. 21610,30022", "CODES"),
     FieldSpec("p_hang", parse_probability, "probability of never answering (for --hang-s, then close)", "P"),
-    FieldSpec("hang_s", parse_seconds, "seconds a hung request is held before the connection closes (default 30)", "S"),
+    FieldSpec("hang_s", parse_non_negative, "seconds a hung request is held before the connection closes (default 30)", "S"),
     FieldSpec("p_reset", parse_probability, "probability of resetting the connection without an answer", "P"),
     FieldSpec("p_malformed", parse_probability, "probability of HTTP 200 with a malformed body", "P"),
     FieldSpec("limits", parse_limits, "per-chatbot limit SERIAL=RATE[:BURST], repeatable (env SANDBOX_LIMITS=SN1=5:1,SN2=20:2)", "SERIAL=RATE[:BURST]"),
     FieldSpec("default_limit", parse_optional_limit, "limit of chatbots without their own --limit", "RATE[:BURST]"),
-    FieldSpec("limit_slack_ms", parse_seconds, "how early (ms) a request may come before the limiter counts it a violation (default 0)", "MS"),
+    FieldSpec("limit_slack_ms", parse_non_negative, "how early (ms) a request may come before the limiter counts it a violation (default 0)", "MS"),
     FieldSpec("record_file", parse_optional_str, "write the request records here as JSON lines on exit", "PATH"),
     FieldSpec("log_level", parse_log_level, "DEBUG logs each request with masked numbers (default INFO)", "LEVEL"),
 ]

@@ -87,10 +87,9 @@ class SandboxServer:
                     break
                 if action.response is None:  # the hang is over: close without a word
                     break
-                keep_alive = request.keep_alive and not action.close
-                writer.write(render(action.response, keep_alive))
+                writer.write(render(action.response, request.keep_alive))
                 await writer.drain()
-                if not keep_alive:
+                if not request.keep_alive:
                     break
         except ConnectionError:
             pass  # the client went away; nothing to answer

