@@ -263,11 +263,11 @@ class Outbox:
             return due
 
     def inflight_counts(self) -> dict[str, int]:
-        """Messages per chatbot that are dispatched or being sent right now."""
+        """Messages per chatbot dispatched but not yet claimed (those claimed hold a rate slot)."""
         with self.session() as s:
             rows = s.execute(
                 select(Message.serial_number, func.count())
-                .where(Message.state.in_(("dispatched", "sending")))
+                .where(Message.state == "dispatched")
                 .group_by(Message.serial_number)
             )
             return {sn: n for sn, n in rows}
@@ -409,8 +409,16 @@ class Outbox:
                 ).rowcount
             )
 
-    def give_back(self, message_id: int, token: str, now: datetime, due_at: datetime, reason: str) -> bool:
-        """Throttled or paused: due again later, without using an attempt."""
+    def give_back(self, message_id: int, token: str, now: datetime, due_at: datetime | None, reason: str) -> bool:
+        """Throttled or paused: pending again without using an attempt.
+
+        `due_at` None keeps the message's time: a paused chatbot is skipped by the
+        dispatcher as a whole, and its messages are due the moment it resumes.
+        """
+        values: dict[str, Any] = {"state": "pending", "lease_token": None, "lease_until": None,
+                                  "last_reason": reason, "updated_at": now}
+        if due_at is not None:
+            values["next_attempt_at"] = due_at
         with self.session() as s:
             return bool(
                 s.execute(
@@ -420,8 +428,7 @@ class Outbox:
                         Message.state.in_(("dispatched", "sending")),
                         Message.lease_token == token,
                     )
-                    .values(state="pending", lease_token=None, lease_until=None, next_attempt_at=due_at,
-                            last_reason=reason, updated_at=now)
+                    .values(**values)
                 ).rowcount
             )
 

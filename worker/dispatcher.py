@@ -46,6 +46,8 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "oaksend:dispatcher:lock"
+#: How long a pause copied from the database into Redis lasts before it is renewed.
+MIRROR_PAUSE_S = 2.0
 #: The lock lives this long without renewal; a standby takes over after it.
 LOCK_TTL_S = 5.0
 
@@ -66,11 +68,18 @@ class PassStats:
     rescued: dict[str, int] = field(default_factory=dict)
     expired: int = 0
     capped: bool = False  # some chatbot had more due work than it may have in flight
+    paused: int = 0  # chatbots with due work that are paused
 
 
-def allowance(rate_per_s: float, burst: int, inflight: int, *, lookahead_s: float, max_per_pass: int) -> int:
-    """Pure: how many more messages of a chatbot may enter the broker now."""
-    budget = math.ceil(rate_per_s * lookahead_s) + burst
+def allowance(rate_per_s: float, burst: int, inflight: int, *, lookahead_s: float, max_per_pass: int,
+              ahead_s: float = 0.0) -> int:
+    """Pure: how many more messages of a chatbot may enter the broker now.
+
+    GCRA admits `rate * (H - ahead) + burst` requests within a horizon H when
+    `ahead` seconds of slots are already reserved; messages dispatched but not
+    yet at the limiter (`inflight`) will take some of those.
+    """
+    budget = math.ceil(rate_per_s * max(0.0, lookahead_s - ahead_s)) + burst
     return max(0, min(max_per_pass, budget - inflight))
 
 
@@ -144,14 +153,21 @@ class Dispatcher:
         inflight = self.outbox.inflight_counts()
         lease_until = now + timedelta(seconds=self.settings.lease_s)
         leased: list[tuple[str, list[list[int]]]] = []
+        # Workers wait for a rate slot at most max_token_wait_s: no use sending further ahead.
+        horizon_s = min(self.settings.dispatch_lookahead_s, self.settings.max_token_wait_s)
         for sn in due:
             state = states[sn]
             if state.paused(now):
                 self._mirror_pause(sn, state.paused_until, now)  # type: ignore[arg-type]
+                stats.paused += 1
+                continue
+            ahead_s, hold_s = self.limiter.ahead(sn)
+            if hold_s > 0:
+                stats.capped = True
                 continue
             n = allowance(state.limit.rate_per_s, state.limit.burst, inflight.get(sn, 0),
-                          lookahead_s=self.settings.dispatch_lookahead_s,
-                          max_per_pass=self.settings.dispatch_max_per_pass)
+                          lookahead_s=horizon_s, max_per_pass=self.settings.dispatch_max_per_pass,
+                          ahead_s=ahead_s)
             if n == 0:
                 stats.capped = True
                 continue
@@ -175,9 +191,14 @@ class Dispatcher:
         return stats
 
     def _mirror_pause(self, serial_number: str, until: datetime, now: datetime) -> None:
+        """Re-create a pause in Redis from the database (after Redis lost it).
+
+        Only for a few seconds at a time and renewed each pass while the database
+        says paused: our view may be a second stale, and an operator's resume must win.
+        """
         try:
-            if not self.redis.exists(f"oaksend:pause:{{{serial_number}}}"):
-                self.limiter.pause(serial_number, until, now)
+            if not self.limiter.paused(serial_number):
+                self.limiter.pause(serial_number, min(until, now + timedelta(seconds=MIRROR_PAUSE_S)), now)
         except redis.RedisError:
             pass
 
@@ -186,6 +207,8 @@ class Dispatcher:
         if stats.capped:
             return 0.05
         interval = self.settings.dispatch_interval_s
+        if stats.paused and not stats.dispatched:
+            return interval  # what is due belongs to paused chatbots: no point polling fast
         nxt = self.outbox.next_due_at()
         if nxt is None:
             return interval

@@ -63,6 +63,17 @@ return {1, math.ceil(wait), 0}
 """
 
 
+#: KEYS: message tat, hold. Returns {ms of slots already reserved ahead of now, hold pttl}.
+_AHEAD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local ahead = tat - now
+if ahead < 0 then ahead = 0 end
+return {math.floor(ahead), redis.call('PTTL', KEYS[2])}
+"""
+
+
 @dataclass(frozen=True)
 class Limit:
     """A chatbot's limit: `rate_per_s` messages per second with a burst, and optionally segments per second."""
@@ -84,7 +95,7 @@ class Admission:
 def _keys(serial_number: str) -> list[str]:
     # One hash tag per chatbot, so the script's keys share a slot on Redis Cluster.
     tag = "{" + serial_number + "}"
-    return [f"oaksend:rl:{tag}:msg", f"oaksend:rl:{tag}:seg", f"oaksend:pause:{tag}"]
+    return [f"oaksend:rl:{tag}:msg", f"oaksend:rl:{tag}:seg", f"oaksend:pause:{tag}", f"oaksend:hold:{tag}"]
 
 
 class RateLimiter:
@@ -93,6 +104,7 @@ class RateLimiter:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._script = client.register_script(_GCRA)
+        self._ahead = client.register_script(_AHEAD)
 
     def admit(self, serial_number: str, limit: Limit, segments: int = 1) -> Admission:
         """Take one token for `serial_number` if its limit allows it now (else: how long to wait)."""
@@ -107,7 +119,7 @@ class RateLimiter:
         interval_ms = 1000.0 / limit.rate_per_s
         seg_interval_ms = 1000.0 / limit.segments_per_s if limit.segments_per_s else 0
         allowed, wait_ms, paused = self._script(
-            keys=_keys(serial_number),
+            keys=_keys(serial_number)[:3],
             args=[f"{interval_ms:.6f}", max(1, limit.burst), f"{seg_interval_ms:.6f}", max(1, segments),
                   int(max_wait_s * 1000)],
         )
@@ -116,6 +128,22 @@ class RateLimiter:
     def paused(self, serial_number: str) -> bool:
         """Whether the chatbot is paused right now (an API 429 or an operator)."""
         return bool(self.redis.exists(_keys(serial_number)[2]))
+
+    def ahead(self, serial_number: str) -> tuple[float, float]:
+        """(seconds of slots already reserved ahead of now, seconds the dispatcher should hold off)."""
+        keys = _keys(serial_number)
+        ahead_ms, hold_ms = self._ahead(keys=[keys[0], keys[3]])
+        return float(ahead_ms) / 1000.0, max(0.0, float(hold_ms) / 1000.0)
+
+    def hold(self, serial_number: str, seconds: float) -> None:
+        """A worker was throttled: ask the dispatcher not to send this chatbot more for a while.
+
+        Without it, each throttled message handed back would make room for the next
+        row of the backlog to be dispatched and throttled in turn.
+        """
+        ms = int(seconds * 1000)
+        if ms > 0:
+            self.redis.set(_keys(serial_number)[3], "1", px=ms)
 
     def pause(self, serial_number: str, until: datetime, now: datetime) -> None:
         """Pause every send of this chatbot until `until` (mirrors the database's pause)."""

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     dispatch_interval_s: float = Field(1.0, gt=0, validation_alias=_env("DISPATCH_INTERVAL_S"))
     dispatch_batch_size: int = Field(20, ge=1, le=1000, validation_alias=_env("DISPATCH_BATCH_SIZE"))
     #: How much work (seconds of each chatbot's rate) may sit in the broker at once.
-    dispatch_lookahead_s: float = Field(2.0, gt=0, validation_alias=_env("DISPATCH_LOOKAHEAD_S"))
+    dispatch_lookahead_s: float = Field(1.0, gt=0, validation_alias=_env("DISPATCH_LOOKAHEAD_S"))
     #: Upper bound of messages dispatched per chatbot per pass, whatever its rate.
     dispatch_max_per_pass: int = Field(500, ge=1, validation_alias=_env("DISPATCH_MAX_PER_PASS"))
     queue_name: str = Field("oaksend", validation_alias=_env("QUEUE_NAME"))

@@ -115,14 +115,25 @@ class Sender:
             return
         state = self.limits.get(work.serial_number)
         if state.paused(now):
-            self.outbox.give_back(work.id, token, now, state.paused_until, f"chatbot paused: {state.pause_reason}")  # type: ignore[arg-type]
+            self.outbox.give_back(work.id, token, now, None, f"chatbot paused: {state.pause_reason}")
             result.throttled += 1
             return
+        # Claim first, so that nothing but the HTTP call stands between the rate slot and
+        # the request reaching the API (the API sees our pacing, not our database's).
+        call_lease = timedelta(seconds=self.settings.max_token_wait_s + self.settings.connect_timeout_s
+                               + self.settings.read_timeout_s + 30)
+        if not self.outbox.claim(work.id, token, now, now + call_lease):
+            result.skipped += 1
+            return
+        client = self._client()  # built before the slot: creating one takes tens of ms
         admission = self._admit(work, state)
         if not admission.allowed:
-            due = self.clock() + timedelta(seconds=max(admission.wait_s, 0.001))
-            why = "chatbot paused" if admission.paused else "throttled: waiting for the chatbot's rate limit"
-            self.outbox.give_back(work.id, token, self.clock(), due, why)
+            if admission.paused:
+                self.outbox.give_back(work.id, token, self.clock(), None, "chatbot paused")
+            else:
+                self.limiter.hold(work.serial_number, admission.wait_s)
+                due = self.clock() + timedelta(seconds=max(admission.wait_s, 0.001))
+                self.outbox.give_back(work.id, token, self.clock(), due, "throttled: waiting for the chatbot's rate limit")
             result.throttled += 1
             return
         now = self.clock()
@@ -131,13 +142,9 @@ class Sender:
                 result.expired += 1
                 result.count("expired")
             return
-        call_lease = timedelta(seconds=self.settings.connect_timeout_s + self.settings.read_timeout_s + 30)
-        if not self.outbox.claim(work.id, token, now, now + call_lease):
-            result.skipped += 1
-            return
         started = self.clock()
         t0 = time.perf_counter()
-        outcome = self._client().send(work.serial_number, work.to_phone, work.body)
+        outcome = client.send(work.serial_number, work.to_phone, work.body)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         result.calls += 1
         decision = classify(outcome, overrides=self.overrides, retry_after_cap_s=self.settings.retry_after_cap_s,
