@@ -219,14 +219,19 @@ class Outbox:
                 out.append(key_ids[messages[i].idempotency_key])  # type: ignore[index]
         return out
 
-    def is_suppressed(self, to_phones: Iterable[str]) -> dict[str, str]:
-        """Which of these numbers must not be texted, with the reason."""
+    def is_suppressed(self, to_phones: Iterable[str], session: Session | None = None) -> dict[str, str]:
+        """Which of these numbers must not be texted, with the reason (in `session` when given)."""
         phones = list(set(to_phones))
-        out: dict[str, str] = {}
+        if session is not None:
+            return self._suppressed(session, phones)
         with self.session() as s:
-            for chunk in _chunks(phones, 500):
-                for row in s.scalars(select(SuppressedNumber).where(SuppressedNumber.to_phone.in_(chunk))):
-                    out[row.to_phone] = row.reason
+            return self._suppressed(s, phones)
+
+    def _suppressed(self, s: Session, phones: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(phones, 500):
+            for row in s.scalars(select(SuppressedNumber).where(SuppressedNumber.to_phone.in_(chunk))):
+                out[row.to_phone] = row.reason
         return out
 
     # -- dispatching ----------------------------------------------------------------------

@@ -90,7 +90,7 @@ class Producer:
         return self._write(rows, now, session) if rows else []
 
     def _write(self, rows: Sequence[NewMessage], now: datetime, session: Session | None) -> list[int]:
-        self._refuse_suppressed(rows)
+        self._refuse_suppressed(rows, session)
         ids = self.outbox.add(rows, now, session=session)
         if session is None:
             wake(self.redis)
@@ -99,8 +99,9 @@ class Producer:
             event.listen(session, "after_commit", lambda _s: wake(self.redis), once=True)
         return ids
 
-    def _refuse_suppressed(self, rows: Sequence[NewMessage]) -> None:
-        suppressed = self.outbox.is_suppressed(r.to_phone for r in rows)
+    def _refuse_suppressed(self, rows: Sequence[NewMessage], session: Session | None) -> None:
+        # In the caller's transaction: on SQLite another connection would wait for the caller's own write lock.
+        suppressed = self.outbox.is_suppressed((r.to_phone for r in rows), session=session)
         if suppressed:
             phone, reason = next(iter(suppressed.items()))
             from worker.logs import mask_phone

@@ -18,7 +18,10 @@ def mask_phone(phone: str) -> str:
     digits = phone.lstrip("+")
     if len(digits) <= 6:
         return "+" + "*" * len(digits)
-    return f"+{digits[:4]}{'*' * (len(digits) - 7)}{digits[-3:]}"
+    # Hide at least four digits whatever the length (E.164 numbers can be 7 digits long).
+    tail = 3 if len(digits) >= 10 else 2
+    head = max(1, min(4, len(digits) - tail - 4))
+    return f"+{digits[:head]}{'*' * (len(digits) - head - tail)}{digits[-tail:]}"
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

@@ -8,10 +8,10 @@ the names (`_s` seconds, `_per_s` per second).
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError
 
@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         "retry", validation_alias=_env("AMBIGUOUS_POLICY")
     )
     #: JSON object mapping a Code (envelope Code, HTTP status or Twilio code) to a verdict.
-    code_overrides: dict[int, str] = Field(default_factory=dict, validation_alias=_env("CODE_OVERRIDES"))
+    code_overrides: Annotated[dict[int, str], NoDecode] = Field(default_factory=dict, validation_alias=_env("CODE_OVERRIDES"))
 
     # -- rate limits ----------------------------------------------------------------------
     default_rate_per_s: float = Field(1.0, gt=0, validation_alias=_env("DEFAULT_RATE_PER_S"))

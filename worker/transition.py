@@ -58,7 +58,8 @@ def plan(decision: Decision, *, failures: int, deadline_at: datetime | None, now
     extra = {"failures_delta": 1 if counts else 0, "ambiguous_delta": 1 if ambiguous else 0}
     if used >= policy.max_attempts:
         common["reason"] = f"attempts exhausted ({used}/{policy.max_attempts}); last: {decision.reason}"
-        return Transition(state="failed", **extra, **common)
+        # After an ambiguous last attempt the SMS may have gone out: say so, not "failed".
+        return Transition(state="unknown" if ambiguous else "failed", **extra, **common)
     delay_s = compute_backoff(
         max(used, 1),
         rng,

@@ -156,9 +156,9 @@ def _metadata(value: object) -> dict[str, Any] | None:
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
         encoded.encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError("metadata", f"is not JSON-serialisable ({exc})") from None
-    if "\\u0000" in encoded:
+    if _has_nul(value):
         raise ValidationError("metadata", "contains a NUL character")
     if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
         raise ValidationError("metadata", f"is larger than {MAX_METADATA_BYTES} bytes as JSON")
@@ -167,3 +167,13 @@ def _metadata(value: object) -> dict[str, Any] | None:
         # e.g. int keys or tuples: JSON would silently change them.
         raise ValidationError("metadata", "must hold JSON types only (string keys, lists, numbers, strings, booleans, null)")
     return decoded
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
