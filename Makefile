@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench compose-check clean
+.PHONY: install demo test test-fast chaos bench bench-limits compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(STAMP)  ## run the whole path on SQLite, a local or embedded Redis and t
 
 test: $(STAMP)  ## the whole suite against real Redis, PostgreSQL and SQLite
 	$(BIN)/pytest
+
+chaos: $(STAMP)  ## the long fault runs: a 2,000-message fault storm, a 20 s database outage
+	$(BIN)/pytest -m chaos tests/faults
 
 test-fast: $(STAMP)  ## pure functions only: no services needed
 	$(BIN)/pytest tests/unit

@@ -115,3 +115,13 @@ def make_stack(database_url: str, sandbox: Sandbox, tmp_path: Path, redis_url: s
     yield make
     for stack in stacks:
         stack.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print each fault run's figures (accepted, sent, ..., lost, drain time) at the end."""
+    from tests.faults.report import SUMMARIES
+
+    if SUMMARIES:
+        terminalreporter.section("fault run summaries")
+        for line in SUMMARIES:
+            terminalreporter.write_line(line)
