@@ -50,7 +50,7 @@ def test_fault_storm(make_stack: Any, producer: Any, outbox: Any, sandbox: Any) 
     rows = wait_until(drained, 240, 1.0, "the storm to drain")
     drain_s = time.monotonic() - started
     records = sandbox.requests()
-    summary = summarize("fault storm", rows, outbox, records, drain_s)
+    summary = summarize(f"fault storm ({outbox.engine.dialect.name})", rows, outbox, records, drain_s)
 
     assert summary.lost == 0
     assert summary.states["sent"] + summary.states["unknown"] + summary.states["failed"] == N
