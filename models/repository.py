@@ -405,14 +405,8 @@ class Outbox:
 
     def claim(self, message_id: int, token: str, now: datetime, lease_until: datetime) -> bool:
         """Move one dispatched message to sending, if it is still ours. Atomic."""
-        with self.session() as s:
-            return bool(
-                s.execute(
-                    update(Message)
-                    .where(Message.id == message_id, Message.state == "dispatched", Message.lease_token == token)
-                    .values(state="sending", lease_until=lease_until, updated_at=now)
-                ).rowcount
-            )
+        return self._update_held(message_id, token, ("dispatched",),
+                                 {"state": "sending", "lease_until": lease_until, "updated_at": now})
 
     def give_back(self, message_id: int, token: str, now: datetime, due_at: datetime | None, reason: str) -> bool:
         """Throttled or paused: pending again without using an attempt.
@@ -424,32 +418,22 @@ class Outbox:
                                   "last_reason": reason, "updated_at": now}
         if due_at is not None:
             values["next_attempt_at"] = due_at
-        with self.session() as s:
-            return bool(
-                s.execute(
-                    update(Message)
-                    .where(
-                        Message.id == message_id,
-                        Message.state.in_(("dispatched", "sending")),
-                        Message.lease_token == token,
-                    )
-                    .values(**values)
-                ).rowcount
-            )
+        return self._update_held(message_id, token, ("dispatched", "sending"), values)
 
     def expire(self, message_id: int, token: str, now: datetime) -> bool:
         """A claimed message whose deadline passed: expired, and no call is made."""
+        return self._update_held(message_id, token, ("dispatched", "sending"), {
+            "state": "expired", "lease_token": None, "lease_until": None, "last_outcome": "expired",
+            "last_reason": "deadline passed before sending", "updated_at": now})
+
+    def _update_held(self, message_id: int, token: str, states: tuple[str, ...], values: dict[str, Any]) -> bool:
+        """Change a message only while it is in `states` under our lease token."""
         with self.session() as s:
             return bool(
                 s.execute(
                     update(Message)
-                    .where(
-                        Message.id == message_id,
-                        Message.state.in_(("dispatched", "sending")),
-                        Message.lease_token == token,
-                    )
-                    .values(state="expired", lease_token=None, lease_until=None, last_outcome="expired",
-                            last_reason="deadline passed before sending", updated_at=now)
+                    .where(Message.id == message_id, Message.state.in_(states), Message.lease_token == token)
+                    .values(**values)
                 ).rowcount
             )
 

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,35 @@ def flush_redis() -> None:
         client.flushdb()
     finally:
         client.close()
+
+
+@contextmanager
+def private_redis_server(directory: Path) -> Iterator[str]:
+    """A redis-server of the test's own, for FLUSHALL and wake-ups no other run may touch."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server", FileNotFoundError("redis-server is not on PATH"))
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    probe = redis.Redis.from_url(url)
+
+    def up() -> bool:
+        try:
+            return bool(probe.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, 10, what="a private redis-server")
+        yield url
+    finally:
+        probe.close()
+        proc.terminate()
+        proc.wait(10)
 
 
 def dump_json(value: Any) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from models.repository import INDEFINITE, AttemptRecord, Transition
 from worker.backoff import compute_backoff
 from worker.classify import Decision, Verdict
-from worker.client import Envelope, Outcome, TransportError
+from worker.client import Outcome, TransportError
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -15,7 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from models.repository import Outbox
-from tests.support import CHATBOT, free_port, unavailable, wait_until
+from tests.support import CHATBOT, private_redis_server
 from worker.enqueue import WAKE_KEY, Producer
 from worker.settings import Settings
 from worker.errors import IdempotencyConflict, ValidationError
@@ -32,29 +30,8 @@ def wake_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Redis db 15 is shared with the dispatchers of other test runs, whose BLPOP would
     consume `oaksend:wake` under our feet; here nobody else reads it.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server", FileNotFoundError("redis-server is not on PATH"))
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path_factory.mktemp("redis"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url)
-
-    def up() -> bool:
-        try:
-            return bool(probe.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(up, 10, what="a private redis-server")
+    with private_redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
-    finally:
-        probe.close()
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

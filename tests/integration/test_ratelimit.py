@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import ROOT, free_port, unavailable, wait_until
+from tests.support import ROOT, private_redis_server
 from worker.ratelimit import Limit, RateLimiter
 
 
@@ -269,28 +268,8 @@ def test_shared_budget_across_threads_and_processes(redis_url: str, client: redi
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[str]:
     """A Redis server of our own, so FLUSHALL and SCRIPT FLUSH touch nobody else's data."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server", FileNotFoundError("redis-server is not on PATH"))
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url)
-
-    def up() -> bool:
-        try:
-            return bool(probe.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(up, 10, what="a private redis-server")
+    with private_redis_server(tmp_path) as url:
         yield url
-    finally:
-        probe.close()
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_flushall_midway_rebuilds_the_bucket(private_redis: str) -> None:

@@ -48,7 +48,7 @@ def test_mask_phone_of_a_real_short_number() -> None:
         (f"sending to {PHONE} now", "sending to +1415****123 now"),
         (f"{PHONE},+447911123456", "+1415****123,+4479*****456"),
         (f"to={PHONE}.", "to=+1415****123."),
-        (f"key={KEY} to {PHONE}", f"key=[redacted] to +1415****123"),
+        (f"key={KEY} to {PHONE}", "key=[redacted] to +1415****123"),
         (f"Authorization: Bearer {KEY}", "Authorization: Bearer [redacted]"),
         # dates, times, offsets, ids and short codes are not phone numbers
         ("2026-03-01 12:00:00,123", "2026-03-01 12:00:00,123"),
