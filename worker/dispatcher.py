@@ -46,6 +46,8 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "oaksend:dispatcher:lock"
+#: How often lost leases and overdue messages are looked for.
+RESCUE_EVERY_S = 0.5
 #: How long a pause copied from the database into Redis lasts before it is renewed.
 MIRROR_PAUSE_S = 2.0
 #: The lock lives this long without renewal; a standby takes over after it.
@@ -113,6 +115,7 @@ class Dispatcher:
         self.limiter = RateLimiter(redis_client)
         self._renew = redis_client.register_script(_RENEW)
         self._rr_offset = 0
+        self._last_rescue: datetime | None = None
         self.active = False
 
     # -- leadership -----------------------------------------------------------------------
@@ -140,8 +143,11 @@ class Dispatcher:
         """Rescue, then lease and publish due work. Call only while holding the lock."""
         stats = PassStats()
         now = self.clock()
-        stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}")
-        stats.expired = self.outbox.expire_overdue(now)
+        if self._last_rescue is None or now - self._last_rescue >= timedelta(seconds=RESCUE_EVERY_S):
+            # Leases last seconds: looking for lost ones on every (fast) pass is wasted work.
+            stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}")
+            stats.expired = self.outbox.expire_overdue(now)
+            self._last_rescue = now
         due = self.outbox.due_chatbots(now)
         if not due:
             return stats
@@ -155,7 +161,11 @@ class Dispatcher:
         leased: list[tuple[str, list[list[int]]]] = []
         # Workers wait for a rate slot at most max_token_wait_s: no use sending further ahead.
         horizon_s = min(self.settings.dispatch_lookahead_s, self.settings.max_token_wait_s)
-        for sn in due:
+        room = self.settings.max_inflight - sum(inflight.values())
+        for position, sn in enumerate(due):
+            if room <= 0:
+                stats.capped = True
+                break
             state = states[sn]
             if state.paused(now):
                 self._mirror_pause(sn, state.paused_until, now)  # type: ignore[arg-type]
@@ -165,13 +175,16 @@ class Dispatcher:
             if hold_s > 0:
                 stats.capped = True
                 continue
-            n = allowance(state.limit.rate_per_s, state.limit.burst, inflight.get(sn, 0),
-                          lookahead_s=horizon_s, max_per_pass=self.settings.dispatch_max_per_pass,
-                          ahead_s=ahead_s)
+            # An equal share of the room left, so one fast chatbot cannot take it all.
+            share = max(1, math.ceil(room / (len(due) - position)))
+            n = min(share, allowance(state.limit.rate_per_s, state.limit.burst, inflight.get(sn, 0),
+                                     lookahead_s=horizon_s, max_per_pass=self.settings.dispatch_max_per_pass,
+                                     ahead_s=ahead_s))
             if n == 0:
                 stats.capped = True
                 continue
             token, ids = self.outbox.lease_due(sn, now, n, lease_until)
+            room -= len(ids)
             if len(ids) == n:
                 stats.capped = True
             if ids:

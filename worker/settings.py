@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     dispatch_lookahead_s: float = Field(1.0, gt=0, validation_alias=_env("DISPATCH_LOOKAHEAD_S"))
     #: Upper bound of messages dispatched per chatbot per pass, whatever its rate.
     dispatch_max_per_pass: int = Field(500, ge=1, validation_alias=_env("DISPATCH_MAX_PER_PASS"))
+    #: Messages dispatched but not yet claimed, across all chatbots: keeps the broker shallow
+    #: when a chatbot's rate is far above what the workers can send.
+    max_inflight: int = Field(1000, ge=1, validation_alias=_env("MAX_INFLIGHT"))
     queue_name: str = Field("oaksend", validation_alias=_env("QUEUE_NAME"))
 
     @field_validator("code_overrides", mode="before")
