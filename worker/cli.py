@@ -49,19 +49,20 @@ def _outbox(settings: Any) -> Any:
 
 
 def _when(value: str | None, field: str) -> datetime | None:
-    """Parse an ISO time (naive = UTC) or a relative one like +10m, +2h, +30s."""
+    """Parse an ISO time (naive = UTC) or one relative to now: +10m, +2h, -30s, -1d."""
     if value is None:
         return None
     from worker.clock import utcnow
 
     value = value.strip()
-    if value.startswith("+") and value[-1:] in {"s", "m", "h", "d"}:
+    if value[:1] in {"+", "-"} and value[-1:] in {"s", "m", "h", "d"}:
         try:
             amount = float(value[1:-1])
         except ValueError:
-            raise CliError(f"{field}: {value!r} is not a time (use ISO 8601 or +30s, +10m, +2h, +1d)") from None
+            raise CliError(f"{field}: {value!r} is not a time (use ISO 8601, or +30s, +10m, -2h, -1d)") from None
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
-        return utcnow() + timedelta(seconds=amount * unit)
+        sign = 1 if value[0] == "+" else -1
+        return utcnow() + timedelta(seconds=sign * amount * unit)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -246,18 +247,51 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Messages changed per transaction by bulk `retry` / `cancel`.
+BULK_CHUNK = 500
+
+
+def _selected_ids(args: argparse.Namespace, outbox: Any) -> list[int]:
+    """The ids named on the command line, or those matching --state/--chatbot/--since/--until."""
+    if args.ids:
+        if args.state or args.chatbot or args.since or args.until:
+            raise CliError("ids: give message ids or a selection (--state, --chatbot, --since, --until), not both")
+        return list(args.ids)
+    if not args.state:
+        raise CliError("ids: give message ids, or select messages with --state (and optionally --chatbot, --since)")
+    ids: list[int] = []
+    after: int | None = 0
+    since, until = _when(args.since, "since"), _when(args.until, "until")
+    while after is not None:
+        page = outbox.list(states=args.state, serial_number=args.chatbot, since=since, until=until,
+                           limit=5000, after_id=after)
+        ids += [m.id for m in page]
+        after = page[-1].id if len(page) == 5000 else None
+    return ids
+
+
 def _apply(args: argparse.Namespace, verb: str) -> int:
     from worker.clock import utcnow
     from worker.enqueue import wake
 
     settings = _settings(args)
     outbox = _outbox(settings)
-    actor = args.actor
-    if verb == "retry":
-        results = outbox.operator_retry(args.ids, utcnow(), actor, _when(args.deadline, "deadline"))
-    else:
-        results = outbox.cancel(args.ids, utcnow(), actor)
+    ids = _selected_ids(args, outbox)
+    if not ids:
+        print("no message matches", file=sys.stderr)
+        return EXIT_NOT_FOUND
     done = "retried" if verb == "retry" else "cancelled"
+    deadline = _when(getattr(args, "deadline", None), "deadline")
+    results: dict[int, str] = {}
+    show_progress = len(ids) > BULK_CHUNK and sys.stderr.isatty() or len(ids) > BULK_CHUNK and args.progress
+    for start in range(0, len(ids), BULK_CHUNK):
+        chunk = ids[start : start + BULK_CHUNK]
+        if verb == "retry":
+            results.update(outbox.operator_retry(chunk, utcnow(), args.actor, deadline))
+        else:
+            results.update(outbox.cancel(chunk, utcnow(), args.actor))
+        if show_progress:
+            print(f"{verb}: {min(start + BULK_CHUNK, len(ids))}/{len(ids)} messages", file=sys.stderr, flush=True)
     if any(v == done for v in results.values()):
         import redis
 
@@ -266,6 +300,11 @@ def _apply(args: argparse.Namespace, verb: str) -> int:
         client.close()
     if args.json:
         _print_json([{"id": k, "result": v} for k, v in results.items()])
+    elif len(results) > 50:
+        tally: dict[str, int] = {}
+        for v in results.values():
+            tally[v] = tally.get(v, 0) + 1
+        _table([{"result": k, "messages": n} for k, n in sorted(tally.items())], ["result", "messages"])
     else:
         for mid, result in results.items():
             print(f"{mid}: {result}")
@@ -395,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", action="append", choices=["pending", "dispatched", "sending", "sent", "failed",
                                                           "unknown", "expired", "cancelled"])
     p.add_argument("--chatbot")
-    p.add_argument("--since", help="created at or after (ISO 8601 or -1h style is not supported; use ISO)")
-    p.add_argument("--until")
+    p.add_argument("--since", help="created at or after (ISO 8601, or relative: --since=-1h)")
+    p.add_argument("--until", help="created before (ISO 8601 or relative)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
@@ -404,7 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (("retry", cmd_retry, "send failed / expired / unknown messages again"),
                                  ("cancel", cmd_cancel, "cancel messages not yet sent")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("ids", type=int, nargs="+")
+        p.add_argument("ids", type=int, nargs="*", help="message ids (or select with --state)")
+        p.add_argument("--state", action="append", choices=["pending", "dispatched", "failed", "unknown",
+                                                              "expired", "cancelled"],
+                       help="select every message in this state (repeatable)")
+        p.add_argument("--chatbot", help="with --state: only this chatbot")
+        p.add_argument("--since", help="with --state: created at or after (ISO 8601, or relative: --since=-1h)")
+        p.add_argument("--until", help="with --state: created before")
+        p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
         p.add_argument("--actor", default=None, help="who did it, for the audit trail (default $USER)")
         if name == "retry":
             p.add_argument("--deadline", help="a new deadline (ISO 8601 or +2h)")

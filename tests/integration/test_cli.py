@@ -351,3 +351,32 @@ def test_send_survives_an_unreachable_redis(cli: Cli) -> None:
 def test_missing_command_is_a_usage_error(cli: Cli) -> None:
     result = cli()
     assert result.code == 2 and result.out == ""
+
+
+def test_bulk_retry_by_state_shows_progress_and_keeps_history(tmp_path: Path) -> None:
+    """`retry --state failed` sends every failed message again, in chunks, with progress on stderr."""
+    from models.repository import NewMessage
+    from worker.clock import utcnow
+
+    own = Cli(f"sqlite:///{tmp_path / 'bulk.db'}", tmp_path / "bulk.db", tmp_path)
+    assert own("migrate").code == 0
+    outbox = Outbox(make_engine(own.database_url))
+    try:
+        now = utcnow()
+        rows = [NewMessage(CHATBOT, f"+1415555{i:04d}", "bulk", 1, now, None, None, None) for i in range(1203)]
+        ids = outbox.add(rows, now)
+        with outbox.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE messages SET state = 'failed' WHERE id <= ?", (ids[1199],))
+        out = own("retry", "--state", "failed", "--since=-1h", "--progress")
+        assert out.code == 0, out.err
+        assert "retry: 500/1200 messages" in out.err and "retry: 1200/1200 messages" in out.err
+        assert "retried" in out.out and "1200" in out.out
+        assert outbox.counts() == {"pending": 1203}
+        assert outbox.history(ids[0])[1][0].action == "retry"
+        none = own("retry", "--state", "failed")
+        assert none.code == 3 and none.err.strip() == "no message matches"
+        both = own("retry", str(ids[0]), "--state", "failed")
+        assert both.code == 2
+        one_line(both.err)
+    finally:
+        outbox.engine.dispose()
