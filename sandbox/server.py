@@ -93,6 +93,10 @@ class SandboxServer:
                     break
         except ConnectionError:
             pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            # Shutting down. Ending normally rather than cancelled: asyncio 3.11's stream
+            # callback calls task.exception() on a cancelled handler and logs a bogus error.
+            pass
         except Exception:  # a bug must cost one connection, not the server
             log.exception("sandbox: unexpected error on a connection")
             with contextlib.suppress(Exception):
