@@ -29,6 +29,9 @@ test-fast: $(STAMP)  ## pure functions only: no services needed
 bench: $(STAMP)  ## end-to-end throughput vs bare Celery, and latency (prints figures)
 	$(BIN)/python -m bench.pipeline
 
+bench-limits: $(STAMP)  ## per-chatbot limits held by 4 workers, and fairness latency (prints figures)
+	$(BIN)/python -m bench.limits
+
 compose-check:  ## validate docker-compose.yml (Debian's docker-compose package)
 	docker-compose config -q
 

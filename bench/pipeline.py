@@ -662,7 +662,7 @@ def run_latency(opts: argparse.Namespace, stack: Stack, checks: list[tuple[str, 
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     say(f"latency: enqueue -> sent over {len(lat)} messages: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
         f"(min {lat[0] if lat else math.nan:.1f}, max {lat[-1] if lat else math.nan:.1f})")
-    # The parts: enqueue -> HTTP call started (wake, dispatch pass, broker, claim), the call, call end -> sent.
+    # The parts: enqueue -> HTTP call started (wake, dispatch pass, broker, claim), and the call itself.
     parts = stack.latency_parts(min(ids), max(ids), wanted)
     if parts:
         say("  parts (p50 / p99 ms): " + ", ".join(
@@ -699,6 +699,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("messages", "workers", "concurrency", "chunk", "latency_messages", "burst"):
         if getattr(opts, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if opts.messages + opts.latency_messages > WARMUP_BASE:
+        parser.error(f"--messages plus --latency-messages must be at most {WARMUP_BASE:,} (one phone number each)")
     if opts.latency_rate <= 0 or opts.rate <= 0:
         parser.error("rates must be greater than 0")
     if opts.redis_url.rstrip("/") == opts.baseline_redis_url.rstrip("/"):

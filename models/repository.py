@@ -319,10 +319,13 @@ class Outbox:
             )
             return {sn: n for sn, n in rows}
 
-    def next_due_at(self) -> datetime | None:
-        """When the earliest pending message becomes due (for the dispatcher's sleep)."""
+    def next_due_at(self, after: datetime | None = None) -> datetime | None:
+        """When the earliest pending message (due after `after`, if given) becomes due."""
+        q = select(func.min(Message.next_attempt_at)).where(Message.state == "pending")
+        if after is not None:
+            q = q.where(Message.next_attempt_at > after)
         with self.session() as s:
-            return s.scalar(select(func.min(Message.next_attempt_at)).where(Message.state == "pending"))
+            return s.scalar(q)
 
     def lease_due(self, serial_number: str, now: datetime, limit: int, lease_until: datetime) -> tuple[str, list[int]]:
         """Mark up to `limit` due messages of one chatbot dispatched under a new lease token."""

@@ -69,7 +69,9 @@ class PassStats:
     tasks: int = 0
     rescued: dict[str, int] = field(default_factory=dict)
     expired: int = 0
-    capped: bool = False  # some chatbot had more due work than it may have in flight
+    capped: bool = False  # more due work than the broker has room for: come back at once
+    #: A rate-limited chatbot has more due work: come back within this many seconds.
+    wait_s: float = float("inf")
     paused: int = 0  # chatbots with due work that are paused
 
 
@@ -173,20 +175,26 @@ class Dispatcher:
                 continue
             ahead_s, hold_s = self.limiter.ahead(sn)
             if hold_s > 0:
-                stats.capped = True
+                stats.wait_s = min(stats.wait_s, hold_s)
                 continue
             # An equal share of the room left, so one fast chatbot cannot take it all.
             share = max(1, math.ceil(room / (len(due) - position)))
-            n = min(share, allowance(state.limit.rate_per_s, state.limit.burst, inflight.get(sn, 0),
-                                     lookahead_s=horizon_s, max_per_pass=self.settings.dispatch_max_per_pass,
-                                     ahead_s=ahead_s))
+            by_rate = allowance(state.limit.rate_per_s, state.limit.burst, inflight.get(sn, 0),
+                                lookahead_s=horizon_s, max_per_pass=self.settings.dispatch_max_per_pass,
+                                ahead_s=ahead_s)
+            n = min(share, by_rate)
             if n == 0:
-                stats.capped = True
+                # Its rate allows nothing more now; half the horizon later it will, and the
+                # slots already reserved keep it busy meanwhile.
+                stats.wait_s = min(stats.wait_s, horizon_s / 2)
                 continue
             token, ids = self.outbox.lease_due(sn, now, n, lease_until)
             room -= len(ids)
             if len(ids) == n:
-                stats.capped = True
+                if n < by_rate or n == self.settings.dispatch_max_per_pass:
+                    stats.capped = True  # held back by the broker's room, not by its rate
+                else:
+                    stats.wait_s = min(stats.wait_s, horizon_s / 2)
             if ids:
                 size = self.settings.dispatch_batch_size
                 leased.append((token, [ids[i : i + size] for i in range(0, len(ids), size)]))
@@ -216,16 +224,19 @@ class Dispatcher:
             pass
 
     def sleep_for(self, stats: PassStats) -> float:
-        """How long to wait for the next pass (a producer's wake-up cuts it short)."""
+        """How long to wait for the next pass (a producer's wake-up cuts it short).
+
+        Everything already due was handled by this pass (sent on, waiting for its
+        rate, or paused), so only the next message that is not due yet matters.
+        """
         if stats.capped:
             return 0.05
-        interval = self.settings.dispatch_interval_s
-        if stats.paused and not stats.dispatched:
-            return interval  # what is due belongs to paused chatbots: no point polling fast
-        nxt = self.outbox.next_due_at()
-        if nxt is None:
-            return interval
-        return max(0.005, min(interval, (nxt - self.clock()).total_seconds()))
+        now = self.clock()
+        wait_s = min(self.settings.dispatch_interval_s, max(0.05, stats.wait_s))
+        nxt = self.outbox.next_due_at(after=now)
+        if nxt is not None:
+            wait_s = min(wait_s, (nxt - now).total_seconds())
+        return max(0.005, wait_s)
 
     # -- the loop -------------------------------------------------------------------------
     def run_forever(self, stop: threading.Event) -> None:

@@ -28,7 +28,6 @@ from worker.app import SEND_TASK
 from worker.classify import Verdict, classify
 from worker.client import NewOaksClient
 from worker.clock import utcnow
-from worker.enqueue import wake
 from worker.limits import LimitBook
 from worker.logs import mask_phone
 from worker.ratelimit import Admission, RateLimiter
@@ -102,8 +101,6 @@ class Sender:
         result.skipped = len(ids) - len(works)
         for work in works:
             self._one(work, token, result)
-        if works:
-            wake(self.redis)  # in-flight work dropped: the dispatcher may send more
         return result
 
     def _one(self, work: Work, token: str, result: BatchResult) -> None:
