@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import redis
 
-from tests.support import CHATBOT, REDIS_URL, wait_until
+from tests.support import CHATBOT, free_port, wait_until
 from worker.clock import utcnow
 from worker.validation import SendRequest
 
@@ -61,17 +63,52 @@ def test_sigkill_mid_batch_loses_nothing(make_stack: Any, producer: Any, outbox:
     check_no_silent_duplicates(rows, outbox, sandbox)
 
 
-def test_redis_flushall_loses_nothing(make_stack: Any, producer: Any, outbox: Any, sandbox: Any) -> None:
-    sandbox.configure(latency="20")
-    make_stack(workers=1, concurrency=2, OAKSEND_LEASE_S=3)
-    ids = producer.send_many([SendRequest(CHATBOT, p, "flush") for p in numbers(2, 150)])
-    wait_until(lambda: len(sandbox.requests()) >= 10, 20, what="sending to start")
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushall()  # queued tasks, rate state, the dispatcher's lock: all gone
+def _redis_server(port: int, directory: Any) -> subprocess.Popen[bytes]:
+    """A redis-server of this test's own, without persistence, on a fixed port (so it can restart)."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(directory)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_until(up, 10, what="redis-server")
     client.close()
-    rows = wait_all_terminal(outbox, ids, 90)
-    assert Counter(r.state for r in rows) == {"sent": 150}
-    check_no_silent_duplicates(rows, outbox, sandbox)
+    return proc
+
+
+@pytest.mark.parametrize("how", ["flushall", "restart"])
+def test_redis_lost_loses_nothing(how: str, make_stack: Any, producer: Any, outbox: Any, sandbox: Any,
+                                  tmp_path: Any) -> None:
+    """Redis emptied (FLUSHALL) or restarted without persistence while messages are queued and dispatched."""
+    port = free_port()
+    server = _redis_server(port, tmp_path)
+    try:
+        sandbox.configure(latency="20")
+        make_stack(workers=1, concurrency=2, OAKSEND_LEASE_S=3, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        ids = producer.send_many([SendRequest(CHATBOT, p, how) for p in numbers(2, 150)])
+        wait_until(lambda: len(sandbox.requests()) >= 10, 20, what="sending to start")
+        client = redis.Redis(port=port)
+        queued = sum(client.llen(k) for k in client.scan_iter("oaksend-test-*"))
+        assert queued > 0  # there were tasks in the broker to lose
+        if how == "flushall":
+            client.flushall()  # queued tasks, rate state, the dispatcher's lock: all gone
+        else:
+            server.kill()
+            server.wait(10)
+            time.sleep(2.0)  # workers and dispatcher see the connection refused meanwhile
+            server = _redis_server(port, tmp_path)
+        client.close()
+        rows = wait_all_terminal(outbox, ids, 90)
+        assert Counter(r.state for r in rows) == {"sent": 150}
+        check_no_silent_duplicates(rows, outbox, sandbox)
+    finally:
+        server.kill()
+        server.wait(10)
 
 
 def test_standby_dispatcher_takes_over(make_stack: Any, producer: Any, outbox: Any, sandbox: Any) -> None:
