@@ -48,9 +48,7 @@ from typing import Any
 
 from bench.pipeline import (
     API_KEY,
-    EXIT_CHECK_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     BenchError,
     Processes,
     _child_env,
@@ -59,6 +57,7 @@ from bench.pipeline import (
     check_postgres,
     check_redis,
     cpu_report,
+    report_checks,
     cpu_snapshot,
     flush_redis,
     fresh_postgres,
@@ -693,13 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"fairness: D p50 {fair['p50']:.0f} ms, p99 {fair['p99']:.0f} ms "
                 f"({'ok' if fair['p99'] <= 1000 else 'MISSED'} <= 1000 ms) while E sent {fair['e_during']:,} in "
                 f"{fair['e_span']:.1f} s ({fair['e_during'] / fair['e_span'] if fair['e_span'] > 0 else math.nan:.1f}/s)")
-        failed = [c for c in checks if not c[1]]
-        for name, passed, detail in checks:
-            say(f"check {'ok  ' if passed else 'FAIL'} {name}: {detail}")
-        ok = not failed
-        if failed:
-            say(f"bench: {len(failed)} check(s) failed; logs kept in {logdir}")
-        return EXIT_OK if ok else EXIT_CHECK_FAILED
+        return report_checks(checks, logdir)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr, flush=True)
         return exc.code

@@ -78,6 +78,16 @@ def text_of(i: int) -> str:
     return f"oaksend bench {i}: your appointment is tomorrow at 10:00"
 
 
+def report_checks(checks: Sequence[tuple[str, bool, str]], logdir: Path) -> int:
+    """Print each correctness check; the exit code says whether all held."""
+    failed = [c for c in checks if not c[1]]
+    for name, passed, detail in checks:
+        say(f"check {'ok  ' if passed else 'FAIL'} {name}: {detail}")
+    if failed:
+        say(f"bench: {len(failed)} check(s) failed; logs kept in {logdir}")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -774,13 +784,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"ratio oaksend / baseline:  {through['rate'] / baseline['rate']:.2f}")
         say(f"latency at {opts.latency_rate:g} msgs/s, enqueue -> sent:  p50 {latency['p50_ms']:.1f} ms,  "
             f"p99 {latency['p99_ms']:.1f} ms  ({opts.latency_messages} messages)")
-        failed = [c for c in checks if not c[1]]
-        for name, passed, detail in checks:
-            say(f"check {'ok  ' if passed else 'FAIL'} {name}: {detail}")
-        ok = not failed
-        if failed:
-            say(f"bench: {len(failed)} check(s) failed; logs kept in {logdir}")
-        return EXIT_OK if ok else EXIT_CHECK_FAILED
+        return report_checks(checks, logdir)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr, flush=True)
         return exc.code

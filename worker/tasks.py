@@ -105,10 +105,7 @@ class Sender:
 
     def _one(self, work: Work, token: str, result: BatchResult) -> None:
         now = self.clock()
-        if work.deadline_at is not None and work.deadline_at <= now:
-            if self.outbox.expire(work.id, token, now):
-                result.expired += 1
-                result.count("expired")
+        if self._expired(work, token, now, result):
             return
         state = self.limits.get(work.serial_number)
         if state.paused(now):
@@ -134,10 +131,7 @@ class Sender:
             result.throttled += 1
             return
         now = self.clock()
-        if work.deadline_at is not None and work.deadline_at <= now:
-            if self.outbox.expire(work.id, token, now):
-                result.expired += 1
-                result.count("expired")
+        if self._expired(work, token, now, result):
             return
         started = self.clock()
         t0 = time.perf_counter()
@@ -158,6 +152,15 @@ class Sender:
         result.count(change.state)
         log.info("message %s to %s: %s (%s) -> %s", work.id, mask_phone(work.to_phone), decision.verdict,
                  decision.reason, change.state)
+
+    def _expired(self, work: Work, token: str, now: datetime, result: BatchResult) -> bool:
+        """Past its deadline: expired without a call (never sent late)."""
+        if work.deadline_at is None or work.deadline_at > now:
+            return False
+        if self.outbox.expire(work.id, token, now):
+            result.expired += 1
+            result.count("expired")
+        return True
 
     def _admit(self, work: Work, state: Any) -> Admission:
         """Reserve a rate slot at most `max_token_wait_s` ahead and sleep until it (no busy loop)."""
