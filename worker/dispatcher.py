@@ -184,9 +184,9 @@ class Dispatcher:
                                 ahead_s=ahead_s)
             n = min(share, by_rate)
             if n == 0:
-                # Its rate allows nothing more now; half the horizon later it will, and the
+                # Its rate allows nothing more now; a quarter of the horizon later it will, and the
                 # slots already reserved keep it busy meanwhile.
-                stats.wait_s = min(stats.wait_s, horizon_s / 2)
+                stats.wait_s = min(stats.wait_s, horizon_s / 4)
                 continue
             token, ids = self.outbox.lease_due(sn, now, n, lease_until)
             room -= len(ids)
@@ -194,7 +194,7 @@ class Dispatcher:
                 if n < by_rate or n == self.settings.dispatch_max_per_pass:
                     stats.capped = True  # held back by the broker's room, not by its rate
                 else:
-                    stats.wait_s = min(stats.wait_s, horizon_s / 2)
+                    stats.wait_s = min(stats.wait_s, horizon_s / 4)
             if ids:
                 size = self.settings.dispatch_batch_size
                 leased.append((token, [ids[i : i + size] for i in range(0, len(ids), size)]))
