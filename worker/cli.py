@@ -16,9 +16,10 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+
+from worker.render import attempt_dict, iso, message_dict, print_json, table
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -72,68 +73,6 @@ def _when(value: str | None, field: str) -> datetime | None:
 
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
-def message_dict(m: Any) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "chatbot": m.serial_number,
-        "to": m.to_phone,
-        "text": m.body,
-        "segments": m.segments,
-        "state": m.state,
-        "attempts": m.attempts,
-        "failures": m.failures,
-        "ambiguous": m.ambiguous,
-        "next_attempt_at": _iso(m.next_attempt_at),
-        "deadline_at": _iso(m.deadline_at),
-        "idempotency_key": m.idempotency_key,
-        "last_outcome": m.last_outcome,
-        "last_reason": m.last_reason,
-        "session_id": m.session_id,
-        "metadata": m.meta,
-        "created_at": _iso(m.created_at),
-        "updated_at": _iso(m.updated_at),
-        "sent_at": _iso(m.sent_at),
-    }
-
-
-def attempt_dict(a: Any) -> dict[str, Any]:
-    return {
-        "number": a.number,
-        "started_at": _iso(a.started_at),
-        "latency_ms": round(a.latency_ms, 1) if a.latency_ms is not None else None,
-        "http_status": a.http_status,
-        "success": a.success,
-        "code": a.code,
-        "message": a.message,
-        "data_status": a.data_status,
-        "data_message": a.data_message,
-        "session_id": a.session_id,
-        "classification": a.classification,
-        "reason": a.reason,
-        "error": a.error,
-        "worker": a.worker,
-    }
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -192,7 +131,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     finally:
         producer.close()
     if args.json:
-        _print_json({"id": mid})
+        print_json({"id": mid})
     else:
         print(mid)
     return EXIT_OK
@@ -207,11 +146,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     data = message_dict(message)
     data["attempt_history"] = [attempt_dict(a) for a in attempts]
     data["operator_actions"] = [
-        {"action": a.action, "from_state": a.from_state, "actor": a.actor, "at": _iso(a.at), "note": a.note}
+        {"action": a.action, "from_state": a.from_state, "actor": a.actor, "at": iso(a.at), "note": a.note}
         for a in actions
     ]
     if args.json:
-        _print_json(data)
+        print_json(data)
         return EXIT_OK
     for k in ("id", "chatbot", "to", "state", "attempts", "failures", "ambiguous", "session_id", "last_outcome",
               "last_reason", "next_attempt_at", "deadline_at", "idempotency_key", "created_at", "sent_at"):
@@ -225,7 +164,7 @@ def cmd_show(args: argparse.Namespace) -> int:
          "envelope": f"Success={a.success} Code={a.code} Status={a.data_status}" if a.http_status else ""}
         for a in attempts
     ]
-    _table(rows, ["number", "started_at", "latency_ms", "http_status", "envelope", "session_id",
+    table(rows, ["number", "started_at", "latency_ms", "http_status", "envelope", "session_id",
                   "classification", "reason", "error"])
     for a in data["operator_actions"]:
         print(f"operator {a['action']} from {a['from_state']} at {a['at']} by {a['actor'] or '-'}")
@@ -237,13 +176,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     messages = outbox.list(states=args.state or (), serial_number=args.chatbot,
                            since=_when(args.since, "since"), until=_when(args.until, "until"), limit=args.limit)
     if args.json:
-        _print_json([message_dict(m) for m in messages])
+        print_json([message_dict(m) for m in messages])
         return EXIT_OK
     from worker.logs import mask_phone
 
     rows = [{**message_dict(m), "to": mask_phone(m.to_phone), "created_at": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
              "last_reason": (m.last_reason or "")[:50]} for m in messages]
-    _table(rows, ["id", "chatbot", "to", "state", "attempts", "session_id", "created_at", "last_reason"])
+    table(rows, ["id", "chatbot", "to", "state", "attempts", "session_id", "created_at", "last_reason"])
     return EXIT_OK
 
 
@@ -299,12 +238,12 @@ def _apply(args: argparse.Namespace, verb: str) -> int:
         wake(client)
         client.close()
     if args.json:
-        _print_json([{"id": k, "result": v} for k, v in results.items()])
+        print_json([{"id": k, "result": v} for k, v in results.items()])
     elif len(results) > 50:
         tally: dict[str, int] = {}
         for v in results.values():
             tally[v] = tally.get(v, 0) + 1
-        _table([{"result": k, "messages": n} for k, n in sorted(tally.items())], ["result", "messages"])
+        table([{"result": k, "messages": n} for k, n in sorted(tally.items())], ["result", "messages"])
     else:
         for mid, result in results.items():
             print(f"{mid}: {result}")
@@ -324,9 +263,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     counts = _outbox(_settings(args)).counts()
     if args.json:
-        _print_json(counts)
+        print_json(counts)
     else:
-        _table([{"state": k, "messages": v} for k, v in sorted(counts.items())], ["state", "messages"])
+        table([{"state": k, "messages": v} for k, v in sorted(counts.items())], ["state", "messages"])
     return EXIT_OK
 
 
@@ -377,13 +316,13 @@ def cmd_chatbot(args: argparse.Namespace) -> int:
             "segments_per_s": state.limit.segments_per_s,
             "configured": sn in rows,
             "paused": paused,
-            "paused_until": _iso(state.paused_until) if paused else None,
+            "paused_until": iso(state.paused_until) if paused else None,
             "pause_reason": state.pause_reason if paused else None,
         })
     if args.json:
-        _print_json(out if not args.serial_number else out[0])
+        print_json(out if not args.serial_number else out[0])
     else:
-        _table(out, ["chatbot", "rate_per_s", "burst", "segments_per_s", "paused", "paused_until", "pause_reason"])
+        table(out, ["chatbot", "rate_per_s", "burst", "segments_per_s", "paused", "paused_until", "pause_reason"])
     return EXIT_OK
 
 

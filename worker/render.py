@@ -1,0 +1,73 @@
+"""How the CLI shows messages, attempts and tables: for people, and as JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601, or None."""
+    return value.isoformat() if value is not None else None
+
+
+def print_json(value: Any) -> None:
+    """Indented JSON on stdout, for scripts (`--json`)."""
+    print(json.dumps(value, indent=2, default=str))
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """An aligned plain-text table with upper-case headers, for people."""
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def message_dict(m: Any) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "chatbot": m.serial_number,
+        "to": m.to_phone,
+        "text": m.body,
+        "segments": m.segments,
+        "state": m.state,
+        "attempts": m.attempts,
+        "failures": m.failures,
+        "ambiguous": m.ambiguous,
+        "next_attempt_at": iso(m.next_attempt_at),
+        "deadline_at": iso(m.deadline_at),
+        "idempotency_key": m.idempotency_key,
+        "last_outcome": m.last_outcome,
+        "last_reason": m.last_reason,
+        "session_id": m.session_id,
+        "metadata": m.meta,
+        "created_at": iso(m.created_at),
+        "updated_at": iso(m.updated_at),
+        "sent_at": iso(m.sent_at),
+    }
+
+
+def attempt_dict(a: Any) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "started_at": iso(a.started_at),
+        "latency_ms": round(a.latency_ms, 1) if a.latency_ms is not None else None,
+        "http_status": a.http_status,
+        "success": a.success,
+        "code": a.code,
+        "message": a.message,
+        "data_status": a.data_status,
+        "data_message": a.data_message,
+        "session_id": a.session_id,
+        "classification": a.classification,
+        "reason": a.reason,
+        "error": a.error,
+        "worker": a.worker,
+    }
