@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -143,17 +143,6 @@ class Transition:
     pause_until: datetime | None = None
     pause_reason: str | None = None
     suppress_number: bool = False
-
-
-@dataclass(frozen=True)
-class ChatbotLimit:
-    serial_number: str
-    rate_per_s: float
-    burst: int
-    segments_per_s: float | None
-    paused_until: datetime | None
-    pause_reason: str | None
-    configured: bool = field(default=True)
 
 
 class Outbox:
@@ -654,5 +643,5 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
-__all__ = ["AttemptRecord", "ChatbotLimit", "NewMessage", "Outbox", "Transition", "Work", "INDEFINITE"]
+__all__ = ["AttemptRecord", "NewMessage", "Outbox", "Transition", "Work", "INDEFINITE"]
 

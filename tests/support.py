@@ -6,7 +6,6 @@ which runs as a real HTTP server (`python -m sandbox`).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -260,7 +259,3 @@ def private_redis_server(directory: Path) -> Iterator[str]:
         probe.close()
         proc.terminate()
         proc.wait(10)
-
-
-def dump_json(value: Any) -> str:
-    return json.dumps(value, default=str)

@@ -72,7 +72,6 @@ class PassStats:
     capped: bool = False  # more due work than the broker has room for: come back at once
     #: A rate-limited chatbot has more due work: come back within this many seconds.
     wait_s: float = float("inf")
-    paused: int = 0  # chatbots with due work that are paused
 
 
 def allowance(rate_per_s: float, burst: int, inflight: int, *, lookahead_s: float, max_per_pass: int,
@@ -171,7 +170,6 @@ class Dispatcher:
             state = states[sn]
             if state.paused(now):
                 self._mirror_pause(sn, state.paused_until, now)  # type: ignore[arg-type]
-                stats.paused += 1
                 continue
             ahead_s, hold_s = self.limiter.ahead(sn)
             if hold_s > 0:

@@ -44,11 +44,6 @@ RECORD_RETRY_S = 120.0
 class BatchResult:
     """What one batch did, for logs and tests."""
 
-    sent: int = 0
-    retried: int = 0
-    failed: int = 0
-    unknown: int = 0
-    expired: int = 0
     throttled: int = 0
     skipped: int = 0
     calls: int = 0
@@ -158,7 +153,6 @@ class Sender:
         if work.deadline_at is None or work.deadline_at > now:
             return False
         if self.outbox.expire(work.id, token, now):
-            result.expired += 1
             result.count("expired")
         return True
 

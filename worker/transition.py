@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from models.repository import INDEFINITE, AttemptRecord, Transition
-from worker.backoff import compute_backoff
+from worker.backoff import compute_backoff, deadline_allows
 from worker.classify import Decision, Verdict
 from worker.client import Outcome, TransportError
 
@@ -71,7 +71,7 @@ def plan(decision: Decision, *, failures: int, deadline_at: datetime | None, now
     due = now + timedelta(seconds=delay_s)
     if pause_until is not None and pause_until > due:
         due = pause_until
-    if deadline_at is not None and due >= deadline_at:
+    if not deadline_allows(now, (due - now).total_seconds(), deadline_at):
         common["reason"] = f"deadline passes before the next attempt; last: {decision.reason}"
         return Transition(state="expired", **extra, **common | {"outcome": "expired"})
     return Transition(state="pending", next_attempt_at=due, **extra, **common)

@@ -12,6 +12,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from bench.limits import max_in_window
 from tests.support import ROOT, wait_until
 from worker.clock import utcnow
 
@@ -27,15 +28,6 @@ def phones(prefix: int, n: int) -> list[str]:
 
 def arrivals(sandbox: Any, serial: str) -> list[float]:
     return sorted(r["received_at"] for r in sandbox.requests() if r["serial_number"] == serial)
-
-
-def max_in_window(times: list[float], window_s: float) -> int:
-    best, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window_s:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def wait_sent(outbox: Any, ids: list[int], timeout_s: float) -> list[Any]:
