@@ -96,7 +96,7 @@ class Bot:
         return serial_of(self.letter)
 
     def request(self, i: int) -> Any:
-        from worker.validation import SendRequest
+        from oaksend.worker.validation import SendRequest
 
         n = PHONE_BASE[self.letter] + i
         return SendRequest(self.serial, phone(n), text_of(n))
@@ -164,28 +164,28 @@ class LimitStack:
                         self.env)
         oaksend_cli(["chatbot", "set-limit", WARM_CHATBOT, "--rate", "10000", "--burst", "1000"], self.env)
 
-        from models.db import make_engine
-        from sandbox.control import SandboxControl
-        from worker.enqueue import Producer
-        from worker.settings import load_settings
+        from oaksend.models.db import make_engine
+        from oaksend.sandbox.control import SandboxControl
+        from oaksend.worker.enqueue import Producer
+        from oaksend.worker.settings import load_settings
 
         self.settings = load_settings(database_url=self.database_url, redis_url=opts.redis_url)
         self.producer = Producer(self.settings)
         self.reader = make_engine(self.database_url, pool_size=2)
         self.control = SandboxControl(self.sandbox_url)
 
-        self.procs.start(self.dispatcher, [sys.executable, "-m", "worker.cli", "dispatcher", "--log-level", "INFO"],
+        self.procs.start(self.dispatcher, [sys.executable, "-m", "oaksend.worker.cli", "dispatcher", "--log-level", "INFO"],
                          self.env)
         self.workers = []
         for i in range(opts.workers):
             name = f"{self.tag}-worker{i}"
-            self.procs.start(name, [sys.executable, "-m", "worker.cli", "worker", "--concurrency",
+            self.procs.start(name, [sys.executable, "-m", "oaksend.worker.cli", "worker", "--concurrency",
                                     str(opts.concurrency), "--log-level", "INFO", "-n", f"limits{i}@%h"], self.env)
             self.workers.append(name)
         self.procs.wait_for_log(self.workers, " ready.", 90)
         self.procs.wait_for_log([self.dispatcher], "is now active", 30)
         # Warm up every worker thread on a chatbot of its own, then forget it at the sandbox.
-        from worker.validation import SendRequest
+        from oaksend.worker.validation import SendRequest
 
         warm = opts.workers * opts.concurrency
         ids = self.producer.send_many([SendRequest(WARM_CHATBOT, phone(WARMUP_BASE + i), text_of(WARMUP_BASE + i))
@@ -200,7 +200,7 @@ class LimitStack:
             f"{s.max_token_wait_s:g} s, dispatch interval {s.dispatch_interval_s:g} s, max in flight {s.max_inflight}")
 
     def _start_sandbox(self) -> None:
-        argv = [sys.executable, "-m", "sandbox", "--port", "0", "--api-key", API_KEY, "--seed", "1",
+        argv = [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key", API_KEY, "--seed", "1",
                 "--limit-slack-ms", f"{self.opts.slack_ms:g}"]
         for bot in self.bots:
             argv += ["--limit", f"{bot.serial}={bot.rate:g}:{bot.burst}"]
@@ -229,7 +229,7 @@ class LimitStack:
     def states(self, ids: list[int] | None = None, serial: str | None = None) -> dict[str, int]:
         from sqlalchemy import func, select
 
-        from models.tables import Message
+        from oaksend.models.tables import Message
 
         q = select(Message.state, func.count()).group_by(Message.state)
         if ids is not None:
@@ -275,7 +275,7 @@ class LimitStack:
         """phone -> (created_at, sent_at, attempts) of the chatbot's sent messages."""
         from sqlalchemy import select
 
-        from models.tables import Message
+        from oaksend.models.tables import Message
 
         with self.reader.connect() as conn:
             return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
@@ -286,7 +286,7 @@ class LimitStack:
         """(messages handed back at least once with a later due time, pending ones whose last word was 'throttled')."""
         from sqlalchemy import func, select
 
-        from models.tables import Message
+        from oaksend.models.tables import Message
 
         with self.reader.connect() as conn:
             moved = conn.execute(select(func.count()).where(
@@ -545,7 +545,7 @@ def run_fairness(opts: argparse.Namespace, procs: Processes, checks: list[tuple[
 
         from sqlalchemy import select
 
-        from models.tables import Attempt, Message
+        from oaksend.models.tables import Attempt, Message
 
         with stack.reader.connect() as conn:
             d_rows = list(conn.execute(select(Message.id, Message.created_at, Message.sent_at, Message.attempts)

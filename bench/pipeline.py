@@ -292,7 +292,7 @@ def fresh_postgres(admin_url: str, name: str) -> str:
 
 def oaksend_cli(args: list[str], env: dict[str, str]) -> str:
     """Run `oaksend ARGS` (as `python -m worker.cli`) to completion; its stdout, or BenchError."""
-    done = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "oaksend.worker.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -414,9 +414,9 @@ class Stack:
         oaksend_cli(["migrate"], self.env)
         oaksend_cli(["chatbot", "set-limit", CHATBOT, "--rate", f"{opts.rate:g}", "--burst", str(opts.burst)], self.env)
 
-        from models.db import make_engine
-        from worker.enqueue import Producer
-        from worker.settings import load_settings
+        from oaksend.models.db import make_engine
+        from oaksend.worker.enqueue import Producer
+        from oaksend.worker.settings import load_settings
 
         settings = load_settings(database_url=self.database_url, redis_url=opts.redis_url)
         self.settings = settings
@@ -429,12 +429,12 @@ class Stack:
         else:
             self.reader = make_engine(self.database_url, pool_size=2)
 
-        self.procs.start("dispatcher", [sys.executable, "-m", "worker.cli", "dispatcher", "--log-level", opts.log_level],
+        self.procs.start("dispatcher", [sys.executable, "-m", "oaksend.worker.cli", "dispatcher", "--log-level", opts.log_level],
                          self.env)
         workers = []
         for i in range(opts.workers):
             name = f"worker{i}"
-            self.procs.start(name, [sys.executable, "-m", "worker.cli", "worker", "--pool", "threads",
+            self.procs.start(name, [sys.executable, "-m", "oaksend.worker.cli", "worker", "--pool", "threads",
                                     "--concurrency", str(opts.concurrency), "--log-level", opts.log_level,
                                     "-n", f"bench{i}@%h"], self.env)
             workers.append(name)
@@ -449,7 +449,7 @@ class Stack:
         counts = self.wait_sent(ids[0], ids[-1], warm, "warm-up", progress=False)
         if counts.get("sent", 0) != warm:
             raise BenchError(f"warm-up messages were not all sent: {counts} (logs in {self.procs.logdir})")
-        from sandbox.control import SandboxControl
+        from oaksend.sandbox.control import SandboxControl
 
         self.control = SandboxControl(self.sandbox_url)
         self.control.reset()
@@ -459,7 +459,7 @@ class Stack:
 
     def _start_sandbox(self) -> None:
         env = _child_env()
-        proc = self.procs.start("sandbox", [sys.executable, "-m", "sandbox", "--port", "0", "--api-key", API_KEY,
+        proc = self.procs.start("sandbox", [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key", API_KEY,
                                             "--seed", "1"], env, stdout_pipe=True)
         assert proc.stdout is not None
         first: list[bytes] = []
@@ -482,7 +482,7 @@ class Stack:
         threading.Thread(target=drain, daemon=True).start()
 
     def _request(self, i: int) -> Any:
-        from worker.validation import SendRequest
+        from oaksend.worker.validation import SendRequest
 
         return SendRequest(CHATBOT, phone(i), text_of(i))
 
@@ -490,7 +490,7 @@ class Stack:
     def counts(self, lo: int, hi: int) -> dict[str, int]:
         from sqlalchemy import func, select
 
-        from models.tables import Message
+        from oaksend.models.tables import Message
 
         with self.reader.connect() as conn:
             rows = conn.execute(
@@ -527,7 +527,7 @@ class Stack:
     def sent_rows(self, lo: int, hi: int) -> list[tuple[int, datetime, datetime | None, str]]:
         from sqlalchemy import select
 
-        from models.tables import Message
+        from oaksend.models.tables import Message
 
         with self.reader.connect() as conn:
             return [tuple(r) for r in conn.execute(  # type: ignore[misc]
@@ -537,7 +537,7 @@ class Stack:
     def attempt_latencies_ms(self, lo: int, hi: int) -> list[float]:
         from sqlalchemy import select
 
-        from models.tables import Attempt
+        from oaksend.models.tables import Attempt
 
         with self.reader.connect() as conn:
             return [r[0] for r in conn.execute(select(Attempt.latency_ms).where(Attempt.message_id.between(lo, hi)))
@@ -546,7 +546,7 @@ class Stack:
     def latency_parts(self, lo: int, hi: int, wanted: set[int]) -> dict[str, list[float]]:
         from sqlalchemy import select
 
-        from models.tables import Attempt, Message
+        from oaksend.models.tables import Attempt, Message
 
         # sent_at is taken as the call returns (before the outcome is written), so there are two parts.
         parts: dict[str, list[float]] = {"enqueue -> call (wake, dispatch pass, broker, claim)": [], "HTTP call": []}
@@ -574,7 +574,7 @@ class Stack:
 
 
 def run_throughput(opts: argparse.Namespace, stack: Stack, checks: list[tuple[str, bool, str]]) -> dict[str, float]:
-    from worker.clock import utcnow
+    from oaksend.worker.clock import utcnow
 
     n = opts.messages
     requests = [stack._request(i) for i in range(n)]

@@ -1,4 +1,9 @@
-"""Alembic environment: runs migrations against DATABASE_URL (or the URL handed in)."""
+"""Alembic environment: runs oaksend's migrations against DATABASE_URL (or the URL handed in).
+
+oaksend lives in the application's database: its version table is
+`oaksend_alembic_version` (never the application's `alembic_version`), and with
+OAKSEND_DB_SCHEMA every table goes into that PostgreSQL schema.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import logging.config
 from typing import Any
 
 from alembic import context
-from models.db import make_engine
-from migrations.hooks import compare_type, render_item
-from models.tables import Base
+from sqlalchemy.schema import CreateSchema
+
+from oaksend.migrations.hooks import compare_type, include_object, render_item
+from oaksend.models.db import make_engine, schema_of
+from oaksend.models.tables import VERSION_TABLE, Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):
@@ -19,14 +26,32 @@ def _url() -> str:
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if url:
         return str(url)
-    from worker.settings import load_settings
+    from oaksend.worker.settings import load_settings
 
     return load_settings().database_url
 
 
+def _schema() -> str | None:
+    if "schema" in config.attributes:
+        return config.attributes["schema"]
+    from oaksend.worker.settings import load_settings
+
+    return load_settings().db_schema if not config.attributes.get("url") else None
+
+
+def _options(schema: str | None) -> dict[str, Any]:
+    return {
+        "target_metadata": Base.metadata,
+        "render_item": render_item,
+        "compare_type": compare_type,
+        "include_object": include_object,
+        "version_table": VERSION_TABLE,
+        "version_table_schema": schema,
+    }
+
+
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=Base.metadata, literal_binds=True,
-                      render_item=render_item, compare_type=compare_type)
+    context.configure(url=_url(), literal_binds=True, **_options(_schema()))
     with context.begin_transaction():
         context.run_migrations()
 
@@ -34,23 +59,25 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is not None:
-        _run(connectable)
+        _run(connectable, schema_of(connectable))
         return
-    engine = make_engine(_url())
+    schema = _schema()
+    engine = make_engine(_url(), schema=schema)
     try:
         with engine.connect() as connection:
-            _run(connection)
+            if schema:
+                connection.execute(CreateSchema(schema, if_not_exists=True))
+                connection.commit()
+            _run(connection, schema)
     finally:
         engine.dispose()
 
 
-def _run(connection: Any) -> None:
+def _run(connection: Any, schema: str | None) -> None:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
-        render_item=render_item,
-        compare_type=compare_type,
         render_as_batch=connection.dialect.name == "sqlite",
+        **_options(schema),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import DateTime
 
-from models.tables import UTCDateTime
+from oaksend.models.tables import UTCDateTime
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
@@ -21,3 +21,12 @@ def compare_type(ctx: Any, inspected: Any, metadata_column: Any, inspected_type:
     if isinstance(metadata_type, UTCDateTime):
         return not isinstance(inspected_type, DateTime)
     return None
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Autogenerate looks only at oaksend's own tables: the application's are not ours to drop."""
+    if type_ == "table":
+        from oaksend.models.tables import PREFIX, VERSION_TABLE
+
+        return bool(name and name.startswith(PREFIX) and name != VERSION_TABLE)
+    return True

@@ -1,8 +1,9 @@
 """The outbox: tables and the one repository that holds SQL."""
 
-from models.db import make_engine
-from models.repository import AttemptRecord, NewMessage, Outbox, Transition, Work
-from models.tables import Attempt, Base, Chatbot, Message, OperatorAction, SuppressedNumber
+from oaksend.models.db import make_engine
+from oaksend.models.records import AttemptRecord, NewMessage, Transition, Work
+from oaksend.models.repository import Outbox
+from oaksend.models.tables import Attempt, Base, Chatbot, Message, OperatorAction, SuppressedNumber
 
 __all__ = [
     "Attempt",

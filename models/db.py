@@ -7,8 +7,12 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
     """Create an engine with the settings each backend needs for a shared outbox.
+
+    `schema` (PostgreSQL only) puts oaksend's tables in a schema of their own:
+    every statement is compiled with a schema translate map, so the models
+    and migrations stay schema-free.
 
     SQLite: WAL (readers do not block the writer), a long busy timeout and
     `BEGIN IMMEDIATE`, so that several worker processes queue for the write lock
@@ -20,6 +24,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
+        if schema:
+            raise ValueError("OAKSEND_DB_SCHEMA is for PostgreSQL; SQLite has no schemas")
         engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
         _tune_sqlite(engine)
         return engine
@@ -28,7 +34,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # and every caller retries (the worker's record loop, the dispatcher's pass, leases).
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if schema:
+        engine = engine.execution_options(schema_translate_map=translate_map(schema))
+    return engine
+
+
+def translate_map(schema: str | None) -> dict[str | None, str] | None:
+    """The schema translate map that puts oaksend's schema-free tables into `schema`."""
+    return {None: schema} if schema else None
+
+
+def schema_of(bind: Any) -> str | None:
+    """The schema an engine (or connection) was made for by `make_engine`, if any."""
+    options = bind.get_execution_options() if hasattr(bind, "get_execution_options") else {}
+    return (options.get("schema_translate_map") or {}).get(None)
 
 
 def _tune_sqlite(engine: Engine) -> None:

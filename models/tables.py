@@ -28,7 +28,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Explicit constraint names, so migrations are stable across databases.
+#: Every table, index, constraint and sequence of oaksend starts with this, so that
+#: oaksend can share the application's database (transactional outbox) without
+#: touching its `messages` or `alembic_version` tables.
+PREFIX = "oaksend_"
+#: Alembic's version table of oaksend (the application keeps its own `alembic_version`).
+VERSION_TABLE = PREFIX + "alembic_version"
+
+#: Explicit constraint names, so migrations are stable across databases. Table
+#: names carry the prefix, so every constraint name does too.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -83,7 +91,7 @@ def _states_check(column: str, states: tuple[str, ...]) -> str:
 class Message(Base):
     """One SMS to send: a row of the outbox. Created before anything else happens."""
 
-    __tablename__ = "messages"
+    __tablename__ = PREFIX + "messages"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     serial_number: Mapped[str] = mapped_column(String(64))
@@ -113,31 +121,30 @@ class Message(Base):
 
     __table_args__ = (
         CheckConstraint(_states_check("state", STATES), name="state"),
-        Index("ix_messages_due", "state", "next_attempt_at"),
-        Index("ix_messages_chatbot_due", "serial_number", "state", "next_attempt_at"),
-        Index("ix_messages_lease", "state", "lease_until"),
-        Index("ix_messages_deadline", "state", "deadline_at"),
-        Index("ix_messages_phone", "to_phone", "state"),
+        Index("ix_oaksend_messages_due", "state", "next_attempt_at"),
+        Index("ix_oaksend_messages_chatbot_due", "serial_number", "state", "next_attempt_at"),
+        Index("ix_oaksend_messages_lease", "state", "lease_until"),
+        Index("ix_oaksend_messages_deadline", "state", "deadline_at"),
+        Index("ix_oaksend_messages_phone", "to_phone", "state"),
         # Only waiting rows: the dispatcher walks chatbots with pending work through it,
         # so a 100,000-message backlog costs one index probe per chatbot, not a scan.
-        Index(
-            "ix_messages_pending",
+        Index("ix_oaksend_messages_pending",
             "serial_number",
             "next_attempt_at",
             postgresql_where=text("state = 'pending'"),
             sqlite_where=text("state = 'pending'"),
         ),
-        Index("ix_messages_created", "created_at"),
+        Index("ix_oaksend_messages_created", "created_at"),
     )
 
 
 class Attempt(Base):
     """One call made to SendTwilioMessage: append-only, never updated."""
 
-    __tablename__ = "attempts"
+    __tablename__ = PREFIX + "attempts"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("messages.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey(PREFIX + "messages.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -153,13 +160,13 @@ class Attempt(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
-    __table_args__ = (Index("ix_attempts_message", "message_id", "number"),)
+    __table_args__ = (Index("ix_oaksend_attempts_message", "message_id", "number"),)
 
 
 class Chatbot(Base):
     """Per-chatbot (SerialNumber) limits and pause state; a missing row means defaults."""
 
-    __tablename__ = "chatbots"
+    __tablename__ = PREFIX + "chatbots"
 
     serial_number: Mapped[str] = mapped_column(String(64), primary_key=True)
     rate_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -174,23 +181,23 @@ class Chatbot(Base):
 class OperatorAction(Base):
     """An operator's (or campaign's) action on a message, kept for the audit trail."""
 
-    __tablename__ = "operator_actions"
+    __tablename__ = PREFIX + "operator_actions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("messages.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey(PREFIX + "messages.id", ondelete="CASCADE"))
     action: Mapped[str] = mapped_column(String(32))
     from_state: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    __table_args__ = (Index("ix_operator_actions_message", "message_id"),)
+    __table_args__ = (Index("ix_oaksend_operator_actions_message", "message_id"),)
 
 
 class SuppressedNumber(Base):
     """Numbers that must not be texted again (recipient replied STOP, or a landline)."""
 
-    __tablename__ = "suppressed_numbers"
+    __tablename__ = PREFIX + "suppressed_numbers"
 
     to_phone: Mapped[str] = mapped_column(String(16), primary_key=True)
     reason: Mapped[str] = mapped_column(String(64))

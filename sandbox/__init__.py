@@ -1,7 +1,7 @@
 """A fake NewOaks SendTwilioMessage API: a real HTTP server with fault injection.
 
-Run it with ``python -m sandbox`` (or ``oaksend sandbox``), or in-process with
-:func:`running_sandbox`. Names are imported lazily so that ``python -m sandbox``
+Run it with ``python -m oaksend.sandbox`` (or ``oaksend sandbox``), or in-process with
+:func:`running_sandbox`. Names are imported lazily so that ``python -m oaksend.sandbox``
 does not pay for httpx, which only :class:`SandboxControl` needs.
 """
 
@@ -21,17 +21,17 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Config": "sandbox.config",
-    "load_config": "sandbox.config",
-    "SandboxControl": "sandbox.control",
-    "SandboxServer": "sandbox.server",
-    "SandboxThread": "sandbox.server",
-    "main": "sandbox.server",
-    "running_sandbox": "sandbox.server",
+    "Config": "oaksend.sandbox.config",
+    "load_config": "oaksend.sandbox.config",
+    "SandboxControl": "oaksend.sandbox.control",
+    "SandboxServer": "oaksend.sandbox.server",
+    "SandboxThread": "oaksend.sandbox.server",
+    "main": "oaksend.sandbox.server",
+    "running_sandbox": "oaksend.sandbox.server",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
         return getattr(import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    raise AttributeError(f"module 'oaksend.sandbox' has no attribute {name!r}")

@@ -1,7 +1,7 @@
-"""``python -m sandbox [flags]``: the fake NewOaks API (see ``--help``)."""
+"""``python -m oaksend.sandbox [flags]``: the fake NewOaks API (see ``--help``)."""
 
 import sys
 
-from sandbox.server import main
+from oaksend.sandbox.server import main
 
 sys.exit(main())

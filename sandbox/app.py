@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from sandbox.config import Config, normalize_name
-from sandbox.exceptions import ConfigError
-from sandbox.faults import SCRIPT_KEYS, Outcome, Scripts, decide, resolve
-from sandbox.http11 import Request
-from sandbox.limits import Limiter
-from sandbox.records import Record, Recorder
-from sandbox.responses import Response, error, for_outcome, json_response
-from sandbox.validation import SEND_PATH, check_send, mask_phone
+from oaksend.sandbox.config import Config, normalize_name
+from oaksend.sandbox.exceptions import ConfigError
+from oaksend.sandbox.faults import SCRIPT_KEYS, Outcome, Scripts, decide, resolve
+from oaksend.sandbox.http11 import Request
+from oaksend.sandbox.limits import Limiter
+from oaksend.sandbox.records import Record, Recorder
+from oaksend.sandbox.responses import Response, error, for_outcome, json_response
+from oaksend.sandbox.validation import SEND_PATH, check_send, mask_phone
 
 log = logging.getLogger("sandbox")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.exceptions import ConfigError
+from oaksend.sandbox.exceptions import ConfigError
 
 ENV_PREFIX = "SANDBOX_"
 #: read when neither --api-key nor SANDBOX_API_KEY is given, so the sandbox

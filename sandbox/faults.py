@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from sandbox.config import PROBABILITY_FIELDS, Config
-from sandbox.exceptions import ConfigError
+from oaksend.sandbox.config import PROBABILITY_FIELDS, Config
+from oaksend.sandbox.exceptions import ConfigError
 
 MALFORMED_VARIANTS = ("truncated", "html", "array", "wrong-types", "missing-fields", "huge", "empty")
 

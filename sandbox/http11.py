@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from sandbox.exceptions import ProtocolError
-from sandbox.responses import Response, reason
+from oaksend.sandbox.exceptions import ProtocolError
+from oaksend.sandbox.responses import Response, reason
 
 #: request line plus headers; also passed to asyncio as the stream buffer limit
 MAX_HEAD_BYTES = 64 * 1024

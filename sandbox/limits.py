@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from sandbox.config import Limit
+from oaksend.sandbox.config import Limit
 
 #: length of the sliding window whose peak count is reported
 WINDOW_S = 1.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from sandbox.faults import Outcome
+from oaksend.sandbox.faults import Outcome
 
 VERSION = "1.0.0"
 JSON = "application/json; charset=utf-8"

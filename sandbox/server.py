@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sandbox.app import SandboxApp
-from sandbox.config import Config, load_config
-from sandbox.exceptions import ConfigError, ProtocolError
-from sandbox.http11 import MAX_HEAD_BYTES, read_request, render
-from sandbox.responses import error
+from oaksend.sandbox.app import SandboxApp
+from oaksend.sandbox.config import Config, load_config
+from oaksend.sandbox.exceptions import ConfigError, ProtocolError
+from oaksend.sandbox.http11 import MAX_HEAD_BYTES, read_request, render
+from oaksend.sandbox.responses import error
 
 log = logging.getLogger("sandbox")
 
@@ -120,7 +120,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``oaksend sandbox [flags]`` / ``python -m sandbox``: serve until SIGTERM or SIGINT.
+    """``oaksend sandbox [flags]`` / ``python -m oaksend.sandbox``: serve until SIGTERM or SIGINT.
 
     Exit codes: 0 after a signal (records written), 1 when the server cannot
     listen or the record file cannot be written, 2 for invalid configuration.

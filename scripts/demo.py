@@ -53,7 +53,7 @@ def find_redis() -> tuple[str, Any]:
 
 
 def oaksend(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "oaksend.worker.cli", *args], env=env, cwd=ROOT, text=True,
                           capture_output=True, check=False)
 
 
@@ -79,7 +79,7 @@ def main() -> int:
 
     def start(name: str, *args: str) -> None:
         log = open(VAR / f"{name}.log", "wb")
-        procs.append((name, subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
+        procs.append((name, subprocess.Popen([sys.executable, "-m", "oaksend.worker.cli", *args], env=env, cwd=ROOT,
                                              stdout=log, stderr=subprocess.STDOUT), log))
 
     try:

@@ -49,7 +49,7 @@ def pg_database() -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty outbox on each backend."""
-    from worker.migrate import upgrade
+    from oaksend.worker.migrate import upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/oaksend.db"
@@ -71,15 +71,15 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def settings(database_url: str, redis_url: str) -> Any:
-    from worker.settings import Settings
+    from oaksend.worker.settings import Settings
 
     return Settings(database_url=database_url, redis_url=redis_url, _env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.fixture
 def outbox(settings: Any) -> Iterator[Any]:
-    from models.db import make_engine
-    from models.repository import Outbox
+    from oaksend.models.db import make_engine
+    from oaksend.models.repository import Outbox
 
     box = Outbox(make_engine(settings.database_url))
     yield box
@@ -88,7 +88,7 @@ def outbox(settings: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def producer(settings: Any, outbox: Any) -> Iterator[Any]:
-    from worker.enqueue import Producer
+    from oaksend.worker.enqueue import Producer
 
     p = Producer(settings, outbox=outbox)
     yield p

@@ -93,7 +93,7 @@ class Sandbox:
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--port", "0", "--api-key", api_key, *args],
+            [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key", api_key, *args],
             stdout=subprocess.PIPE,
             stderr=self.log,
             cwd=ROOT,
@@ -157,7 +157,7 @@ class Stack:
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=self.env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "oaksend.worker.cli", *args], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs.append((name, proc, log))
         return proc

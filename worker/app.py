@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.settings import Settings
-
-#: The name the dispatcher publishes and the worker consumes.
-SEND_TASK = "oaksend.send_batch"
+from oaksend.worker.settings import Settings
+from oaksend.worker.tasks import register
 
 
 def make_app(settings: Settings) -> Celery:
@@ -33,7 +31,5 @@ def make_app(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.oaksend_settings = settings  # type: ignore[attr-defined]
-    from worker.tasks import register
-
     register(app, settings)
     return app

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
-from worker.client import Envelope, Outcome, TransportError
+from oaksend.worker.client import Envelope, Outcome, TransportError
 
 __all__ = [
     "Decision",

@@ -19,7 +19,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.render import attempt_dict, iso, message_dict, print_json, table
+from oaksend.worker.render import attempt_dict, iso, message_dict, print_json, table
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -32,7 +32,7 @@ class CliError(Exception):
 
 # -- helpers ----------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace) -> Any:
-    from worker.settings import load_settings
+    from oaksend.worker.settings import load_settings
 
     overrides = {}
     if getattr(args, "database_url", None):
@@ -43,17 +43,17 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _outbox(settings: Any) -> Any:
-    from models.db import make_engine
-    from models.repository import Outbox
+    from oaksend.models.db import make_engine
+    from oaksend.models.repository import Outbox
 
-    return Outbox(make_engine(settings.database_url))
+    return Outbox(make_engine(settings.database_url, schema=settings.db_schema))
 
 
 def _when(value: str | None, field: str) -> datetime | None:
     """Parse an ISO time (naive = UTC) or one relative to now: +10m, +2h, -30s, -1d."""
     if value is None:
         return None
-    from worker.clock import utcnow
+    from oaksend.worker.clock import utcnow
 
     value = value.strip()
     if value[:1] in {"+", "-"} and value[-1:] in {"s", "m", "h", "d"}:
@@ -77,17 +77,17 @@ def _when(value: str | None, field: str) -> datetime | None:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from worker.migrate import upgrade
+    from oaksend.worker.migrate import upgrade
 
     settings = _settings(args)
-    upgrade(settings.database_url, args.revision)
+    upgrade(settings.database_url, args.revision, schema=settings.db_schema)
     print(f"database at revision {args.revision}")
     return EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.app import make_app
-    from worker.logs import configure_logging
+    from oaksend.worker.app import make_app
+    from oaksend.worker.logs import configure_logging
 
     settings = _settings(args)
     key = settings.api_key()  # refuses to start without a usable key, without printing it
@@ -101,8 +101,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
-    from worker.dispatcher import run
-    from worker.logs import configure_logging
+    from oaksend.worker.dispatcher import run
+    from oaksend.worker.logs import configure_logging
 
     settings = _settings(args)
     configure_logging(args.log_level)
@@ -114,7 +114,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from worker.enqueue import Producer
+    from oaksend.worker.enqueue import Producer
 
     metadata = None
     if args.metadata is not None:
@@ -178,7 +178,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([message_dict(m) for m in messages])
         return EXIT_OK
-    from worker.logs import mask_phone
+    from oaksend.worker.logs import mask_phone
 
     rows = [{**message_dict(m), "to": mask_phone(m.to_phone), "created_at": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
              "last_reason": (m.last_reason or "")[:50]} for m in messages]
@@ -210,8 +210,8 @@ def _selected_ids(args: argparse.Namespace, outbox: Any) -> list[int]:
 
 
 def _apply(args: argparse.Namespace, verb: str) -> int:
-    from worker.clock import utcnow
-    from worker.enqueue import wake
+    from oaksend.worker.clock import utcnow
+    from oaksend.worker.enqueue import wake
 
     settings = _settings(args)
     outbox = _outbox(settings)
@@ -273,9 +273,9 @@ def cmd_chatbot(args: argparse.Namespace) -> int:
     """`chatbot show|set-limit|pause|resume`: limits and pauses, stored in the database."""
     import redis
 
-    from worker.clock import utcnow
-    from worker.limits import LimitBook
-    from worker.ratelimit import RateLimiter
+    from oaksend.worker.clock import utcnow
+    from oaksend.worker.limits import LimitBook
+    from oaksend.worker.ratelimit import RateLimiter
 
     settings = _settings(args)
     outbox = _outbox(settings)
@@ -327,7 +327,7 @@ def cmd_chatbot(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from sandbox.server import main as sandbox_main
+    from oaksend.sandbox.server import main as sandbox_main
 
     return sandbox_main(args.extra)
 
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-    from worker.errors import ConfigError, NotFound, OaksendError, ValidationError
+    from oaksend.errors import ConfigError, NotFound, OaksendError, ValidationError
 
     parser = build_parser()
     # `worker` hands unknown arguments to Celery and `sandbox` all of its own to the sandbox.

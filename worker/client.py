@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import httpx
 
-from worker.errors import ConfigError
+from oaksend.errors import ConfigError
 
 __all__ = [
     "Envelope",

@@ -35,13 +35,13 @@ import redis
 from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
-from models.repository import Outbox
-from worker.app import SEND_TASK
-from worker.clock import utcnow
-from worker.enqueue import WAKE_KEY
-from worker.limits import LimitBook
-from worker.ratelimit import RateLimiter
-from worker.settings import Settings
+from oaksend.models.repository import Outbox
+from oaksend.worker.tasks import SEND_TASK
+from oaksend.worker.clock import utcnow
+from oaksend.worker.enqueue import WAKE_KEY
+from oaksend.worker.limits import LimitBook
+from oaksend.worker.ratelimit import RateLimiter
+from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +276,10 @@ def _which(exc: BaseException) -> str:
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Build a dispatcher from settings and run it until stopped (SIGTERM/SIGINT in the CLI)."""
-    from models.db import make_engine
-    from worker.app import make_app
+    from oaksend.models.db import make_engine
+    from oaksend.worker.app import make_app
 
-    outbox = Outbox(make_engine(settings.database_url))
+    outbox = Outbox(make_engine(settings.database_url, schema=settings.db_schema))
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     app = make_app(settings)
     dispatcher = Dispatcher(settings, outbox, client, app)

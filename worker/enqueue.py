@@ -1,6 +1,6 @@
 """The producer API: validate, insert the outbox row, wake the dispatcher.
 
-    from worker import Producer, load_settings
+    from oaksend.worker import Producer, load_settings
 
     producer = Producer(load_settings())
     message_id = producer.send("3254a9d0424c4806b9ea3d0763a1b2c3", "+14155550123",
@@ -22,12 +22,13 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from models.db import make_engine
-from models.repository import NewMessage, Outbox
-from worker.clock import utcnow
-from worker.errors import ValidationError
-from worker.settings import Settings
-from worker.validation import SendRequest, validate
+from oaksend.models.db import make_engine
+from oaksend.models.records import NewMessage
+from oaksend.models.repository import Outbox
+from oaksend.worker.clock import utcnow
+from oaksend.errors import ValidationError
+from oaksend.worker.settings import Settings
+from oaksend.worker.validation import SendRequest, validate
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Producer:
     def __init__(self, settings: Settings, *, outbox: Outbox | None = None,
                  redis_client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.outbox = outbox or Outbox(make_engine(settings.database_url))
+        self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema))
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
 
     def send(self, serial_number: str, to: str, text: str, *, idempotency_key: str | None = None,
@@ -104,7 +105,7 @@ class Producer:
         suppressed = self.outbox.is_suppressed((r.to_phone for r in rows), session=session)
         if suppressed:
             phone, reason = next(iter(suppressed.items()))
-            from worker.logs import mask_phone
+            from oaksend.worker.logs import mask_phone
 
             raise ValidationError("to", f"{mask_phone(phone)} is suppressed ({reason}); it must not be texted")
 

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from models.repository import Outbox
-from worker.ratelimit import Limit
-from worker.settings import Settings
+from oaksend.models.repository import Outbox
+from oaksend.worker.ratelimit import Limit
+from oaksend.worker.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.errors import ConfigError
+from oaksend.errors import ConfigError
 
 #: Values that look like a key but are only the documentation's placeholder.
 _PLACEHOLDER_KEYS = {"", "<your-secret-key>", "your-secret-key", "changeme", "xxx"}
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # -- stores ---------------------------------------------------------------------------
     database_url: str = Field("sqlite:///oaksend.db", validation_alias=_env("DATABASE_URL"))
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    #: PostgreSQL schema for oaksend's tables (default: the connection's search_path, e.g. public).
+    db_schema: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+                                  validation_alias=AliasChoices("OAKSEND_DB_SCHEMA", "DB_SCHEMA"))
 
     # -- the API --------------------------------------------------------------------------
     newoaks_region: Literal["us", "eu"] = Field("us", validation_alias="NEWOAKS_REGION")
@@ -91,7 +94,7 @@ class Settings(BaseSettings):
             return {int(k): str(v).lower() for k, v in value.items()}
         return value
 
-    @field_validator("newoaks_base_url", mode="before")
+    @field_validator("newoaks_base_url", "db_schema", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -100,7 +103,7 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         """The API base URL: NEWOAKS_BASE_URL when set, else the region's."""
-        from worker.client import base_url_for
+        from oaksend.worker.client import base_url_for
 
         return base_url_for(self.newoaks_region, self.newoaks_base_url)
 

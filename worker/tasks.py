@@ -22,19 +22,22 @@ import redis
 from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
-from models.db import make_engine
-from models.repository import Outbox, Work
-from worker.app import SEND_TASK
-from worker.classify import Verdict, classify
-from worker.client import NewOaksClient
-from worker.clock import utcnow
-from worker.limits import LimitBook
-from worker.logs import mask_phone
-from worker.ratelimit import Admission, RateLimiter
-from worker.settings import Settings
-from worker.transition import RetryPolicy, attempt_record, plan
+from oaksend.models.db import make_engine
+from oaksend.models.records import Work
+from oaksend.models.repository import Outbox
+from oaksend.worker.classify import Verdict, classify
+from oaksend.worker.client import NewOaksClient
+from oaksend.worker.clock import utcnow
+from oaksend.worker.limits import LimitBook
+from oaksend.worker.logs import mask_phone
+from oaksend.worker.ratelimit import Admission, RateLimiter
+from oaksend.worker.settings import Settings
+from oaksend.worker.transition import RetryPolicy, attempt_record, plan
 
 log = logging.getLogger(__name__)
+
+#: The name the dispatcher publishes and the worker consumes.
+SEND_TASK = "oaksend.send_batch"
 
 #: How long a worker keeps trying to write an outcome while the database is away.
 RECORD_RETRY_S = 120.0
@@ -61,7 +64,7 @@ class Sender:
                  rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self._api_key = settings.api_key()  # fail fast, before any message is claimed
-        self.outbox = outbox or Outbox(make_engine(settings.database_url))
+        self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema))
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.limiter = RateLimiter(self.redis)
         self.limits = LimitBook(self.outbox, settings)

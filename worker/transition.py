@@ -12,10 +12,10 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from models.repository import INDEFINITE, AttemptRecord, Transition
-from worker.backoff import compute_backoff, deadline_allows
-from worker.classify import Decision, Verdict
-from worker.client import Outcome, TransportError
+from oaksend.models.records import INDEFINITE, AttemptRecord, Transition
+from oaksend.worker.backoff import compute_backoff, deadline_allows
+from oaksend.worker.classify import Decision, Verdict
+from oaksend.worker.client import Outcome, TransportError
 
 
 @dataclass(frozen=True)

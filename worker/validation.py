@@ -14,9 +14,9 @@ from typing import Any
 
 import phonenumbers
 
-from models.repository import NewMessage
-from worker.errors import ValidationError
-from worker.segments import count_segments
+from oaksend.models.records import NewMessage
+from oaksend.errors import ValidationError
+from oaksend.worker.segments import count_segments
 
 #: The API's documented limit on a body, in characters.
 MAX_BODY_CHARS = 1600

@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table('chatbots',
+    op.create_table('oaksend_chatbots',
     sa.Column('serial_number', sa.String(length=64), nullable=False),
     sa.Column('rate_per_s', sa.Float(), nullable=True),
     sa.Column('burst', sa.Integer(), nullable=True),
@@ -28,9 +28,9 @@ def upgrade() -> None:
     sa.Column('paused_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('pause_reason', sa.Text(), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('serial_number', name=op.f('pk_chatbots'))
+    sa.PrimaryKeyConstraint('serial_number', name=op.f('pk_oaksend_chatbots'))
     )
-    op.create_table('messages',
+    op.create_table('oaksend_messages',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('serial_number', sa.String(length=64), nullable=False),
     sa.Column('to_phone', sa.String(length=16), nullable=False),
@@ -52,25 +52,25 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("state IN ('pending', 'dispatched', 'sending', 'sent', 'failed', 'unknown', 'expired', 'cancelled')", name=op.f('ck_messages_state')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_messages')),
-    sa.UniqueConstraint('idempotency_key', name=op.f('uq_messages_idempotency_key'))
+    sa.CheckConstraint("state IN ('pending', 'dispatched', 'sending', 'sent', 'failed', 'unknown', 'expired', 'cancelled')", name=op.f('ck_oaksend_messages_state')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_oaksend_messages')),
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_oaksend_messages_idempotency_key'))
     )
-    with op.batch_alter_table('messages', schema=None) as batch_op:
-        batch_op.create_index('ix_messages_chatbot_due', ['serial_number', 'state', 'next_attempt_at'], unique=False)
-        batch_op.create_index('ix_messages_created', ['created_at'], unique=False)
-        batch_op.create_index('ix_messages_deadline', ['state', 'deadline_at'], unique=False)
-        batch_op.create_index('ix_messages_due', ['state', 'next_attempt_at'], unique=False)
-        batch_op.create_index('ix_messages_lease', ['state', 'lease_until'], unique=False)
-        batch_op.create_index('ix_messages_phone', ['to_phone', 'state'], unique=False)
+    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+        batch_op.create_index('ix_oaksend_messages_chatbot_due', ['serial_number', 'state', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_oaksend_messages_created', ['created_at'], unique=False)
+        batch_op.create_index('ix_oaksend_messages_deadline', ['state', 'deadline_at'], unique=False)
+        batch_op.create_index('ix_oaksend_messages_due', ['state', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_oaksend_messages_lease', ['state', 'lease_until'], unique=False)
+        batch_op.create_index('ix_oaksend_messages_phone', ['to_phone', 'state'], unique=False)
 
-    op.create_table('suppressed_numbers',
+    op.create_table('oaksend_suppressed_numbers',
     sa.Column('to_phone', sa.String(length=16), nullable=False),
     sa.Column('reason', sa.String(length=64), nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('to_phone', name=op.f('pk_suppressed_numbers'))
+    sa.PrimaryKeyConstraint('to_phone', name=op.f('pk_oaksend_suppressed_numbers'))
     )
-    op.create_table('attempts',
+    op.create_table('oaksend_attempts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('message_id', sa.BigInteger(), nullable=False),
     sa.Column('number', sa.Integer(), nullable=False),
@@ -87,13 +87,13 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('worker', sa.String(length=200), nullable=True),
-    sa.ForeignKeyConstraint(['message_id'], ['messages.id'], name=op.f('fk_attempts_message_id_messages'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_attempts'))
+    sa.ForeignKeyConstraint(['message_id'], ['oaksend_messages.id'], name=op.f('fk_oaksend_attempts_message_id_oaksend_messages'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_oaksend_attempts'))
     )
-    with op.batch_alter_table('attempts', schema=None) as batch_op:
-        batch_op.create_index('ix_attempts_message', ['message_id', 'number'], unique=False)
+    with op.batch_alter_table('oaksend_attempts', schema=None) as batch_op:
+        batch_op.create_index('ix_oaksend_attempts_message', ['message_id', 'number'], unique=False)
 
-    op.create_table('operator_actions',
+    op.create_table('oaksend_operator_actions',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('message_id', sa.BigInteger(), nullable=False),
     sa.Column('action', sa.String(length=32), nullable=False),
@@ -101,31 +101,31 @@ def upgrade() -> None:
     sa.Column('actor', sa.String(length=200), nullable=True),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('note', sa.Text(), nullable=True),
-    sa.ForeignKeyConstraint(['message_id'], ['messages.id'], name=op.f('fk_operator_actions_message_id_messages'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_operator_actions'))
+    sa.ForeignKeyConstraint(['message_id'], ['oaksend_messages.id'], name=op.f('fk_oaksend_operator_actions_message_id_oaksend_messages'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_oaksend_operator_actions'))
     )
-    with op.batch_alter_table('operator_actions', schema=None) as batch_op:
-        batch_op.create_index('ix_operator_actions_message', ['message_id'], unique=False)
+    with op.batch_alter_table('oaksend_operator_actions', schema=None) as batch_op:
+        batch_op.create_index('ix_oaksend_operator_actions_message', ['message_id'], unique=False)
 
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('operator_actions', schema=None) as batch_op:
-        batch_op.drop_index('ix_operator_actions_message')
+    with op.batch_alter_table('oaksend_operator_actions', schema=None) as batch_op:
+        batch_op.drop_index('ix_oaksend_operator_actions_message')
 
-    op.drop_table('operator_actions')
-    with op.batch_alter_table('attempts', schema=None) as batch_op:
-        batch_op.drop_index('ix_attempts_message')
+    op.drop_table('oaksend_operator_actions')
+    with op.batch_alter_table('oaksend_attempts', schema=None) as batch_op:
+        batch_op.drop_index('ix_oaksend_attempts_message')
 
-    op.drop_table('attempts')
-    op.drop_table('suppressed_numbers')
-    with op.batch_alter_table('messages', schema=None) as batch_op:
-        batch_op.drop_index('ix_messages_phone')
-        batch_op.drop_index('ix_messages_lease')
-        batch_op.drop_index('ix_messages_due')
-        batch_op.drop_index('ix_messages_deadline')
-        batch_op.drop_index('ix_messages_created')
-        batch_op.drop_index('ix_messages_chatbot_due')
+    op.drop_table('oaksend_attempts')
+    op.drop_table('oaksend_suppressed_numbers')
+    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_oaksend_messages_phone')
+        batch_op.drop_index('ix_oaksend_messages_lease')
+        batch_op.drop_index('ix_oaksend_messages_due')
+        batch_op.drop_index('ix_oaksend_messages_deadline')
+        batch_op.drop_index('ix_oaksend_messages_created')
+        batch_op.drop_index('ix_oaksend_messages_chatbot_due')
 
-    op.drop_table('messages')
-    op.drop_table('chatbots')
+    op.drop_table('oaksend_messages')
+    op.drop_table('oaksend_chatbots')

@@ -20,12 +20,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('messages', schema=None) as batch_op:
-        batch_op.create_index('ix_messages_pending', ['serial_number', 'next_attempt_at'], unique=False, postgresql_where=sa.text("state = 'pending'"), sqlite_where=sa.text("state = 'pending'"))
+    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+        batch_op.create_index('ix_oaksend_messages_pending', ['serial_number', 'next_attempt_at'], unique=False, postgresql_where=sa.text("state = 'pending'"), sqlite_where=sa.text("state = 'pending'"))
 
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('messages', schema=None) as batch_op:
-        batch_op.drop_index('ix_messages_pending', postgresql_where=sa.text("state = 'pending'"), sqlite_where=sa.text("state = 'pending'"))
+    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_oaksend_messages_pending', postgresql_where=sa.text("state = 'pending'"), sqlite_where=sa.text("state = 'pending'"))
 

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from tests.support import CHATBOT, free_port, wait_until
-from worker.clock import utcnow
-from worker.validation import SendRequest
+from oaksend.worker.clock import utcnow
+from oaksend.worker.validation import SendRequest
 
 TERMINAL = {"sent", "failed", "unknown", "expired", "cancelled"}
 

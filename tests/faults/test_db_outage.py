@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from tests.faults.report import summarize
 from tests.support import CHATBOT, PG_ADMIN_URL, PG_DB, reset_pg, wait_until
-from worker.validation import SendRequest
+from oaksend.worker.validation import SendRequest
 
 pytestmark = pytest.mark.chaos
 
@@ -26,7 +26,7 @@ OUTAGE_S = 20.0
 @pytest.fixture
 def database_url(pg_database: str) -> str:
     """This test is about PostgreSQL only."""
-    from worker.migrate import upgrade
+    from oaksend.worker.migrate import upgrade
 
     reset_pg(pg_database)
     upgrade(pg_database)
@@ -56,7 +56,7 @@ def outage(seconds: float) -> int:
 
 def test_database_outage_loses_nothing(make_stack: Any, producer: Any, outbox: Any, sandbox: Any) -> None:
     sandbox.configure(latency="20")
-    outbox.set_limit(CHATBOT, __import__("worker.clock").clock.utcnow(), rate_per_s=60, burst=5, segments_per_s=None)
+    outbox.set_limit(CHATBOT, __import__("oaksend.worker.clock").worker.clock.utcnow(), rate_per_s=60, burst=5, segments_per_s=None)
     stack = make_stack(workers=2, concurrency=4, OAKSEND_LEASE_S=5)
     phones = [f"+1415{500 + i // 10000:03d}{i % 10000:04d}" for i in range(1500)]
     started = time.monotonic()

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from models.tables import Message
-from worker.errors import ValidationError
+from oaksend.models.tables import Message
+from oaksend.errors import ValidationError
 
 VALID_PHONES = ["+14155550123", "+442071838750", "+61291234567", "+6834002", "+8613800138000"]
 INJECTIONS = ["'; DROP TABLE messages; --", "\" OR 1=1 --", "%s%s%s", "{0}{1}", "\\x00", "$$; SELECT 1; $$"]
@@ -70,7 +70,7 @@ def test_enqueue_stores_exactly_or_refuses(producer: Any, outbox: Any, serial: s
 @given(serial=serials, to=phones, text=texts.filter(lambda t: "\x00" not in t), key=keys)
 def test_cli_send_stores_exactly_or_refuses(database_url: str, redis_url: str, outbox: Any, monkeypatch: Any,
                                             serial: str, to: str, text: str, key: str | None) -> None:
-    from worker.cli import main
+    from oaksend.worker.cli import main
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("REDIS_URL", redis_url)

@@ -15,8 +15,8 @@ import pytest
 from tests.faults.report import delivered, summarize
 from tests.integration.test_secrets import database_dump, redis_dump
 from tests.support import API_KEY, wait_until
-from worker.clock import utcnow
-from worker.validation import SendRequest
+from oaksend.worker.clock import utcnow
+from oaksend.worker.validation import SendRequest
 
 pytestmark = pytest.mark.chaos
 

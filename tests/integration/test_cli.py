@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import redis
 
-from models.db import make_engine
-from models.repository import Outbox
+from oaksend.models.db import make_engine
+from oaksend.models.repository import Outbox
 from tests.support import CHATBOT, REDIS_URL
-from worker.classify import classify
-from worker.client import Envelope
-from worker.transition import RetryPolicy, attempt_record, plan
+from oaksend.worker.classify import classify
+from oaksend.worker.client import Envelope
+from oaksend.worker.transition import RetryPolicy, attempt_record, plan
 
 PHONE = "+14155550123"
 
@@ -58,7 +58,7 @@ class Cli:
     def __call__(self, *args: str, timeout_s: float = 60, **env: str) -> Result:
         full_env = clean_env(DATABASE_URL=self.database_url, REDIS_URL=REDIS_URL)
         full_env.update(env)
-        proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=full_env, cwd=self.cwd,
+        proc = subprocess.run([sys.executable, "-m", "oaksend.worker.cli", *args], env=full_env, cwd=self.cwd,
                               capture_output=True, text=True, timeout=timeout_s)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -355,8 +355,8 @@ def test_missing_command_is_a_usage_error(cli: Cli) -> None:
 
 def test_bulk_retry_by_state_shows_progress_and_keeps_history(tmp_path: Path) -> None:
     """`retry --state failed` sends every failed message again, in chunks, with progress on stderr."""
-    from models.repository import NewMessage
-    from worker.clock import utcnow
+    from oaksend.models.records import NewMessage
+    from oaksend.worker.clock import utcnow
 
     own = Cli(f"sqlite:///{tmp_path / 'bulk.db'}", tmp_path / "bulk.db", tmp_path)
     assert own("migrate").code == 0

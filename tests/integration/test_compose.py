@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.cli import build_parser
+from oaksend.worker.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -12,12 +12,12 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from models.repository import Outbox
+from oaksend.models.repository import Outbox
 from tests.support import CHATBOT, private_redis_server
-from worker.enqueue import WAKE_KEY, Producer
-from worker.settings import Settings
-from worker.errors import IdempotencyConflict, ValidationError
-from worker.validation import SendRequest
+from oaksend.worker.enqueue import WAKE_KEY, Producer
+from oaksend.worker.settings import Settings
+from oaksend.errors import IdempotencyConflict, ValidationError
+from oaksend.worker.validation import SendRequest
 
 PHONE = "+14155550123"
 OTHER = "+14155550124"

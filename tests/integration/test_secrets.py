@@ -78,7 +78,7 @@ def test_canary_key_is_nowhere(make_stack: Any, producer: Any, outbox: Any, sand
 
     env = dict(stack.env)
     for args in (["show", str(ids[1]), "--json"], ["list", "--json"], ["chatbot", "show", CHATBOT], ["stats"]):
-        out = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
+        out = subprocess.run([sys.executable, "-m", "oaksend.worker.cli", *args], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert API_KEY not in out.stdout + out.stderr
@@ -90,7 +90,7 @@ def test_a_bad_key_is_refused_without_printing_it(tmp_path: Any) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWOAKS_", "OAKSEND_"))}
     env.update({"NEWOAKS_API_KEY": f" {API_KEY} ", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
                 "REDIS_URL": REDIS_URL})
-    out = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "oaksend.worker.cli", "worker"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "NEWOAKS_API_KEY" in out.stderr

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support import CHATBOT, wait_until
-from worker.clock import utcnow
+from oaksend.worker.clock import utcnow
 
 TERMINAL = {"sent", "failed", "unknown", "expired", "cancelled"}
 
@@ -137,7 +137,7 @@ def test_scheduled_send_waits_for_its_time(make_stack: Any, producer: Any, outbo
 
 def test_final_twilio_stop_code_suppresses_the_number(make_stack: Any, producer: Any, outbox: Any,
                                                       sandbox: Any) -> None:
-    from worker.errors import ValidationError
+    from oaksend.errors import ValidationError
 
     make_stack()
     sandbox.script("+14155550108", ["twilio:21610"])

@@ -11,13 +11,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from migrations.hooks import compare_type
-from models.db import make_engine
-from models.tables import Base
+from oaksend.migrations.hooks import compare_type, include_object
+from oaksend.models.db import make_engine
+from oaksend.models.tables import Base
 from tests.support import reset_pg
-from worker.migrate import alembic_config, downgrade, upgrade
+from oaksend.worker.migrate import alembic_config, downgrade, upgrade
 
-TABLES = {"messages", "attempts", "chatbots", "operator_actions", "suppressed_numbers"}
+TABLES = {"oaksend_messages", "oaksend_attempts", "oaksend_chatbots", "oaksend_operator_actions",
+          "oaksend_suppressed_numbers"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,7 +33,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def _tables(url: str) -> set[str]:
     engine = make_engine(url)
     try:
-        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+        return set(inspect(engine).get_table_names()) - {"oaksend_alembic_version"}
     finally:
         engine.dispose()
 
@@ -41,7 +42,7 @@ def _drift(url: str) -> list[object]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": compare_type})
+            ctx = MigrationContext.configure(conn, opts={"compare_type": compare_type, "include_object": include_object})
             return compare_metadata(ctx, Base.metadata)
     finally:
         engine.dispose()

@@ -52,7 +52,7 @@ def start_sandbox(tmp_dir: Path, *args: str, env: dict[str, str] | None = None) 
     log_path = tmp_dir / f"sandbox-{len(list(tmp_dir.glob('sandbox-*.log')))}.log"
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--port", "0", *args],
+            [sys.executable, "-m", "oaksend.sandbox", "--port", "0", *args],
             cwd=ROOT,
             env=clean_env,
             stdout=subprocess.PIPE,

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from sandbox.config import Config, Latency, Limit, load_config, parse_latency, parse_limits
-from sandbox.exceptions import ConfigError
+from oaksend.sandbox.config import Config, Latency, Limit, load_config, parse_latency, parse_limits
+from oaksend.sandbox.exceptions import ConfigError
 
 
 @pytest.mark.parametrize(

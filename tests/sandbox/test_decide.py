@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from sandbox.config import Config
-from sandbox.exceptions import ConfigError
-from sandbox.faults import OK, Outcome, Scripts, burst_retry_after, decide, parse_token, resolve
+from oaksend.sandbox.config import Config
+from oaksend.sandbox.exceptions import ConfigError
+from oaksend.sandbox.faults import OK, Outcome, Scripts, burst_retry_after, decide, parse_token, resolve
 
 
 @pytest.mark.parametrize(

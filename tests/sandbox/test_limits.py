@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from sandbox.config import Limit
-from sandbox.limits import ChatbotCounts, Gcra
+from oaksend.sandbox.config import Limit
+from oaksend.sandbox.limits import ChatbotCounts, Gcra
 from tests.sandbox.helpers import configure, records, send
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox import Config, SandboxControl, SandboxThread, running_sandbox
+from oaksend.sandbox import Config, SandboxControl, SandboxThread, running_sandbox
 from tests.sandbox.helpers import KEY, PHONE, ROOT, send
 
 
@@ -74,7 +74,7 @@ def test_repeated_limit_flags(sandbox_factory) -> None:  # type: ignore[no-untyp
 )
 def test_invalid_configuration_exits_2_with_one_line(args: list[str], env: dict[str, str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sandbox", "--port", "0", *args],
+        [sys.executable, "-m", "oaksend.sandbox", "--port", "0", *args],
         cwd=ROOT, env={"PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, timeout=20,
     )
     assert result.returncode == 2

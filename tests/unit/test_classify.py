@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.classify import (
+from oaksend.worker.classify import (
     TWILIO_FINAL_CODES,
     TWILIO_RETRY_LATER_CODES,
     Decision,
     Verdict,
     classify,
 )
-from worker.client import Envelope, TransportError
+from oaksend.worker.client import Envelope, TransportError
 
 SENT, RETRY, FINAL, AMBIGUOUS = Verdict.SENT, Verdict.RETRY, Verdict.FINAL, Verdict.AMBIGUOUS
 

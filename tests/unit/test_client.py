@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.client import (
+from oaksend.worker.client import (
     SEND_PATH,
     Envelope,
     NewOaksClient,
@@ -31,7 +31,7 @@ from worker.client import (
     parse_envelope,
     parse_retry_after,
 )
-from worker.errors import ConfigError
+from oaksend.errors import ConfigError
 
 KEY = "sk-test-0123456789abcdefSECRET"
 SERIAL = "3254a9d0424c4806b9ea3d0763abcdef"

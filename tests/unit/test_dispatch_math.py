@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.dispatcher import allowance, interleave
+from oaksend.worker.dispatcher import allowance, interleave
 
 
 @pytest.mark.parametrize(

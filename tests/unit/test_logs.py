@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.logs import RedactingFilter, install_redaction, mask_phone, redact
+from oaksend.worker.logs import RedactingFilter, install_redaction, mask_phone, redact
 
 KEY = "sk-live-7f3a9c2e1b"
 PHONE = "+14155550123"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import AliasChoices
 
-from worker.errors import ConfigError
-from worker.settings import Settings, load_settings
+from oaksend.errors import ConfigError
+from oaksend.worker.settings import Settings, load_settings
 
 
 def _aliases() -> set[str]:

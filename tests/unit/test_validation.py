@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.repository import NewMessage
-from worker.errors import ValidationError
-from worker.segments import count_segments
-from worker.validation import MAX_BODY_CHARS, SendRequest, validate
+from oaksend.models.records import NewMessage
+from oaksend.errors import ValidationError
+from oaksend.worker.segments import count_segments
+from oaksend.worker.validation import MAX_BODY_CHARS, SendRequest, validate
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 DEFAULT_DEADLINE_S = 3 * 3600.0

@@ -1,0 +1,91 @@
+"""Domain values passed between the service (`oaksend.worker`) and the repository.
+
+The repository stores and returns these; the worker computes them (see
+`oaksend.worker.transition`). Neither side owns them, so both import them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+#: Pause used for "until an operator resumes" (401/403): far enough to mean never.
+INDEFINITE = timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A validated message, ready to insert (see oaksend.worker.validation)."""
+
+    serial_number: str
+    to_phone: str
+    body: str
+    segments: int
+    next_attempt_at: datetime
+    deadline_at: datetime | None
+    idempotency_key: str | None
+    meta: dict[str, Any] | None
+
+    def same_content(self, row: Any) -> bool:
+        return (
+            row.serial_number == self.serial_number
+            and row.to_phone == self.to_phone
+            and row.body == self.body
+        )
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a worker needs of a dispatched message: loaded once per batch."""
+
+    id: int
+    serial_number: str
+    to_phone: str
+    body: str
+    segments: int
+    attempts: int
+    failures: int
+    deadline_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One call's audit row (see models.tables.Attempt)."""
+
+    number: int
+    started_at: datetime
+    latency_ms: float | None
+    classification: str
+    reason: str
+    http_status: int | None = None
+    success: bool | None = None
+    code: int | None = None
+    message: str | None = None
+    data_status: str | None = None
+    data_message: str | None = None
+    session_id: int | None = None
+    error: str | None = None
+    worker: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The new state of a message after an attempt (computed by oaksend.worker.transition)."""
+
+    state: str
+    reason: str
+    outcome: str
+    next_attempt_at: datetime | None = None
+    failures_delta: int = 0
+    ambiguous_delta: int = 0
+    session_id: int | None = None
+    sent: bool = False
+    #: Pause the chatbot until this time (429, auth failure), with the reason shown to operators.
+    pause_until: datetime | None = None
+    pause_reason: str | None = None
+    suppress_number: bool = False
+
+
+
+__all__ = ["INDEFINITE", "AttemptRecord", "NewMessage", "Transition", "Work"]

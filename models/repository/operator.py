@@ -1,0 +1,143 @@
+"""The operators' part of the repository: chatbot limits and pauses, reading, retry, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from oaksend.models.repository.base import Repository
+from oaksend.models.tables import (
+    RETRYABLE_STATES,
+    Attempt,
+    Chatbot,
+    Message,
+    OperatorAction,
+    SuppressedNumber,
+)
+
+
+class OperatorRepository(Repository):
+    # -- chatbots -------------------------------------------------------------------------
+    def _pause(self, s: Session, serial_number: str, until: datetime, reason: str | None, now: datetime) -> None:
+        row = s.get(Chatbot, serial_number, with_for_update=True)
+        if row is None:
+            s.add(Chatbot(serial_number=serial_number, paused_until=until, pause_reason=reason, updated_at=now))
+        elif row.paused_until is None or row.paused_until < until:
+            row.paused_until, row.pause_reason, row.updated_at = until, reason, now
+
+    def pause(self, serial_number: str, until: datetime, reason: str, now: datetime) -> None:
+        with self.session() as s:
+            self._pause(s, serial_number, until, reason, now)
+
+    def resume(self, serial_number: str, now: datetime) -> bool:
+        with self.session() as s:
+            row = s.get(Chatbot, serial_number)
+            if row is None or row.paused_until is None:
+                return False
+            row.paused_until, row.pause_reason, row.updated_at = None, None, now
+            return True
+
+    def set_limit(self, serial_number: str, now: datetime, *, rate_per_s: float | None, burst: int | None,
+                  segments_per_s: float | None) -> None:
+        with self.session() as s:
+            row = s.get(Chatbot, serial_number, with_for_update=True)
+            if row is None:
+                row = Chatbot(serial_number=serial_number, updated_at=now)
+                s.add(row)
+            row.rate_per_s, row.burst, row.segments_per_s, row.updated_at = rate_per_s, burst, segments_per_s, now
+
+    def chatbots(self, serial_numbers: Iterable[str] | None = None) -> dict[str, Chatbot]:
+        """Configured chatbot rows (all, or those named)."""
+        with self.session() as s:
+            q = select(Chatbot)
+            if serial_numbers is not None:
+                q = q.where(Chatbot.serial_number.in_(list(serial_numbers)))
+            return {c.serial_number: c for c in s.scalars(q)}
+
+    # -- reading for operators ------------------------------------------------------------
+    def get(self, message_id: int) -> Message | None:
+        with self.session() as s:
+            return s.get(Message, message_id)
+
+    def history(self, message_id: int) -> tuple[list[Attempt], list[OperatorAction]]:
+        with self.session() as s:
+            attempts = list(s.scalars(select(Attempt).where(Attempt.message_id == message_id).order_by(Attempt.id)))
+            actions = list(
+                s.scalars(select(OperatorAction).where(OperatorAction.message_id == message_id).order_by(OperatorAction.id))
+            )
+            return attempts, actions
+
+    def list(self, *, states: Sequence[str] = (), serial_number: str | None = None,
+             since: datetime | None = None, until: datetime | None = None, limit: int = 100,
+             after_id: int | None = None) -> list[Message]:
+        with self.session() as s:
+            q = select(Message)
+            if states:
+                q = q.where(Message.state.in_(list(states)))
+            if serial_number:
+                q = q.where(Message.serial_number == serial_number)
+            if since:
+                q = q.where(Message.created_at >= since)
+            if until:
+                q = q.where(Message.created_at < until)
+            if after_id is not None:
+                q = q.where(Message.id > after_id)
+            return list(s.scalars(q.order_by(Message.id.desc() if after_id is None else Message.id).limit(limit)))
+
+    def counts(self) -> dict[str, int]:
+        """Messages per state."""
+        with self.session() as s:
+            return {state: n for state, n in s.execute(select(Message.state, func.count()).group_by(Message.state))}
+
+    def operator_retry(self, ids: Sequence[int], now: datetime, actor: str | None,
+                       deadline_at: datetime | None) -> dict[int, str]:
+        """Send failed / unknown / expired / cancelled messages again; history is kept.
+
+        Returns, per id, "retried" or why not. The retry gets a fresh attempt budget
+        and, when given, a new deadline (an expired message needs one).
+        """
+        out: dict[int, str] = {}
+        with self.session() as s:
+            for mid in ids:
+                row = s.get(Message, mid, with_for_update=True)
+                if row is None:
+                    out[mid] = "not found"
+                    continue
+                if row.state not in RETRYABLE_STATES:
+                    out[mid] = f"is {row.state}; only {', '.join(RETRYABLE_STATES)} can be retried"
+                    continue
+                if s.get(SuppressedNumber, row.to_phone) is not None:
+                    out[mid] = "number is suppressed (STOP or landline)"
+                    continue
+                s.add(OperatorAction(message_id=mid, action="retry", from_state=row.state, actor=actor, at=now))
+                from_state = row.state
+                row.state, row.failures, row.next_attempt_at = "pending", 0, now
+                row.lease_token = row.lease_until = None
+                if deadline_at is not None:
+                    row.deadline_at = deadline_at
+                elif row.deadline_at is not None and row.deadline_at <= now:
+                    row.deadline_at = None
+                row.last_reason, row.updated_at = f"operator retry from {from_state}", now
+                out[mid] = "retried"
+        return out
+
+    def cancel(self, ids: Sequence[int], now: datetime, actor: str | None) -> dict[int, str]:
+        """Cancel messages that have not been sent (pending or dispatched)."""
+        out: dict[int, str] = {}
+        with self.session() as s:
+            for mid in ids:
+                row = s.get(Message, mid, with_for_update=True)
+                if row is None:
+                    out[mid] = "not found"
+                elif row.state not in ("pending", "dispatched"):
+                    out[mid] = f"is {row.state}; only pending or dispatched messages can be cancelled"
+                else:
+                    s.add(OperatorAction(message_id=mid, action="cancel", from_state=row.state, actor=actor, at=now))
+                    row.state, row.lease_token, row.lease_until, row.updated_at = "cancelled", None, None, now
+                    row.last_outcome, row.last_reason = "cancelled", "cancelled by operator"
+                    out[mid] = "cancelled"
+        return out
+

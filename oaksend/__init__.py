@@ -1,0 +1,46 @@
+"""oaksend: a durable SMS sender for the NewOaks SendTwilioMessage API.
+
+The public API, importable from the top-level package::
+
+    from oaksend import Producer, SendRequest, load_settings
+
+The wheel installs one import package, ``oaksend``; the source folders of the
+repository (``worker/``, ``models/``, ``migrations/``, ``sandbox/``) are its
+subpackages ``oaksend.worker``, ``oaksend.models``, ``oaksend.migrations`` and
+``oaksend.sandbox``. Names are imported lazily, so ``python -m oaksend.sandbox``
+does not load the database and broker libraries.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.2.0"
+
+_HOMES = {
+    "Producer": "oaksend.worker.enqueue",
+    "SendRequest": "oaksend.worker.validation",
+    "Settings": "oaksend.worker.settings",
+    "load_settings": "oaksend.worker.settings",
+    "OaksendError": "oaksend.errors",
+    "ConfigError": "oaksend.errors",
+    "ValidationError": "oaksend.errors",
+    "IdempotencyConflict": "oaksend.errors",
+    "NotFound": "oaksend.errors",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'oaksend' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
