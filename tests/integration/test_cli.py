@@ -64,7 +64,7 @@ class Cli:
 
     def rows(self) -> int:
         with closing(sqlite3.connect(self.db_path)) as conn:
-            return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM oaksend_messages").fetchone()[0])
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +297,7 @@ def test_stats_json_counts_states(cli: Cli) -> None:
     result = cli("stats", "--json")
     assert result.code == 0, result.err
     with closing(sqlite3.connect(cli.db_path)) as conn:
-        expected = dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+        expected = dict(conn.execute("SELECT state, count(*) FROM oaksend_messages GROUP BY state").fetchall())
     assert result.json() == expected
     assert expected["cancelled"] >= 1 and expected["pending"] >= 1
 
@@ -366,7 +366,7 @@ def test_bulk_retry_by_state_shows_progress_and_keeps_history(tmp_path: Path) ->
         rows = [NewMessage(CHATBOT, f"+1415555{i:04d}", "bulk", 1, now, None, None, None) for i in range(1203)]
         ids = outbox.add(rows, now)
         with outbox.engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE messages SET state = 'failed' WHERE id <= ?", (ids[1199],))
+            conn.exec_driver_sql("UPDATE oaksend_messages SET state = 'failed' WHERE id <= ?", (ids[1199],))
         out = own("retry", "--state", "failed", "--since=-1h", "--progress")
         assert out.code == 0, out.err
         assert "retry: 500/1200 messages" in out.err and "retry: 1200/1200 messages" in out.err

@@ -63,7 +63,7 @@ def reader(database_url: str) -> Iterator[Engine]:
 
 def count(engine: Engine, where: str = "1=1", **params: Any) -> int:
     with engine.connect() as conn:
-        return int(conn.scalar(text(f"SELECT count(*) FROM messages WHERE {where}"), params) or 0)
+        return int(conn.scalar(text(f"SELECT count(*) FROM oaksend_messages WHERE {where}"), params) or 0)
 
 
 def wakes(client: redis.Redis) -> int:
@@ -212,7 +212,7 @@ def test_one_invalid_item_refuses_the_whole_batch(producer: Producer, reader: En
 
 def test_suppressed_number_is_refused_and_masked(producer: Producer, reader: Engine) -> None:
     with producer.outbox.engine.begin() as conn:
-        conn.execute(text("INSERT INTO suppressed_numbers (to_phone, reason, at) VALUES (:p, 'twilio_21610', :at)"),
+        conn.execute(text("INSERT INTO oaksend_suppressed_numbers (to_phone, reason, at) VALUES (:p, 'twilio_21610', :at)"),
                      {"p": PHONE, "at": datetime.now(timezone.utc).replace(tzinfo=None)})
     with pytest.raises(ValidationError) as info:
         producer.send(CHATBOT, PHONE, "hi")
@@ -294,10 +294,10 @@ def test_two_sends_in_one_caller_transaction(producer: Producer, outbox: Outbox,
 def test_session_id_round_trips_64_bits(producer: Producer, outbox: Outbox, reader: Engine, session_id: int) -> None:
     mid = producer.send(CHATBOT, PHONE, "sent")
     with outbox.engine.begin() as conn:
-        changed = conn.execute(text("UPDATE messages SET session_id = :sid WHERE id = :id"),
+        changed = conn.execute(text("UPDATE oaksend_messages SET session_id = :sid WHERE id = :id"),
                                {"sid": session_id, "id": mid}).rowcount
     assert changed == 1
     row = outbox.get(mid)
     assert row is not None and row.session_id == session_id
     with reader.connect() as conn:
-        assert conn.scalar(text("SELECT session_id FROM messages WHERE id = :id"), {"id": mid}) == session_id
+        assert conn.scalar(text("SELECT session_id FROM oaksend_messages WHERE id = :id"), {"id": mid}) == session_id
