@@ -47,6 +47,8 @@ class Work:
     attempts: int
     failures: int
     deadline_at: datetime | None
+    #: A campaign message's quiet hours, checked before it is sent (oaksend.worker.quiet.at_send).
+    quiet: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -118,9 +119,14 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The campaign that made this message (None for application and CLI messages).
+    campaign_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: Quiet hours checked when the message is sent: "21:00-08:00 America/New_York" (oaksend.worker.quiet).
+    quiet: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
     __table_args__ = (
         CheckConstraint(_states_check("state", STATES), name="state"),
+        Index("ix_oaksend_messages_campaign", "campaign_id", "state"),
         Index("ix_oaksend_messages_due", "state", "next_attempt_at"),
         Index("ix_oaksend_messages_chatbot_due", "serial_number", "state", "next_attempt_at"),
         Index("ix_oaksend_messages_lease", "state", "lease_until"),
@@ -202,3 +208,58 @@ class SuppressedNumber(Base):
     to_phone: Mapped[str] = mapped_column(String(16), primary_key=True)
     reason: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+#: Campaign states: drafts are not used by the CLI (create validates and schedules at once).
+CAMPAIGN_STATES = ("draft", "scheduled", "running", "paused", "cancelled", "finished")
+
+
+class Campaign(Base):
+    """An audience and a schedule that become outbox messages (oaksend.worker.campaigns)."""
+
+    __tablename__ = PREFIX + "campaigns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    serial_number: Mapped[str] = mapped_column(String(64))
+    template: Mapped[str] = mapped_column(Text)
+    #: once | relative | cron, and its parameters ({"at": ...} | {"column": ..., "offsets_s": [...]} | {"cron": ...}).
+    schedule_kind: Mapped[str] = mapped_column(String(16))
+    schedule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tz: Mapped[str] = mapped_column(String(64))
+    phone_column: Mapped[str] = mapped_column(String(64))
+    key_column: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tz_column: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: "21:00-08:00", or None for off.
+    quiet_hours: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    deadline_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rate_cap_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    missed: Mapped[str] = mapped_column(String(8), default="send")
+    state: Mapped[str] = mapped_column(String(16), default="scheduled")
+    #: Occurrences not turned into messages, by cause: quiet_hours, deadline, suppressed, frequency_cap.
+    skipped: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    #: Cron campaigns: occurrences up to this instant are materialized.
+    materialized_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(_states_check("state", CAMPAIGN_STATES), name="state"),
+        Index("ix_oaksend_campaigns_state", "state"),
+    )
+
+
+class CampaignRecipient(Base):
+    """One recipient of a campaign: its key, phone, zone and columns (kept for updates and cron)."""
+
+    __tablename__ = PREFIX + "campaign_recipients"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(BigInteger, ForeignKey(PREFIX + "campaigns.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(150))
+    phone: Mapped[str] = mapped_column(String(16))
+    tz: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, str]] = mapped_column(JSON)
+
+    __table_args__ = (UniqueConstraint("campaign_id", "key"),)

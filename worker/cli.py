@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sandbox", help="run the fake NewOaks API (see `oaksend sandbox --help`)", add_help=False)
     p.set_defaults(func=cmd_sandbox)
+    __import__("oaksend.worker.cli_campaign", fromlist=["add_commands"]).add_commands(sub)  # campaign, scheduler
     return parser
 
 

@@ -105,6 +105,9 @@ class Sender:
         now = self.clock()
         if self._expired(work, token, now, result):
             return
+        # Campaigns: quiet hours hold when the message is SENT, not only when it was scheduled.
+        if work.quiet and self._quiet(work, token, now, result):
+            return
         state = self.limits.get(work.serial_number)
         if state.paused(now):
             self.outbox.give_back(work.id, token, now, None, f"chatbot paused: {state.pause_reason}")
@@ -156,6 +159,20 @@ class Sender:
         if work.deadline_at is None or work.deadline_at > now:
             return False
         if self.outbox.expire(work.id, token, now):
+            result.count("expired")
+        return True
+
+    def _quiet(self, work: Work, token: str, now: datetime, result: BatchResult) -> bool:
+        """Inside the recipient's quiet hours: wait for the next allowed time, or expire if that is too late."""
+        from oaksend.worker.quiet import at_send
+
+        check = at_send(work.quiet, work.deadline_at, now)
+        if check.action == "send":
+            return False
+        if check.action == "wait":
+            self.outbox.give_back(work.id, token, now, check.at, check.reason)
+            result.throttled += 1
+        elif self.outbox.expire_with_reason(work.id, token, now, check.reason):
             result.count("expired")
         return True
 

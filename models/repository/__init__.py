@@ -8,13 +8,14 @@ repository is split by who uses it; `Outbox` is all of it.
 from __future__ import annotations
 
 from oaksend.models.records import INDEFINITE, AttemptRecord, NewMessage, Transition, Work
+from oaksend.models.repository.campaigns import CampaignRepository
 from oaksend.models.repository.dispatch import DispatchRepository
 from oaksend.models.repository.enqueue import EnqueueRepository
 from oaksend.models.repository.operator import OperatorRepository
 from oaksend.models.repository.send import SendRepository
 
 
-class Outbox(EnqueueRepository, DispatchRepository, SendRepository, OperatorRepository):
+class Outbox(EnqueueRepository, DispatchRepository, SendRepository, OperatorRepository, CampaignRepository):
     """The outbox repository, handed its engine: `Outbox(make_engine(url))`."""
 
 

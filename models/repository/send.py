@@ -69,7 +69,7 @@ class SendRepository(Repository):
             rows = s.execute(
                 select(
                     Message.id, Message.serial_number, Message.to_phone, Message.body, Message.segments,
-                    Message.attempts, Message.failures, Message.deadline_at,
+                    Message.attempts, Message.failures, Message.deadline_at, Message.quiet,
                 )
                 .where(Message.id.in_(list(ids)), Message.state == "dispatched", Message.lease_token == token)
                 .order_by(Message.id)

@@ -1,0 +1,271 @@
+"""The campaigns' part of the repository: campaigns, recipients, and their outbox messages.
+
+Campaign messages are ordinary outbox rows with `campaign_id` set; each one's
+idempotency key names (campaign, recipient key, occurrence), and they are
+inserted with ON CONFLICT DO NOTHING, so however often (and by however many
+schedulers) an occurrence is materialized, it is one message.
+
+Pause moves a campaign's pending messages a fixed, far distance into the future
+(`PAUSE_SHIFT`) and resume moves them back: their own times survive the pause,
+the dispatcher simply never finds them due, and their deadlines keep running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from oaksend.models.repository.base import Repository, _chunks
+from oaksend.models.tables import OPEN_STATES, Campaign, CampaignRecipient, Message, SuppressedNumber
+
+#: How far a paused campaign's messages are moved (and moved back on resume).
+PAUSE_SHIFT = timedelta(days=365 * 1000)
+#: Pending rows at or after this are a paused campaign's.
+PAUSED_AFTER = datetime(2900, 1, 1)
+#: messages.priority of campaign messages: 0 high, 1 normal, 2 bulk.
+BULK_PRIORITY = 2
+_messages = Message.__table__
+_recipients = CampaignRecipient.__table__
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"campaigns need PostgreSQL or SQLite, not {dialect}")  # pragma: no cover
+
+
+class CampaignRepository(Repository):
+    # -- campaigns ------------------------------------------------------------------------
+    def add_campaign(self, session: Session, values: dict[str, Any]) -> int:
+        row = Campaign(**values)
+        session.add(row)
+        session.flush()
+        return row.id
+
+    def campaign(self, campaign_id: int, session: Session | None = None) -> Campaign | None:
+        if session is not None:
+            return session.get(Campaign, campaign_id)
+        with self.session() as s:
+            return s.get(Campaign, campaign_id)
+
+    def campaigns(self, states: Sequence[str] = ()) -> list[Campaign]:
+        q = select(Campaign).order_by(Campaign.id)
+        if states:
+            q = q.where(Campaign.state.in_(list(states)))
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    def set_campaign(self, session: Session, campaign_id: int, from_states: Sequence[str], now: datetime,
+                     **values: Any) -> bool:
+        """Change a campaign only while it is in one of `from_states` (conditional, so two racers: one wins)."""
+        return bool(session.execute(
+            update(Campaign).where(Campaign.id == campaign_id, Campaign.state.in_(list(from_states)))
+            .values(updated_at=now, **values)
+        ).rowcount)
+
+    def set_campaign_mark(self, session: Session, campaign_id: int, old: datetime | None, new: datetime,
+                          now: datetime) -> bool:
+        """Move a cron campaign's materialized_until from `old` to `new`; False if another scheduler did."""
+        same = Campaign.materialized_until.is_(None) if old is None else Campaign.materialized_until == old
+        return bool(session.execute(
+            update(Campaign).where(Campaign.id == campaign_id, same).values(materialized_until=new, updated_at=now)
+        ).rowcount)
+
+    def add_skipped(self, session: Session, campaign_id: int, counts: dict[str, int], now: datetime) -> None:
+        if not any(counts.values()):
+            return
+        row = session.get(Campaign, campaign_id, with_for_update=True)
+        if row is None:
+            return
+        merged = dict(row.skipped or {})
+        for cause, n in counts.items():
+            if n:
+                merged[cause] = merged.get(cause, 0) + n
+        row.skipped = merged
+        row.updated_at = now
+
+    # -- recipients -----------------------------------------------------------------------
+    def put_recipients(self, session: Session, campaign_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace recipients (by key) of a campaign."""
+        if not rows:
+            return
+        stmt = _insert(session, _recipients)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["campaign_id", "key"],
+            set_={"phone": stmt.excluded.phone, "tz": stmt.excluded.tz, "data": stmt.excluded.data},
+        )
+        session.execute(stmt, [{"campaign_id": campaign_id, **r} for r in rows])
+
+    def recipient(self, session: Session, campaign_id: int, key: str) -> CampaignRecipient | None:
+        return session.scalar(select(CampaignRecipient).where(CampaignRecipient.campaign_id == campaign_id,
+                                                              CampaignRecipient.key == key))
+
+    def drop_recipients(self, session: Session, campaign_id: int, keys: Sequence[str]) -> int:
+        n = 0
+        for chunk in _chunks(list(keys), 500):
+            n += session.execute(_recipients.delete().where(_recipients.c.campaign_id == campaign_id,
+                                                            _recipients.c.key.in_(list(chunk)))).rowcount
+        return n
+
+    def recipient_pages(self, campaign_id: int, page: int = 2000) -> Iterator[list[CampaignRecipient]]:
+        """Every recipient of a campaign, a page at a time (bounded memory)."""
+        after = 0
+        while True:
+            with self.session() as s:
+                rows = list(s.scalars(select(CampaignRecipient)
+                                      .where(CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.id > after)
+                                      .order_by(CampaignRecipient.id).limit(page)))
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+
+    def recipient_keys(self, session: Session, campaign_id: int) -> set[str]:
+        return set(session.scalars(select(CampaignRecipient.key).where(CampaignRecipient.campaign_id == campaign_id)))
+
+    def count_recipients(self, session: Session, campaign_id: int) -> int:
+        return session.scalar(select(func.count()).select_from(CampaignRecipient)
+                              .where(CampaignRecipient.campaign_id == campaign_id)) or 0
+
+    # -- messages -------------------------------------------------------------------------
+    def insert_campaign_messages(self, session: Session, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert message rows; one whose idempotency key exists already is left alone. Returns how many were new."""
+        if not rows:
+            return 0
+        rows = list(rows)
+        # PRIORITY (contract with helper "dispatch"): campaign messages are "bulk" (2), the one
+        # place they get it; until messages.priority exists, they have none.
+        if "priority" in _messages.c:
+            rows = [{**r, "priority": BULK_PRIORITY} for r in rows]
+        stmt = _insert(session, _messages).on_conflict_do_nothing()
+        return session.execute(stmt, rows).rowcount or 0
+
+    def campaign_messages_by_key(self, session: Session, campaign_id: int,
+                                 keys: Sequence[str]) -> dict[str, Message]:
+        out: dict[str, Message] = {}
+        for chunk in _chunks(list(keys), 500):
+            for row in session.scalars(select(Message).where(Message.campaign_id == campaign_id,
+                                                             Message.idempotency_key.in_(list(chunk)))):
+                out[row.idempotency_key] = row  # type: ignore[index]
+        return out
+
+    def open_campaign_messages(self, session: Session, campaign_id: int, key_prefix: str | None = None) -> list[Message]:
+        """A campaign's messages not yet sent (optionally one recipient's: its key prefix)."""
+        q = select(Message).where(Message.campaign_id == campaign_id, Message.state.in_(OPEN_STATES))
+        if key_prefix is not None:
+            escaped = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            q = q.where(Message.idempotency_key.like(escaped + "%", escape="\\"))
+        return list(session.scalars(q.with_for_update()))
+
+    def cancel_campaign_messages(self, session: Session, campaign_id: int, now: datetime, reason: str,
+                                 ids: Sequence[int] | None = None) -> int:
+        """Cancel pending/dispatched messages (all of the campaign's, or these ids).
+
+        A dispatched message's worker then finds it no longer under its lease and skips it;
+        one already `sending` is mid-call and finishes.
+        """
+        q = update(Message).where(Message.campaign_id == campaign_id, Message.state.in_(("pending", "dispatched")))
+        values = {"state": "cancelled", "lease_token": None, "lease_until": None, "last_outcome": "cancelled",
+                  "last_reason": reason, "updated_at": now}
+        if ids is None:
+            return session.execute(q.values(**values)).rowcount
+        n = 0
+        for chunk in _chunks(list(ids), 500):
+            n += session.execute(q.where(Message.id.in_(list(chunk))).values(**values)).rowcount
+        return n
+
+    def reschedule_message(self, session: Session, message_id: int, now: datetime, values: dict[str, Any]) -> bool:
+        """A pending campaign message's new time or text (a moved appointment, an edited name)."""
+        return bool(session.execute(update(Message).where(Message.id == message_id, Message.state == "pending")
+                                    .values(updated_at=now, **values)).rowcount)
+
+    def hold_campaign(self, session: Session, campaign_id: int, now: datetime) -> int:
+        """Pause: the campaign's pending and dispatched messages move PAUSE_SHIFT ahead (pending)."""
+        # Dispatched rows first: back to pending (their worker then skips them), keeping their time.
+        session.execute(update(Message).where(Message.campaign_id == campaign_id, Message.state == "dispatched")
+                        .values(state="pending", lease_token=None, lease_until=None, updated_at=now))
+        return self._shift(session, campaign_id, now, forward=True)
+
+    def release_campaign(self, session: Session, campaign_id: int, now: datetime) -> int:
+        """Resume: the paused messages move back to their own times."""
+        return self._shift(session, campaign_id, now, forward=False)
+
+    def _shift(self, session: Session, campaign_id: int, now: datetime, *, forward: bool) -> int:
+        held = Message.next_attempt_at >= PAUSED_AFTER.replace(tzinfo=now.tzinfo)
+        where = [Message.campaign_id == campaign_id, Message.state == "pending", held if not forward else ~held]
+        if session.get_bind().dialect.name == "postgresql":
+            sign = "+" if forward else "-"
+            return session.execute(
+                update(Message).where(*where).values(
+                    next_attempt_at=text(f"next_attempt_at {sign} interval '{PAUSE_SHIFT.days} days'"),
+                    updated_at=now)
+            ).rowcount
+        # SQLite has no date arithmetic that keeps microseconds: shift in Python, in this
+        # transaction (SQLite serializes writers, so nothing changes under us).
+        rows = list(session.execute(select(Message.id, Message.next_attempt_at).where(*where)))
+        delta = PAUSE_SHIFT if forward else -PAUSE_SHIFT
+        for chunk in _chunks(rows, 500):
+            for mid, at in chunk:
+                session.execute(update(Message).where(Message.id == mid, Message.state == "pending")
+                                .values(next_attempt_at=at + delta, updated_at=now))
+        return len(rows)
+
+    def expire_with_reason(self, message_id: int, token: str, now: datetime, reason: str) -> bool:
+        """A held message that cannot be sent in time (quiet hours until past its deadline): expired."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(
+                update(Message).where(Message.id == message_id, Message.state.in_(("dispatched", "sending")),
+                                      Message.lease_token == token)
+                .values(state="expired", lease_token=None, lease_until=None, last_outcome="expired",
+                        last_reason=reason, updated_at=now)
+            ).rowcount)
+
+    def spread_campaign(self, session: Session, campaign_id: int, times: Sequence[tuple[int, datetime]]) -> None:
+        for chunk in _chunks(list(times), 500):
+            for mid, at in chunk:
+                session.execute(update(Message).where(Message.id == mid).values(next_attempt_at=at))
+
+    def pending_times(self, session: Session, campaign_id: int) -> list[tuple[int, datetime]]:
+        return [(mid, at) for mid, at in session.execute(
+            select(Message.id, Message.next_attempt_at)
+            .where(Message.campaign_id == campaign_id, Message.state == "pending")
+            .order_by(Message.next_attempt_at, Message.id))]
+
+    def campaign_counts(self, campaign_id: int) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(Message.state, func.count()).where(Message.campaign_id == campaign_id)
+                             .group_by(Message.state))
+            return {state: n for state, n in rows}
+
+    def campaign_expired_reasons(self, campaign_id: int) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(Message.last_reason, func.count())
+                             .where(Message.campaign_id == campaign_id, Message.state == "expired")
+                             .group_by(Message.last_reason))
+            return {reason or "": n for reason, n in rows}
+
+    def campaign_next_send(self, campaign_id: int) -> tuple[datetime | None, int]:
+        """The earliest pending send time of a campaign and how many are pending."""
+        with self.session() as s:
+            first, n = s.execute(select(func.min(Message.next_attempt_at), func.count())
+                                 .where(Message.campaign_id == campaign_id, Message.state == "pending")).one()
+            return first, n
+
+    def campaign_open(self, session: Session, campaign_id: int) -> int:
+        return session.scalar(select(func.count()).select_from(Message)
+                              .where(Message.campaign_id == campaign_id, Message.state.in_(OPEN_STATES))) or 0
+
+    def campaign_sent_any(self, session: Session, campaign_id: int) -> bool:
+        return session.scalar(select(Message.id).where(Message.campaign_id == campaign_id,
+                                                       Message.state != "pending").limit(1)) is not None
+
+    def suppressed_set(self, session: Session) -> set[str]:
+        return set(session.scalars(select(SuppressedNumber.to_phone)))

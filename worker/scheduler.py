@@ -1,0 +1,108 @@
+"""The scheduler: the process that ticks campaigns (`oaksend scheduler`).
+
+Each tick materializes cron occurrences within the horizon and moves campaign
+states along (scheduled -> running -> finished); one-off and relative campaigns
+were written out in full when created, so the outbox and dispatcher carry them
+even while no scheduler runs.
+
+One instance is active at a time (a Redis lock with a TTL it renews, like the
+dispatcher's); others stand by. If two ever tick at once (Redis lost the lock),
+nothing is sent twice: every occurrence has one idempotency key and is inserted
+with ON CONFLICT DO NOTHING, and state changes are conditional updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from oaksend.worker.campaigns import CRON_HORIZON, Campaigns
+from oaksend.worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "oaksend:scheduler:lock"
+LOCK_TTL_S = 10.0
+#: Seconds between ticks by default.
+TICK_S = 5.0
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Scheduler:
+    """Ticks campaigns while it holds the scheduler lock."""
+
+    def __init__(self, campaigns: Campaigns, redis_client: redis.Redis, *, tick_s: float = TICK_S,
+                 horizon: timedelta = CRON_HORIZON, name: str | None = None, use_lock: bool = True) -> None:
+        self.campaigns = campaigns
+        self.redis = redis_client
+        self.tick_s = tick_s
+        self.horizon = horizon
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.use_lock = use_lock
+        self._renew = redis_client.register_script(_RENEW)
+        self.active = False
+
+    def hold_lock(self) -> bool:
+        """Acquire or renew the lock; False means: stand by."""
+        if not self.use_lock:
+            return True
+        ttl_ms = int(max(LOCK_TTL_S, self.tick_s * 3) * 1000)
+        if self.active and self._renew(keys=[LOCK_KEY], args=[self.name, ttl_ms]):
+            return True
+        got = bool(self.redis.set(LOCK_KEY, self.name, nx=True, px=ttl_ms))
+        if got != self.active:
+            log.info("scheduler %s is now %s", self.name, "active" if got else "standby")
+        self.active = got
+        return got
+
+    def release_lock(self) -> None:
+        try:
+            if self.use_lock and self.redis.get(LOCK_KEY) == self.name.encode():
+                self.redis.delete(LOCK_KEY)
+        except redis.RedisError:
+            pass
+        self.active = False
+
+    def run_forever(self, stop: threading.Event) -> None:
+        log.info("scheduler %s started", self.name)
+        last_error = ""
+        while not stop.is_set():
+            try:
+                if self.hold_lock():
+                    stats = self.campaigns.tick(horizon=self.horizon)
+                    if stats:
+                        log.info("tick: %s", stats)
+                last_error = ""
+            except (redis.RedisError, SQLAlchemyError, OSError) as exc:
+                text = type(exc).__name__
+                if text != last_error:
+                    log.warning("scheduler: a service is unavailable (%s); retrying", text)
+                last_error = text
+            stop.wait(self.tick_s)
+        self.release_lock()
+        log.info("scheduler %s stopped", self.name)
+
+
+def run(settings: Settings, stop: threading.Event | None = None, *, tick_s: float = TICK_S,
+        horizon: timedelta = CRON_HORIZON, use_lock: bool = True) -> None:
+    """Build a scheduler from settings and run it until stopped (SIGTERM/SIGINT in the CLI)."""
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    campaigns = Campaigns(settings, redis_client=client)
+    scheduler = Scheduler(campaigns, client, tick_s=tick_s, horizon=horizon, use_lock=use_lock)
+    try:
+        scheduler.run_forever(stop or threading.Event())
+    finally:
+        campaigns.close()
