@@ -81,7 +81,8 @@ class AudienceError(ValidationError):
 def read_csv(path: str | Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """Open a CSV audience: its header and an iterator of (row number, {column: text})."""
     try:
-        handle = open(path, encoding="utf-8-sig", newline="")
+        # Undecodable bytes become lone surrogates, so the row that holds them can be named.
+        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as exc:
         raise ValidationError("audience", f"cannot read {str(path)!r}: {exc.strerror}") from None
     try:
@@ -95,12 +96,12 @@ def read_csv(path: str | Path) -> tuple[list[str], Iterator[tuple[int, dict[str,
 def _header(handle: io.TextIOBase) -> list[str]:
     try:
         first = next(csv.reader(handle), None)
-    except UnicodeDecodeError as exc:
-        raise ValidationError("audience", f"is not UTF-8 text (byte {exc.start} of the header)") from None
     except csv.Error as exc:
         raise ValidationError("audience", f"row 1: {exc}") from None
     if not first or not any(c.strip() for c in first):
         raise ValidationError("audience", "has no header row")
+    if not _is_utf8(first):
+        raise ValidationError("audience", "row 1: is not UTF-8 text")
     header = [c.strip() for c in first]
     if len(header) > MAX_COLUMNS:
         raise ValidationError("audience", f"has more than {MAX_COLUMNS} columns")
@@ -121,11 +122,11 @@ def _rows(handle: Any, header: list[str]) -> Iterator[tuple[int, dict[str, str]]
                 cells = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError:
-                raise ValidationError("audience", f"row {row_no + 1}: is not UTF-8 text") from None
             except csv.Error as exc:
                 raise ValidationError("audience", f"row {row_no + 1}: {exc}") from None
             row_no += 1
+            if not _is_utf8(cells):
+                raise ValidationError("audience", f"row {row_no}: is not UTF-8 text")
             if not cells or not any(c.strip() for c in cells):
                 continue  # a blank line
             values = {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(header)}
@@ -134,6 +135,14 @@ def _rows(handle: Any, header: list[str]) -> Iterator[tuple[int, dict[str, str]]
             yield row_no, values
     finally:
         handle.close()
+
+
+def _is_utf8(cells: list[str]) -> bool:
+    try:
+        "".join(cells).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def from_dicts(rows: Iterable[dict[str, Any]]) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:

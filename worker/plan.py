@@ -96,9 +96,12 @@ class CampaignPlan:
                     skipped["missed"] += 1
                     continue
                 at = now
+            if at >= deadline:
+                skipped["deadline"] += 1
+                continue
             allowed = next_allowed(at, self.quiet, recipient.zone)
             if allowed >= deadline:
-                skipped["quiet_hours" if allowed > at else "deadline"] += 1
+                skipped["quiet_hours"] += 1
                 continue
             out.append(Planned(label, allowed, deadline, body))
         return out, skipped

@@ -7,12 +7,13 @@ message carries its window and zone on its row in a compact form
 `at_send` before the request leaves.
 
 Edges: the start is quiet, the end is not (21:00 is quiet, 08:00 is allowed).
-A window whose end falls in a spring-forward gap ends at the first instant after
-the gap; in a fall-back hour, at the first of the two wall times.
+An end that a spring-forward day skips is read like a skipped schedule time
+(02:30 -> 03:30 after the change); an end in a fall-back hour is its first occurrence.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from oaksend.errors import ValidationError
 from oaksend.worker.schedule import zone as parse_zone
 
 DEFAULT_WINDOW = "21:00-08:00"
+_HHMM = re.compile(r"\d\d:\d\d")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def parse_window(text: str | None, field: str = "quiet_hours") -> QuietHours | N
         return None
     start, sep, end = value.partition("-")
     try:
-        if not sep:
+        if not sep or not _HHMM.fullmatch(start.strip()) or not _HHMM.fullmatch(end.strip()):
             raise ValueError
         window = QuietHours(time.fromisoformat(start.strip()), time.fromisoformat(end.strip()))
     except ValueError:

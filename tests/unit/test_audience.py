@@ -1,0 +1,198 @@
+"""CSV audiences (BOM, quoting, empty cells, bad rows, 100,000 rows in bounded memory) and per-recipient plans."""
+
+from __future__ import annotations
+
+import tracemalloc
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from oaksend.errors import ValidationError
+from oaksend.worker.audience import AudienceSpec, Recipient, RowProblem, check_row, from_dicts, read_csv
+from oaksend.worker.plan import CampaignPlan, idempotency_key, recipient_prefix
+from oaksend.worker.quiet import parse_window
+from oaksend.worker.schedule import Cron, Once, Relative
+from oaksend.worker.template import parse
+
+NY = ZoneInfo("America/New_York")
+UTC = timezone.utc
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "a.csv") -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+def rows_of(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    header, rows = read_csv(path)
+    return header, list(rows)
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_bom_or_not_the_header_is_the_same(tmp_path: Path, bom: bytes) -> None:
+    path = write(tmp_path, bom + "phone,first_name\r\n+14155550123,Zoë\r\n".encode())
+    header, rows = rows_of(path)
+    assert header == ["phone", "first_name"]
+    assert rows == [(2, {"phone": "+14155550123", "first_name": "Zoë"})]
+
+
+def test_quoted_commas_newlines_empty_cells_and_blank_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, 'phone,name,note\n+14155550123,"Smith, Ann","two\nlines"\n\n+14155550124,,\n+14155550125\n')
+    _, rows = rows_of(path)
+    assert rows == [
+        (2, {"phone": "+14155550123", "name": "Smith, Ann", "note": "two\nlines"}),
+        # the quoted newline makes the next physical line part of row 2: data rows count records
+        (4, {"phone": "+14155550124", "name": "", "note": ""}),
+        (5, {"phone": "+14155550125", "name": "", "note": ""}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "audience: has no header row"),
+        (b"phone,name,phone\n", "audience: row 1: column 'phone' appears twice"),
+        (b"phone,,name\n", "audience: row 1: column 2 has no name"),
+        (b"phone,name\n+14155550123,caf\xe9\n", "audience: row 2: is not UTF-8 text"),
+        (b"ph\xffone\n", "audience: row 1: is not UTF-8 text"),
+    ],
+)
+def test_bad_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(ValidationError, match="^" + message):
+        rows_of(path)
+
+
+def test_missing_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="^audience: cannot read .*nope.csv"):
+        read_csv(tmp_path / "nope.csv")
+
+
+SPEC = AudienceSpec(phone_column="phone", key_column="booking", tz_column="tz")
+
+
+@pytest.mark.parametrize(
+    ("values", "column", "why"),
+    [
+        ({"phone": "4155550123", "booking": "b1", "tz": ""}, "phone", "is not an E.164 number"),
+        ({"phone": "+1415555012", "booking": "b1", "tz": ""}, "phone", "is not a valid phone number"),
+        ({"phone": "+14155550123", "booking": "", "tz": ""}, "booking", "is empty"),
+        ({"phone": "+14155550123", "booking": "b1", "tz": "Nowhere/Land"}, "tz", "is not an IANA time zone"),
+        ({"phone": "+14155550123", "booking": "b1", "tz": "", "\x00extra": "2"}, "", "has 2 more cells"),
+    ],
+)
+def test_check_row_names_row_and_column(values: dict[str, str], column: str, why: str) -> None:
+    with pytest.raises(RowProblem) as info:
+        check_row(7, values, SPEC, NY)
+    assert (info.value.error.row, info.value.error.column) == (7, column)
+    assert why in info.value.error.why
+
+
+def test_check_row_zone_from_row_number_or_campaign() -> None:
+    spec = AudienceSpec(tz_column="tz")
+    assert check_row(2, {"phone": "+14155550123", "tz": "Europe/Paris"}, spec, NY).zone.key == "Europe/Paris"
+    assert check_row(2, {"phone": "+14155550123", "tz": ""}, spec, NY).zone.key == "America/Los_Angeles"
+    assert check_row(2, {"phone": "+79123456789", "tz": ""}, spec, NY).zone.key == "America/New_York"  # 16 zones
+    assert check_row(2, {"phone": "+14155550123", "tz": ""}, spec, NY).key == "+14155550123"
+
+
+def test_from_dicts_keeps_datetimes_as_iso() -> None:
+    header, rows = from_dicts([{"phone": "+14155550123", "at": datetime(2026, 12, 1, 10, 30)}, {"phone": "+1", "x": None}])
+    assert header == ["phone", "at", "x"]
+    assert list(rows) == [(1, {"phone": "+14155550123", "at": "2026-12-01T10:30:00", "x": ""}),
+                          (2, {"phone": "+1", "at": "", "x": ""})]
+
+
+def test_100000_rows_stream_in_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("phone,first_name,appointment_at\n")
+        for i in range(100_000):
+            f.write(f"+1415555{i % 10000:04d},Name {i},2026-12-01T10:30\n")
+    assert path.stat().st_size > 4_000_000
+    tracemalloc.start()
+    try:
+        header, rows = read_csv(path)
+        n = sum(1 for _ in rows)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 100_000
+    assert peak < 2_000_000, f"reading 100,000 rows peaked at {peak} bytes"
+
+
+# -- per-recipient plans ------------------------------------------------------------------------
+def plan(schedule: object, quiet: str = "21:00-08:00", deadline: timedelta | None = None, missed: str = "send",
+         text: str = "Hi {first_name}, {appointment_at:%H:%M}") -> CampaignPlan:
+    return CampaignPlan("c", parse(text, ["phone", "first_name", "appointment_at"]), schedule,  # type: ignore[arg-type]
+                        NY, parse_window(quiet), deadline, missed)
+
+
+def ann(appointment: str = "2026-12-02T10:00") -> Recipient:
+    return Recipient("+12125550100", "+12125550100", NY,
+                     {"phone": "+12125550100", "first_name": "Ann", "appointment_at": appointment})
+
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+REL = Relative("appointment_at", (timedelta(hours=24), timedelta(hours=2)))
+
+
+def test_relative_reminders_never_after_the_appointment() -> None:
+    planned, skipped = plan(REL).occurrences(ann(), NOW)
+    assert [(p.send_at, p.deadline_at) for p in planned] == [
+        (datetime(2026, 12, 1, 15, tzinfo=UTC), datetime(2026, 12, 2, 15, tzinfo=UTC)),
+        (datetime(2026, 12, 2, 13, tzinfo=UTC), datetime(2026, 12, 2, 15, tzinfo=UTC)),
+    ]
+    assert planned[0].body == "Hi Ann, 10:00" and not skipped
+
+
+def test_quiet_hours_move_a_reminder_or_skip_it_when_too_late() -> None:
+    # 07:00 appointment: the 2 h reminder (05:00) would wait until 08:00, after it: skipped.
+    planned, skipped = plan(REL).occurrences(ann("2026-12-02T07:00"), NOW)
+    assert [p.send_at.astimezone(NY).hour for p in planned] == [7 + 1]  # 24 h before (07:00) -> 08:00
+    assert skipped == {"quiet_hours": 1}
+    planned, skipped = plan(REL, quiet="off").occurrences(ann("2026-12-02T07:00"), NOW)
+    assert len(planned) == 2 and not skipped
+
+
+def test_a_past_anchor_is_skipped_and_a_late_reminder_goes_now() -> None:
+    planned, skipped = plan(REL).occurrences(ann("2026-12-01T06:00"), NOW)
+    assert planned == [] and skipped == {"deadline": 2}
+    planned, skipped = plan(REL, quiet="off").occurrences(ann("2026-12-01T10:00"), NOW)  # 15:00Z appointment
+    assert [p.send_at for p in planned] == [NOW, datetime(2026, 12, 1, 13, tzinfo=UTC)] and not skipped
+
+
+def test_missed_policy() -> None:
+    once = Once(datetime(2026, 12, 1, 6, 0))  # 11:00Z, an hour before NOW
+    planned, _ = plan(once, quiet="off").occurrences(ann(), NOW)
+    assert [p.send_at for p in planned] == [NOW]
+    planned, skipped = plan(once, quiet="off", missed="skip").occurrences(ann(), NOW)
+    assert planned == [] and skipped == {"missed": 1}
+
+
+def test_cron_occurrences_only_within_the_window() -> None:
+    p = plan(Cron("0 9 * * *"), quiet="off")
+    assert p.occurrences(ann(), NOW)[0] == []
+    planned, _ = p.occurrences(ann(), NOW, window=(NOW, NOW + timedelta(days=3)))
+    assert [x.send_at for x in planned] == [datetime(2026, 12, d, 14, tzinfo=UTC) for d in (1, 2, 3)]
+    assert len({x.occurrence for x in planned}) == 3
+
+
+def test_text_over_1600_characters_after_rendering_is_refused() -> None:
+    long_name = "x" * 1600
+    r = Recipient("k", "+12125550100", NY, {"phone": "+12125550100", "first_name": long_name,
+                                            "appointment_at": "2026-12-02T10:00"})
+    with pytest.raises(ValidationError, match="^row 9, column template: renders to 1610 characters"):
+        plan(REL).occurrences(r, NOW, row=9)
+
+
+def test_idempotency_keys_keep_similar_recipient_keys_apart() -> None:
+    assert not idempotency_key(1, "a:b", "x").startswith(recipient_prefix(1, "a"))
+    assert idempotency_key(1, "a", "x").startswith(recipient_prefix(1, "a"))
+    assert idempotency_key(1, "a", "x") != idempotency_key(11, "a", "x")
