@@ -143,7 +143,7 @@ def message_row(campaign_id: int, chatbot: str, recipient: Recipient, planned: P
         "next_attempt_at": planned.send_at,
         "deadline_at": planned.deadline_at,
         "idempotency_key": idempotency_key(campaign_id, recipient.key, planned.occurrence),
-        "meta": {"campaign": campaign_id, "recipient": recipient.key, "occurrence": planned.occurrence},
+        "metadata": {"campaign": campaign_id, "recipient": recipient.key, "occurrence": planned.occurrence},
         "campaign_id": campaign_id,
         "quiet": quiet,
         "created_at": now,

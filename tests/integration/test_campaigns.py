@@ -1,0 +1,286 @@
+"""The campaign service against real SQLite and PostgreSQL: all-or-nothing creation, exactly-once
+materialization, update, pause/resume, cancel, and recipients changed in the application's transaction."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from oaksend.errors import InvalidTransition, NotFound, ValidationError
+from oaksend.models.tables import Campaign, CampaignRecipient, Message
+from oaksend.worker.audience import AudienceError, AudienceSpec, read_csv
+from oaksend.worker.campaigns import Campaigns, CampaignSpec
+from oaksend.worker.clock import utcnow
+from oaksend.worker.schedule import parse_schedule
+from tests.support import CHATBOT
+
+UTC = timezone.utc
+
+
+@pytest.fixture
+def campaigns(settings: Any, outbox: Any) -> Iterator[Campaigns]:
+    service = Campaigns(settings, outbox=outbox)
+    yield service
+    service.redis.close()
+
+
+def at(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat()
+
+
+def spec(**overrides: Any) -> CampaignSpec:
+    values: dict[str, Any] = dict(name="reminders", chatbot=CHATBOT, template="Hi {first_name}, see you {appt:%H:%M}",
+                                  schedule=parse_schedule(before="appt:24h,2h"), tz="America/New_York",
+                                  audience=AudienceSpec(key_column="booking"), quiet_hours="off")
+    values.update(overrides)
+    return CampaignSpec(**values)
+
+
+def people(now: datetime, n: int = 3, hours: float = 48) -> list[dict[str, str]]:
+    return [{"booking": f"b{i}", "phone": f"+1212555{i:04d}", "first_name": f"P{i}",
+             "appt": at(now + timedelta(hours=hours, minutes=i))} for i in range(n)]
+
+
+def messages(outbox: Any, campaign_id: int) -> list[Message]:
+    with outbox.session() as s:
+        return list(s.scalars(select(Message).where(Message.campaign_id == campaign_id).order_by(Message.id)))
+
+
+def count(outbox: Any, model: Any) -> int:
+    with outbox.session() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_create_writes_every_reminder_with_its_time_deadline_and_key(campaigns: Campaigns, outbox: Any) -> None:
+    now = utcnow()
+    result = campaigns.create(spec(), people(now))
+    assert (result.recipients, result.messages) == (3, 6)
+    rows = messages(outbox, result.id)
+    assert len(rows) == 6 and {m.state for m in rows} == {"pending"}
+    for m in rows:
+        anchor = datetime.fromisoformat(next(p["appt"] for p in people(now) if p["phone"] == m.to_phone))
+        assert m.deadline_at == anchor  # never after the appointment
+        assert anchor - m.next_attempt_at in (timedelta(hours=24), timedelta(hours=2))
+        assert m.idempotency_key.startswith(f"oaksend-campaign:{result.id}:")
+        assert m.body.startswith("Hi P") and m.quiet is None
+    c = campaigns.get(result.id)
+    assert (c.state, c.recipients) == ("scheduled", 3)
+
+
+def test_bad_rows_are_all_listed_and_nothing_is_written(campaigns: Campaigns, outbox: Any) -> None:
+    now = utcnow()
+    rows = people(now, 5)
+    rows[1]["phone"] = "555-0100"
+    rows[3]["appt"] = "next week"
+    rows[4]["first_name"] = ""
+    with pytest.raises(AudienceError) as info:
+        campaigns.create(spec(), rows)
+    found = [(e.row, e.column) for e in info.value.errors]
+    assert found == [(2, "phone"), (4, "appt"), (5, "first_name")]
+    assert str(info.value).startswith("audience: 3 bad rows: row 2, column phone: is not an E.164 number")
+    assert count(outbox, Campaign) == count(outbox, CampaignRecipient) == count(outbox, Message) == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"template": "Hi {nickname}"}, "template: {nickname} is not a column"),
+        ({"template": "Hi {first_name.__init__}"}, "template: {first_name.__init__}: a placeholder is a plain"),
+        ({"schedule": parse_schedule(before="visit:2h")}, "audience: has no column 'visit'"),
+        ({"tz": "Mars/Base"}, "tz: 'Mars/Base' is not an IANA"),
+        ({"chatbot": "no"}, "serial_number: must be 4-64"),
+        ({"rate_cap_per_s": 5000.0}, "rate_cap: 5000/s is above the chatbot's limit"),
+        ({"quiet_hours": "late"}, "quiet_hours: 'late' is not HH:MM-HH:MM"),
+    ],
+)
+def test_bad_specs_are_refused_before_anything_is_written(campaigns: Campaigns, outbox: Any,
+                                                          overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match="^" + message.replace("{", "\\{").replace("}", "\\}")
+                       .replace(".", "\\.")):
+        campaigns.create(spec(**overrides), people(utcnow()))
+    assert count(outbox, Campaign) == count(outbox, Message) == 0
+
+
+def test_duplicate_keys_and_long_texts_are_bad_rows(campaigns: Campaigns, outbox: Any) -> None:
+    rows = people(utcnow(), 3)
+    rows[2]["booking"] = "b0"
+    rows[1]["first_name"] = "x" * 1600
+    with pytest.raises(AudienceError) as info:
+        campaigns.create(spec(), rows)
+    assert [(e.row, e.column) for e in info.value.errors] == [(2, "template"), (3, "booking")]
+    assert "duplicate key (row 1 has it too)" in info.value.errors[1].why
+    assert count(outbox, Message) == 0
+
+
+def test_suppressed_numbers_are_skipped_and_counted(campaigns: Campaigns, outbox: Any) -> None:
+    from oaksend.models.tables import SuppressedNumber
+
+    with outbox.session() as s:
+        s.add(SuppressedNumber(to_phone="+12125550001", reason="STOP", at=utcnow()))
+    result = campaigns.create(spec(), people(utcnow()))
+    assert result.messages == 4 and result.skipped["suppressed"] == 2
+    assert campaigns.show(result.id)["skipped"] == {"suppressed": 2}
+    assert "+12125550001" not in {m.to_phone for m in messages(outbox, result.id)}
+
+
+def test_csv_audience_with_bom_quotes_and_zone_column(campaigns: Campaigns, outbox: Any, tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes("\ufeffphone,first_name,appt,tz\n"
+                     '+14155550123,"Smith, Ann",2030-06-01T10:00,\n'
+                     "+12125550100,Bob,2030-06-01T10:00,Europe/London\n".encode())
+    s = spec(audience=AudienceSpec(tz_column="tz"), schedule=parse_schedule(before="appt:2h"))
+    result = campaigns.create(s, read_csv(path))
+    times = {m.to_phone: m.next_attempt_at for m in messages(outbox, result.id)}
+    # 10:00 in each recipient's zone: Los Angeles (from the number), London (from the row)
+    assert times == {"+14155550123": datetime(2030, 6, 1, 15, tzinfo=UTC),
+                     "+12125550100": datetime(2030, 6, 1, 7, tzinfo=UTC)}
+    assert messages(outbox, result.id)[0].body == "Hi Smith, Ann, see you 10:00"
+
+
+def test_quiet_hours_travel_with_the_message(campaigns: Campaigns, outbox: Any) -> None:
+    result = campaigns.create(spec(quiet_hours="21:00-08:00", schedule=parse_schedule(before="appt:2h")),
+                              people(utcnow(), 1, hours=72))
+    (m,) = messages(outbox, result.id)
+    assert m.quiet == "21:00-08:00 America/New_York"  # a 212 number: New York
+
+
+def test_pause_holds_and_resume_restores_each_time(campaigns: Campaigns, outbox: Any) -> None:
+    result = campaigns.create(spec(), people(utcnow()))
+    before = {m.id: m.next_attempt_at for m in messages(outbox, result.id)}
+    assert campaigns.pause(result.id) == 6
+    held = messages(outbox, result.id)
+    assert {m.state for m in held} == {"pending"} and all(m.next_attempt_at.year > 2900 for m in held)
+    assert outbox.due_chatbots(utcnow() + timedelta(days=30)) == []
+    assert campaigns.show(result.id)["next_send_at"] is None
+    with pytest.raises(InvalidTransition):
+        campaigns.pause(result.id)
+    assert campaigns.resume(result.id) == 6
+    assert {m.id: m.next_attempt_at for m in messages(outbox, result.id)} == before
+    assert campaigns.get(result.id).state == "scheduled"
+
+
+def test_cancel_cancels_every_unsent_one_and_a_sent_one_stays_sent(campaigns: Campaigns, outbox: Any) -> None:
+    result = campaigns.create(spec(), people(utcnow()))
+    first = messages(outbox, result.id)[0]
+    with outbox.session() as s:
+        s.execute(text("UPDATE oaksend_messages SET state = 'sent' WHERE id = :id"), {"id": first.id})
+    assert campaigns.cancel(result.id) == 5
+    states = {m.id: m.state for m in messages(outbox, result.id)}
+    assert states.pop(first.id) == "sent" and set(states.values()) == {"cancelled"}
+    with pytest.raises(InvalidTransition):
+        campaigns.resume(result.id)
+    with pytest.raises(NotFound):
+        campaigns.cancel(result.id + 1000)
+
+
+def test_update_moves_cancels_and_adds(campaigns: Campaigns, outbox: Any) -> None:
+    now = utcnow()
+    rows = people(now, 3)
+    result = campaigns.create(spec(), rows)
+    sent = next(m for m in messages(outbox, result.id) if m.to_phone == rows[0]["phone"])
+    with outbox.session() as s:
+        s.execute(text("UPDATE oaksend_messages SET state = 'sent' WHERE id = :id"), {"id": sent.id})
+    new = [dict(r) for r in rows[:2]] + people(now, 4)[3:]
+    new[0]["appt"] = at(now + timedelta(hours=72))  # b0 moved
+    new[1]["first_name"] = "Renamed"  # b1: same time, new text
+    # b2 removed, b3 added
+    out = campaigns.update(result.id, new)
+    assert (out.messages, out.cancelled, out.moved) == (4, 3, 2)
+    by = {}
+    for m in messages(outbox, result.id):
+        by.setdefault(m.meta["recipient"], []).append(m)
+    assert sorted(m.state for m in by["b0"]) == ["cancelled", "pending", "pending", "sent"]
+    assert {m.body for m in by["b1"]} == {"Hi Renamed, see you " + datetime.fromisoformat(rows[1]["appt"])
+                                          .astimezone(campaigns_zone()).strftime("%H:%M")}
+    assert {m.state for m in by["b2"]} == {"cancelled"} and len(by["b3"]) == 2
+    assert campaigns.get(result.id).recipients == 3
+    # the same update again changes nothing
+    again = campaigns.update(result.id, new)
+    assert (again.messages, again.cancelled, again.moved) == (0, 0, 0)
+
+
+def campaigns_zone() -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo("America/New_York")
+
+
+def test_recipients_change_in_the_applications_transaction(campaigns: Campaigns, outbox: Any) -> None:
+    now = utcnow()
+    result = campaigns.create(spec(), people(now, 1))
+    booking = {"booking": "b9", "phone": "+12125550999", "first_name": "Nia", "appt": at(now + timedelta(days=3))}
+    # rolled back with the application's own work: nothing
+    with Session(outbox.engine) as s:
+        s.begin()
+        campaigns.upsert_recipient(result.id, booking, session=s)
+        s.rollback()
+    assert len(messages(outbox, result.id)) == 2
+    with Session(outbox.engine) as s, s.begin():
+        campaigns.upsert_recipient(result.id, booking, session=s)
+    assert len([m for m in messages(outbox, result.id) if m.to_phone == "+12125550999"]) == 2
+    # the booking moves: its unsent reminders follow
+    with Session(outbox.engine) as s, s.begin():
+        out = campaigns.upsert_recipient(result.id, {**booking, "appt": at(now + timedelta(days=4))}, session=s)
+    assert (out.messages, out.cancelled) == (2, 2)
+    # the booking is cancelled: its reminders are cancelled with it
+    with Session(outbox.engine) as s, s.begin():
+        assert campaigns.remove_recipient(result.id, "b9", session=s) == 2
+    mine = [m for m in messages(outbox, result.id) if m.to_phone == "+12125550999"]
+    assert sorted(m.state for m in mine) == ["cancelled"] * 4
+    with pytest.raises(ValidationError, match="^row.phone: is not an E.164"):
+        campaigns.upsert_recipient(result.id, {**booking, "phone": "12"})
+
+
+def test_cron_ticks_materialize_each_occurrence_once_even_when_racing(campaigns: Campaigns, outbox: Any,
+                                                                      settings: Any) -> None:
+    result = campaigns.create(spec(template="Weekly hello {first_name}", schedule=parse_schedule(cron="0 9 * * *"),
+                                   quiet_hours="21:00-08:00"), people(utcnow(), 3))
+    now = utcnow()
+    services = [Campaigns(settings) for _ in range(4)]
+    try:
+        threads = [threading.Thread(target=svc.tick, args=(now, timedelta(days=10))) for svc in services]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        services[0].tick(now, timedelta(days=10))  # and once more, later
+    finally:
+        for svc in services:
+            svc.close()
+    rows = messages(outbox, result.id)
+    keys = [m.idempotency_key for m in rows]
+    assert len(keys) == len(set(keys))
+    per_person = {}
+    for m in rows:
+        per_person.setdefault(m.to_phone, []).append(m.next_attempt_at)
+    # 09:00 New York every day for 10 days: 10 or 11 occurrences each, depending on the time of day now
+    assert {len(v) for v in per_person.values()} <= {10, 11} and len(per_person) == 3
+    for times in per_person.values():
+        assert all(t.astimezone(campaigns_zone()).hour == 9 for t in times)
+    assert campaigns.get(result.id).materialized_until == now + timedelta(days=10)
+
+
+def test_tick_moves_a_finished_campaign_along(campaigns: Campaigns, outbox: Any) -> None:
+    result = campaigns.create(spec(), people(utcnow(), 1))
+    assert campaigns.tick() == {}
+    with outbox.session() as s:
+        s.execute(text("UPDATE oaksend_messages SET state = 'sent' WHERE campaign_id = :c"), {"c": result.id})
+    assert campaigns.tick() == {"running": 1}
+    assert campaigns.tick() == {"finished": 1}
+    assert campaigns.get(result.id).state == "finished"
+
+
+def test_rate_cap_spaces_the_send_times(campaigns: Campaigns, outbox: Any) -> None:
+    start = utcnow() + timedelta(hours=1)
+    s = spec(schedule=parse_schedule(at=start.replace(tzinfo=None).isoformat()), tz="UTC", rate_cap_per_s=0.5,
+             template="Sale today, {first_name}")
+    result = campaigns.create(s, people(utcnow(), 4))
+    times = sorted(m.next_attempt_at for m in messages(outbox, result.id))
+    assert [(t - times[0]).total_seconds() for t in times] == [0, 2, 4, 6]
