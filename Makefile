@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast chaos bench bench-limits compose-check clean
+.PHONY: install demo test test-fast chaos bench bench-limits bench-campaign compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)  ## end-to-end throughput vs bare Celery, and latency (prints fi
 
 bench-limits: $(STAMP)  ## per-chatbot limits held by 4 workers, and fairness latency (prints figures)
 	$(BIN)/python -m bench.limits
+
+bench-campaign: $(STAMP)  ## 100,000 recipients from CSV: seconds to schedule, peak memory, latency meanwhile
+	$(BIN)/python -m bench.campaign
 
 compose-check:  ## validate docker-compose.yml (Debian's docker-compose package)
 	docker-compose config -q

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import phonenumbers
+
 from oaksend.errors import ValidationError
 from oaksend.worker.quiet import recipient_zone
 
@@ -184,8 +186,6 @@ def check_columns(header: list[str], spec: AudienceSpec, needed: Iterable[str]) 
 
 def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_tz: ZoneInfo) -> Recipient:
     """One row -> Recipient, or raise RowProblem with the first problem."""
-    from oaksend.worker.validation import _phone  # the producer's own phone rules
-
     if _EXTRA in values:
         raise RowProblem(RowError(row_no, "", f"has {values[_EXTRA]} more cells than the header"))
     for column, text in values.items():
@@ -195,7 +195,7 @@ def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_
             raise RowProblem(RowError(row_no, column, "contains a NUL character"))
     phone = values.get(spec.phone_column, "").strip()
     try:
-        phone = _phone(phone)
+        parsed, kind = _parse_phone(phone)
     except ValidationError as exc:
         raise RowProblem(RowError(row_no, spec.phone_column, exc.message)) from None
     key = values.get(spec.key, "").strip()
@@ -205,12 +205,29 @@ def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_
         raise RowProblem(RowError(row_no, spec.key, f"is longer than {MAX_KEY_CHARS} characters"))
     try:
         tz = recipient_zone(values.get(spec.tz_column) if spec.tz_column else None, phone, campaign_tz,
-                            spec.tz_column or "tz")
+                            spec.tz_column or "tz", parsed=parsed, kind=kind)
     except ValidationError as exc:
         raise RowProblem(RowError(row_no, spec.tz_column or "tz", exc.message)) from None
     clean = dict(values)
     clean[spec.phone_column] = phone
     return Recipient(key, phone, tz, clean)
+
+
+def _parse_phone(phone: str) -> tuple[phonenumbers.PhoneNumber, int]:
+    """The producer's phone rules (oaksend.worker.validation), parsing the number once for the zone too."""
+    from oaksend.worker.validation import _E164_RE, _phone
+
+    if not _E164_RE.fullmatch(phone):
+        _phone(phone)  # raises with the producer's message and hint
+    try:
+        parsed = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        raise ValidationError("to", "is not a phone number") from None
+    kind = phonenumbers.number_type(parsed)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
+        # number_type is UNKNOWN exactly when is_valid_number is False (both match the region's patterns).
+        raise ValidationError("to", "is not a valid phone number for its country code")
+    return parsed, kind
 
 
 class RowProblem(Exception):

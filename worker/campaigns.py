@@ -247,8 +247,8 @@ class Campaigns:
 
     def _flush(self, s: Session, cid: int, recipients: list[dict[str, Any]], messages: list[dict[str, Any]],
                result: Result) -> None:
-        self.outbox.put_recipients(s, cid, recipients)
-        self.outbox.insert_campaign_messages(s, messages)
+        self.outbox.copy_recipients(s, cid, recipients)
+        self.outbox.copy_campaign_messages(s, messages)
         result.messages += len(messages)
         recipients.clear()
         messages.clear()

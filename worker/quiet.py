@@ -113,12 +113,14 @@ def at_send(quiet: str | None, deadline_at: datetime | None, now_utc: datetime) 
     return SendCheck("wait", allowed, f"quiet hours until {allowed.astimezone(tz):%H:%M %Z}")
 
 
-def recipient_zone(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, field: str = "tz") -> ZoneInfo:
+def recipient_zone(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, field: str = "tz",
+                   parsed: phonenumbers.PhoneNumber | None = None, kind: int | None = None) -> ZoneInfo:
     """The row's zone, else the number's when phonenumbers gives exactly one, else the campaign's."""
     if row_zone and row_zone.strip():
         return parse_zone(row_zone.strip(), field)
     try:
-        zones = phone_timezones.time_zones_for_number(phonenumbers.parse(phone, None))
+        number = parsed if parsed is not None else phonenumbers.parse(phone, None)
+        zones = _zones_of(number, kind)
     except phonenumbers.NumberParseException:
         zones = ()
     if len(zones) == 1 and zones[0] != phone_timezones.UNKNOWN_TIMEZONE:
@@ -127,6 +129,15 @@ def recipient_zone(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, fi
         except (ValueError, KeyError, OSError):
             pass
     return campaign_zone
+
+
+def _zones_of(number: phonenumbers.PhoneNumber, kind: int | None) -> tuple[str, ...]:
+    # time_zones_for_number, reusing the number type (the costly part) when the caller has it.
+    if kind is None:
+        kind = phonenumbers.number_type(number)
+    if phonenumbers.is_number_type_geographical(kind, number.country_code):
+        return tuple(phone_timezones.time_zones_for_geographical_number(number))
+    return tuple(phone_timezones.time_zones_for_number(number))
 
 
 __all__ = ["DEFAULT_WINDOW", "QuietHours", "SendCheck", "at_send", "compact", "from_compact", "next_allowed",

@@ -1,0 +1,242 @@
+"""`python -m bench.campaign` (`make bench-campaign`): a 100,000-recipient campaign, as figures.
+
+On the real services of this machine, in a fresh PostgreSQL database of its own:
+
+1. scheduling: a CSV of N recipients (default 100,000; UTF-8 with a BOM, a
+   quoted column with commas) is turned into reminders by `oaksend campaign
+   create --before appointment_at:OFFSETS` run as a child process; the figures
+   are the command's wall time until it exits (every reminder committed, i.e.
+   durably scheduled) and its peak resident memory (from wait4's rusage);
+   then the reminders in the database are counted;
+2. latency: with those reminders waiting in the outbox (due in a day or more),
+   a dispatcher, a worker and the sandbox API run, and unrelated messages are
+   sent one at a time at a steady rate to the same chatbot with Producer.send;
+   enqueue-to-sent (sent_at - created_at) p50/p99.
+
+It asserts no speed. It exits 1 when a correctness check fails (reminders
+missing, latency messages not sent once each), 4 when Redis or PostgreSQL is
+unreachable, 130 when interrupted. Every process it starts is stopped on the way out.
+
+    python -m bench.campaign [--recipients N] [--offsets 2h] [--latency-messages N]
+                             [--redis-url URL] [--pg-admin-url URL] [--keep-logs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.pipeline import (
+    API_KEY,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ROOT,
+    BenchError,
+    Processes,
+    _child_env,
+    _raise_interrupt,
+    _single_run_lock,
+    check_postgres,
+    check_redis,
+    fresh_postgres,
+    flush_redis,
+    oaksend_cli,
+    percentile,
+    report_checks,
+    say,
+)
+
+CHATBOT = "c0ffee00c5e6f708192a3b4c5d6e7f80"
+QUEUE = "oaksend-bench-campaign"
+PG_DATABASE = "oaksend_bench_campaign"
+
+
+def write_audience(path: Path, n: int, now: datetime) -> None:
+    """N recipients with appointments 2 to 6 days ahead between 10:00 and 18:00 (no zone in the cell: the
+    recipient's, from the number), so that no reminder falls in quiet hours."""
+    day0 = now.date() + timedelta(days=2)
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:
+        f.write("booking,phone,first_name,appointment_at\n")
+        for i in range(n):
+            slot = (i * 7) % (4 * 8 * 60)  # minutes into four 8-hour working days
+            day = day0 + timedelta(days=slot // 480)
+            appt = f"{day.isoformat()}T{10 + (slot % 480) // 60:02d}:{slot % 60:02d}"
+            f.write(f'bk{i},+1415{2000000 + i:07d},"Pat {i}, Jr.",{appt}\n')
+
+
+def run_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[int, float, float, str]:
+    """Run a child to completion: (exit code, wall seconds, peak RSS in MB, stdout)."""
+    out_path = log.with_suffix(".out")
+    with open(out_path, "wb") as out, open(log, "ab") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, elapsed, usage.ru_maxrss / 1024.0, out_path.read_text(errors="replace")
+
+
+def run(opts: argparse.Namespace, procs: Processes, checks: list[tuple[str, bool, str]]) -> dict[str, float]:
+    database_url = fresh_postgres(opts.pg_admin_url, PG_DATABASE)
+    flush_redis(opts.redis_url)
+    env = _child_env(DATABASE_URL=database_url, REDIS_URL=opts.redis_url, NEWOAKS_API_KEY=API_KEY,
+                     OAKSEND_QUEUE_NAME=QUEUE, OAKSEND_DEFAULT_RATE_PER_S="1000", OAKSEND_DEFAULT_BURST="100")
+    say(f"campaign: database {PG_DATABASE} (fresh), Redis {opts.redis_url} (flushed); migrating ...")
+    oaksend_cli(["migrate"], env)
+    now = datetime.now(timezone.utc)
+    csv_path = procs.logdir / "audience.csv"
+    write_audience(csv_path, opts.recipients, now)
+    offsets = [o for o in opts.offsets.split(",") if o]
+    expected = opts.recipients * len(offsets)
+    say(f"scheduling: {opts.recipients:,} recipients ({csv_path.stat().st_size / 1e6:.1f} MB CSV) x "
+        f"{len(offsets)} offset(s) = {expected:,} reminders with `oaksend campaign create` ...")
+    code, wall_s, rss_mb, out = run_child(
+        [sys.executable, "-m", "oaksend.worker.cli", "campaign", "create", "--name", "bench", "--chatbot", CHATBOT,
+         "--audience", str(csv_path), "--key-column", "booking", "--template",
+         "Hi {first_name}, a reminder of your visit on {appointment_at:%a %d %b at %H:%M}. Reply STOP to opt out.",
+         "--before", f"appointment_at:{opts.offsets}", "--tz", "America/New_York", "--json"],
+        env, procs.log_path("create"))
+    if code != 0:
+        raise BenchError(f"campaign create failed ({code}); see {procs.log_path('create')}")
+    import json
+
+    result = json.loads(out)
+    from sqlalchemy import func, select
+
+    from oaksend.models.db import make_engine
+    from oaksend.models.tables import Message
+
+    engine = make_engine(database_url, pool_size=2)
+    with engine.connect() as conn:
+        stored = conn.scalar(select(func.count()).select_from(Message).where(
+            Message.campaign_id == result["id"], Message.state == "pending")) or 0
+    checks.append(("every reminder scheduled", stored + sum(result["skipped"].values()) == expected,
+                   f"{stored:,} pending + {sum(result['skipped'].values()):,} skipped of {expected:,}"))
+    say(f"scheduling: {stored:,} reminders durably scheduled in {wall_s:.2f} s "
+        f"({stored / wall_s:,.0f} reminders/s), peak memory of the command {rss_mb:.0f} MB "
+        f"(skipped {result['skipped'] or 0})")
+    figures = {"schedule_s": wall_s, "peak_mb": rss_mb, "reminders": float(stored)}
+    figures.update(latency(opts, procs, env, database_url, engine, checks, stored))
+    engine.dispose()
+    return figures
+
+
+def latency(opts: argparse.Namespace, procs: Processes, env: dict[str, str], database_url: str, engine: Any,
+            checks: list[tuple[str, bool, str]], waiting: int) -> dict[str, float]:
+    from sqlalchemy import select
+
+    from oaksend.models.tables import Message
+    from oaksend.sandbox.control import SandboxControl
+    from oaksend.worker.enqueue import Producer
+    from oaksend.worker.settings import load_settings
+
+    sandbox = procs.start("sandbox", [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key", API_KEY],
+                          _child_env(), stdout_pipe=True)
+    assert sandbox.stdout is not None
+    line = sandbox.stdout.readline().decode(errors="replace").strip()
+    if "listening on" not in line:
+        raise BenchError(f"the sandbox did not start: {line!r}")
+    url = line.rsplit(" ", 1)[-1]
+    env = {**env, "NEWOAKS_BASE_URL": url}
+    procs.start("dispatcher", [sys.executable, "-m", "oaksend.worker.cli", "dispatcher"], env)
+    procs.start("worker", [sys.executable, "-m", "oaksend.worker.cli", "worker", "--concurrency", "8",
+                           "-n", "benchcampaign@%h"], env)
+    procs.wait_for_log(["worker"], " ready.", 60)
+    procs.wait_for_log(["dispatcher"], "is now active", 30)
+    settings = load_settings(database_url=database_url, redis_url=opts.redis_url)
+    producer = Producer(settings)
+    control = SandboxControl(url)
+    try:
+        k, per_s = opts.latency_messages, opts.latency_rate
+        say(f"latency: {k} unrelated messages to the same chatbot at {per_s:g}/s while {waiting:,} reminders wait ...")
+        time.sleep(1.5)
+        ids = []
+        start = time.monotonic()
+        for i in range(k):
+            delay = start + i / per_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            ids.append(producer.send(CHATBOT, f"+1212{3000000 + i:07d}", f"Your code is {1000 + i}"))
+        deadline = time.monotonic() + 60
+        rows: list[Any] = []
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                rows = list(conn.execute(select(Message.state, Message.created_at, Message.sent_at)
+                                         .where(Message.id.in_(ids))))
+            if sum(r[0] == "sent" for r in rows) == k:
+                break
+            time.sleep(0.2)
+        lat = sorted((r[2] - r[1]).total_seconds() * 1000.0 for r in rows if r[0] == "sent")
+        checks.append(("latency messages all sent", len(lat) == k, f"{len(lat)} of {k}"))
+        requests = control.stats().get("total", 0)
+        checks.append(("the API saw only the latency messages (no reminder early)", requests == k,
+                       f"{requests} requests"))
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        say(f"latency: enqueue -> sent p50 {p50:.1f} ms, p99 {p99:.1f} ms (max {lat[-1] if lat else float('nan'):.1f})")
+        return {"p50_ms": p50, "p99_ms": p99}
+    finally:
+        producer.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.campaign", description="A 100,000-recipient campaign, as figures.")
+    p.add_argument("--recipients", type=int, default=100_000, help="rows of the CSV (100,000)")
+    p.add_argument("--offsets", default="2h", help="reminders per recipient, as --before offsets (2h)")
+    p.add_argument("--latency-messages", type=int, default=200, help="unrelated messages of the latency run (200)")
+    p.add_argument("--latency-rate", type=float, default=10.0, help="their rate, messages/s (10)")
+    p.add_argument("--redis-url", default=os.environ.get("BENCH_CAMPAIGN_REDIS_URL", "redis://127.0.0.1:6379/11"),
+                   help="a Redis db of the benchmark's own, flushed (redis://127.0.0.1:6379/11)")
+    p.add_argument("--pg-admin-url",
+                   default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+                   help=f"an existing database to connect to for dropping/creating {PG_DATABASE}")
+    p.add_argument("--keep-logs", action="store_true")
+    opts = p.parse_args(argv)
+    if opts.recipients < 1 or opts.latency_messages < 1 or opts.latency_rate <= 0:
+        p.error("--recipients and --latency-messages must be at least 1, --latency-rate above 0")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        lock = _single_run_lock()  # noqa: F841 - held until the process exits
+        check_redis(opts.redis_url)
+        check_postgres(opts.pg_admin_url)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    logdir = Path(tempfile.mkdtemp(prefix="oaksend-bench-campaign-"))
+    procs = Processes(logdir)
+    checks: list[tuple[str, bool, str]] = []
+    code = EXIT_OK
+    try:
+        figures = run(opts, procs, checks)
+        say("figures: " + ", ".join(f"{k} {v:,.2f}" for k, v in figures.items()))
+        code = report_checks(checks, logdir)
+    except BenchError as exc:
+        say(f"bench: {exc}")
+        code = exc.code
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    finally:
+        procs.stop()
+    if code == EXIT_OK and not opts.keep_logs:
+        shutil.rmtree(logdir, ignore_errors=True)
+    else:
+        say(f"logs: {logdir}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
