@@ -50,7 +50,15 @@ from oaksend.worker.audience import (
 )
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
-from oaksend.worker.plan import CampaignPlan, Planned, message_row, plan_from_row, recipient_prefix
+from oaksend.worker.plan import (
+    CAP_WINDOW,
+    CampaignPlan,
+    Planned,
+    apply_frequency_cap,
+    message_row,
+    plan_from_row,
+    recipient_prefix,
+)
 from oaksend.worker.quiet import parse_window
 from oaksend.worker.schedule import Cron, Once, Relative, Schedule, parse_duration, zone
 from oaksend.worker.segments import count_segments, encoding
@@ -84,6 +92,7 @@ class CampaignSpec:
     deadline: str | None = None
     rate_cap_per_s: float | None = None
     missed: str = "send"
+    frequency_cap: int | None = None
 
 
 @dataclass
@@ -141,6 +150,8 @@ class Campaigns:
         tz = zone(spec.tz, "tz")
         template = parse_template(spec.template, header)
         check_columns(header, spec.audience, _needed_columns(spec.schedule, template.names))
+        if spec.frequency_cap is not None and (not isinstance(spec.frequency_cap, int) or spec.frequency_cap < 1):
+            raise ValidationError("frequency_cap", "must be a whole number of messages, at least 1")
         if spec.missed not in ("send", "skip"):
             raise ValidationError("missed", "must be send or skip")
         deadline = parse_duration(spec.deadline, "deadline") if spec.deadline else None
@@ -208,7 +219,8 @@ class Campaigns:
                 "phone_column": spec.audience.phone_column, "key_column": spec.audience.key_column,
                 "tz_column": spec.audience.tz_column, "quiet_hours": str(plan.quiet) if plan.quiet else None,
                 "deadline_s": plan.deadline.total_seconds() if plan.deadline else None,
-                "rate_cap_per_s": spec.rate_cap_per_s, "missed": spec.missed, "state": "scheduled",
+                "rate_cap_per_s": spec.rate_cap_per_s, "frequency_cap": spec.frequency_cap,
+                "missed": spec.missed, "state": "scheduled",
                 "skipped": {}, "recipients": 0,
                 "materialized_until": window[1] if window else None, "created_at": now, "updated_at": now,
             })
@@ -227,11 +239,11 @@ class Campaigns:
                     quiet = plan.quiet_compact(recipient)
                     messages += [message_row(cid, spec.chatbot, recipient, p, quiet, now) for p in planned]
                 if len(recipients) >= CHUNK or len(messages) >= CHUNK:
-                    self._flush(s, cid, recipients, messages, result)
+                    self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
             if errors:
                 s.rollback()
                 raise AudienceError(errors, counts["\x00errors"])
-            self._flush(s, cid, recipients, messages, result)
+            self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
             if result.recipients == 0:
                 s.rollback()
                 raise ValidationError("audience", "has no recipients")
@@ -246,12 +258,25 @@ class Campaigns:
         return result
 
     def _flush(self, s: Session, cid: int, recipients: list[dict[str, Any]], messages: list[dict[str, Any]],
-               result: Result) -> None:
+               result: Result, cap: int | None, counts: Counter[str]) -> None:
         self.outbox.copy_recipients(s, cid, recipients)
-        self.outbox.copy_campaign_messages(s, messages)
-        result.messages += len(messages)
+        rows = self._capped(s, messages, cap, counts)
+        self.outbox.copy_campaign_messages(s, rows)
+        result.messages += len(rows)
         recipients.clear()
         messages.clear()
+
+    def _capped(self, s: Session, rows: list[dict[str, Any]], cap: int | None,
+                counts: Counter[str]) -> list[dict[str, Any]]:
+        """The rows the frequency cap lets through (all of them without a cap); the others are counted."""
+        if not cap or not rows:
+            return rows
+        lo = min(r["next_attempt_at"] for r in rows) - CAP_WINDOW
+        hi = max(r["next_attempt_at"] for r in rows) + CAP_WINDOW
+        existing = self.outbox.campaign_times(s, [r["to_phone"] for r in rows], lo, hi)
+        kept, skipped = apply_frequency_cap(rows, existing, cap)
+        counts["frequency_cap"] += skipped
+        return kept
 
     def _spread(self, s: Session, cid: int, rate_per_s: float) -> None:
         from oaksend.worker.schedule import spread
@@ -348,7 +373,8 @@ class Campaigns:
         return {
             "id": c.id, "name": c.name, "chatbot": c.serial_number, "state": c.state,
             "schedule": {"kind": kind, **data}, "tz": c.tz, "quiet_hours": c.quiet_hours or "off",
-            "deadline_s": c.deadline_s, "rate_cap_per_s": c.rate_cap_per_s, "missed": c.missed,
+            "deadline_s": c.deadline_s, "rate_cap_per_s": c.rate_cap_per_s, "frequency_cap": c.frequency_cap,
+            "missed": c.missed,
             "recipients": c.recipients, "messages": counts, "skipped": skipped,
             "next_send_at": None if first is None or held else first.isoformat(),
             "eta": eta.isoformat() if eta else None, "priority": "bulk",
@@ -510,6 +536,7 @@ class Campaigns:
         if recipient.phone in self.outbox.is_suppressed([recipient.phone], session=s):
             result.skipped["suppressed"] += len(new_rows)
             return
+        new_rows = self._capped(s, new_rows, c.frequency_cap, result.skipped)
         self.outbox.insert_campaign_messages(s, new_rows)
         result.messages += len(new_rows)
 
@@ -568,6 +595,7 @@ class Campaigns:
                         continue
                     quiet = plan.quiet_compact(recipient)
                     rows += [message_row(c.id, c.serial_number, recipient, p, quiet, now) for p in planned]
+                rows = self._capped(s, rows, c.frequency_cap, counts)
                 self.outbox.insert_campaign_messages(s, rows)
                 written += len(rows)
         with self.outbox.session() as s:

@@ -51,6 +51,7 @@ def _spec(args: argparse.Namespace) -> Any:
         schedule=parse_schedule(at=args.at, before=args.before, cron=args.cron), tz=args.tz,
         audience=AudienceSpec(args.phone_column, args.key_column, args.tz_column),
         quiet_hours=args.quiet_hours, deadline=args.deadline, rate_cap_per_s=args.rate_cap, missed=args.missed,
+        frequency_cap=args.frequency_cap,
     )
 
 
@@ -139,7 +140,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return EXIT_OK
-    for k in ("id", "name", "chatbot", "state", "tz", "quiet_hours", "missed", "rate_cap_per_s", "recipients",
+    for k in ("id", "name", "chatbot", "state", "tz", "quiet_hours", "missed", "rate_cap_per_s", "frequency_cap",
+              "recipients",
               "priority", "next_send_at", "eta"):
         print(f"{k:15} {'' if data[k] is None else data[k]}")
     print(f"{'schedule':15} {', '.join(f'{k}={v}' for k, v in data['schedule'].items())}")
@@ -222,6 +224,8 @@ def _campaign_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--deadline", help="how long after its time a message may still go (e.g. 2h); "
                                       "--before reminders never go after their anchor")
     p.add_argument("--rate-cap", type=float, help="messages per second for this campaign (at most the chatbot's)")
+    p.add_argument("--frequency-cap", type=int,
+                   help="at most N campaign messages (of any campaign) per number within 24 h (default: no cap)")
     p.add_argument("--missed", choices=["send", "skip"], default="send",
                    help="an occurrence missed during downtime: send late (while its deadline allows) or skip")
     p.add_argument("--json", action="store_true")

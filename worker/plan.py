@@ -119,6 +119,30 @@ class CampaignPlan:
         return compact(self.quiet, recipient.zone)
 
 
+#: The frequency cap's window: at most N campaign messages per number within this much of each other.
+CAP_WINDOW = timedelta(hours=24)
+
+
+def apply_frequency_cap(rows: list[dict[str, Any]], existing: dict[str, list[datetime]],
+                        cap: int) -> tuple[list[dict[str, Any]], int]:
+    """Pure: keep a message only if its number has fewer than `cap` campaign messages within 24 h of it.
+
+    `existing` (number -> send times, of every campaign) grows with each kept message, so the
+    cap holds within this batch too. Earlier messages win. Returns (kept rows, how many were skipped).
+    """
+    kept: list[dict[str, Any]] = []
+    skipped = 0
+    for row in sorted(rows, key=lambda r: r["next_attempt_at"]):
+        at = row["next_attempt_at"]
+        times = existing.setdefault(row["to_phone"], [])
+        if sum(1 for t in times if abs(t - at) < CAP_WINDOW) >= cap:
+            skipped += 1
+            continue
+        times.append(at)
+        kept.append(row)
+    return kept, skipped
+
+
 def idempotency_key(campaign_id: int, recipient_key: str, occurrence: str) -> str:
     """One key per (campaign, recipient, occurrence); the key's length keeps 'a' and 'a:b' apart."""
     return f"{recipient_prefix(campaign_id, recipient_key)}{occurrence}"

@@ -36,6 +36,7 @@ def upgrade() -> None:
     sa.Column('quiet_hours', sa.String(length=16), nullable=True),
     sa.Column('deadline_s', sa.Float(), nullable=True),
     sa.Column('rate_cap_per_s', sa.Float(), nullable=True),
+    sa.Column('frequency_cap', sa.Integer(), nullable=True),
     sa.Column('missed', sa.String(length=8), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('skipped', sa.JSON(), nullable=True),

@@ -23,8 +23,10 @@ from sqlalchemy.orm import Session
 from oaksend.models.repository.base import Repository, _chunks
 from oaksend.models.tables import OPEN_STATES, Campaign, CampaignRecipient, Message, SuppressedNumber
 
-#: How far a paused campaign's messages are moved (and moved back on resume).
-PAUSE_SHIFT = timedelta(days=365 * 1000)
+#: How far a paused campaign's messages are moved (and moved back on resume); _FORWARD and _BACK say it in SQL.
+PAUSE_SHIFT = timedelta(days=365_000)
+_FORWARD = text("next_attempt_at + interval '365000 days'")
+_BACK = text("next_attempt_at - interval '365000 days'")
 #: Pending rows at or after this are a paused campaign's.
 PAUSED_AFTER = datetime(2900, 1, 1)
 #: messages.priority of campaign messages: 0 high, 1 normal, 2 bulk.
@@ -170,10 +172,13 @@ class CampaignRepository(Repository):
             return
         import json
 
+        from psycopg import sql
+
         columns = list(rows[0])
-        name = f'"{self.schema}".{table.name}' if self.schema else table.name
+        name = sql.Identifier(self.schema, table.name) if self.schema else sql.Identifier(table.name)
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(name, sql.SQL(", ").join(map(sql.Identifier, columns)))
         raw = session.connection().connection.driver_connection
-        with raw.cursor() as cursor, cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row([json.dumps(row[c]) if c in json_columns and row[c] is not None else row[c]
                                 for c in columns])
@@ -232,11 +237,8 @@ class CampaignRepository(Repository):
         held = Message.next_attempt_at >= PAUSED_AFTER.replace(tzinfo=now.tzinfo)
         where = [Message.campaign_id == campaign_id, Message.state == "pending", held if not forward else ~held]
         if session.get_bind().dialect.name == "postgresql":
-            sign = "+" if forward else "-"
             return session.execute(
-                update(Message).where(*where).values(
-                    next_attempt_at=text(f"next_attempt_at {sign} interval '{PAUSE_SHIFT.days} days'"),
-                    updated_at=now)
+                update(Message).where(*where).values(next_attempt_at=_FORWARD if forward else _BACK, updated_at=now)
             ).rowcount
         # SQLite has no date arithmetic that keeps microseconds: shift in Python, in this
         # transaction (SQLite serializes writers, so nothing changes under us).
@@ -296,6 +298,20 @@ class CampaignRepository(Repository):
     def campaign_sent_any(self, session: Session, campaign_id: int) -> bool:
         return session.scalar(select(Message.id).where(Message.campaign_id == campaign_id,
                                                        Message.state != "pending").limit(1)) is not None
+
+    def campaign_times(self, session: Session, phones: Sequence[str], lo: datetime,
+                       hi: datetime) -> dict[str, list[datetime]]:
+        """Send times of every campaign's live or sent messages to these numbers within [lo, hi] (frequency cap)."""
+        out: dict[str, list[datetime]] = {}
+        for chunk in _chunks(sorted(set(phones)), 500):
+            rows = session.execute(
+                select(Message.to_phone, Message.next_attempt_at)
+                .where(Message.campaign_id.is_not(None), Message.to_phone.in_(list(chunk)),
+                       Message.state.in_((*OPEN_STATES, "sent")),
+                       Message.next_attempt_at >= lo, Message.next_attempt_at <= hi))
+            for phone, at in rows:
+                out.setdefault(phone, []).append(at)
+        return out
 
     def suppressed_set(self, session: Session) -> set[str]:
         return set(session.scalars(select(SuppressedNumber.to_phone)))

@@ -284,3 +284,17 @@ def test_rate_cap_spaces_the_send_times(campaigns: Campaigns, outbox: Any) -> No
     result = campaigns.create(s, people(utcnow(), 4))
     times = sorted(m.next_attempt_at for m in messages(outbox, result.id))
     assert [(t - times[0]).total_seconds() for t in times] == [0, 2, 4, 6]
+
+
+def test_frequency_cap_holds_across_campaigns(campaigns: Campaigns, outbox: Any) -> None:
+    now = utcnow()
+    first = campaigns.create(spec(frequency_cap=2), people(now, 2))
+    assert first.messages == 4  # 24 h and 2 h before: two within 24 h, at the cap
+    second = campaigns.create(spec(name="again", frequency_cap=2, schedule=parse_schedule(before="appt:3h")),
+                              people(now, 2))
+    assert second.messages == 0 and second.skipped["frequency_cap"] == 2
+    assert campaigns.show(second.id)["skipped"] == {"frequency_cap": 2}
+    uncapped = campaigns.create(spec(name="no cap", schedule=parse_schedule(before="appt:3h")), people(now, 2))
+    assert uncapped.messages == 2
+    with pytest.raises(ValidationError, match="^frequency_cap: must be a whole number"):
+        campaigns.create(spec(frequency_cap=0), people(now, 1))

@@ -21,7 +21,7 @@ def oaksend_services() -> dict[str, list[str]]:
 
 def test_compose_runs_every_process_of_a_deployment() -> None:
     commands = {cmd[0] for cmd in oaksend_services().values()}
-    assert commands == {"migrate", "dispatcher", "worker", "sandbox"}
+    assert commands == {"migrate", "dispatcher", "worker", "sandbox", "scheduler"}
     assert {"redis", "postgres"} <= set(COMPOSE["services"])
 
 

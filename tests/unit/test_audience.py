@@ -196,3 +196,20 @@ def test_idempotency_keys_keep_similar_recipient_keys_apart() -> None:
     assert not idempotency_key(1, "a:b", "x").startswith(recipient_prefix(1, "a"))
     assert idempotency_key(1, "a", "x").startswith(recipient_prefix(1, "a"))
     assert idempotency_key(1, "a", "x") != idempotency_key(11, "a", "x")
+
+
+def test_frequency_cap_counts_every_campaign_and_this_batch() -> None:
+    from oaksend.worker.plan import apply_frequency_cap
+
+    t0 = datetime(2026, 12, 1, 15, tzinfo=UTC)
+
+    def row(phone: str, hours: float) -> dict[str, object]:
+        return {"to_phone": phone, "next_attempt_at": t0 + timedelta(hours=hours)}
+
+    existing = {"+1": [t0 - timedelta(hours=20)]}  # another campaign's message 20 h earlier
+    rows = [row("+1", 0), row("+1", 1), row("+1", 30), row("+2", 0), row("+2", 23.9), row("+2", 12), row("+2", 36)]
+    kept, skipped = apply_frequency_cap(rows, existing, 2)
+    assert [(r["to_phone"], (r["next_attempt_at"] - t0).total_seconds() / 3600) for r in kept] == [
+        ("+1", 0), ("+2", 0), ("+2", 12), ("+1", 30), ("+2", 36)]
+    # +1 at 1 h: -20 h and 0 h are within 24 h; +2 at 23.9 h: 0 h and 12 h are. At 36 h only 12 h is.
+    assert skipped == 2
