@@ -21,6 +21,12 @@ depends_on: str | Sequence[str] | None = None
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
 
+def _schema() -> str | None:
+    # ALTER TABLE ... ADD/DROP COLUMN is not rewritten by the engine's schema translate map
+    # (OAKSEND_DB_SCHEMA), so name the schema that env.py configured.
+    return op.get_context().version_table_schema
+
+
 def upgrade() -> None:
     op.create_table('oaksend_campaigns',
     sa.Column('id', _BIG_ID, autoincrement=True, nullable=False),
@@ -62,14 +68,14 @@ def upgrade() -> None:
     sa.UniqueConstraint('campaign_id', 'key', name=op.f('uq_oaksend_campaign_recipients_campaign_id'))
     )
 
-    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+    with op.batch_alter_table('oaksend_messages', schema=_schema()) as batch_op:
         batch_op.add_column(sa.Column('campaign_id', sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column('quiet', sa.String(length=80), nullable=True))
         batch_op.create_index('ix_oaksend_messages_campaign', ['campaign_id', 'state'], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+    with op.batch_alter_table('oaksend_messages', schema=_schema()) as batch_op:
         batch_op.drop_index('ix_oaksend_messages_campaign')
         batch_op.drop_column('quiet')
         batch_op.drop_column('campaign_id')

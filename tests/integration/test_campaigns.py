@@ -298,3 +298,33 @@ def test_frequency_cap_holds_across_campaigns(campaigns: Campaigns, outbox: Any)
     assert uncapped.messages == 2
     with pytest.raises(ValidationError, match="^frequency_cap: must be a whole number"):
         campaigns.create(spec(frequency_cap=0), people(now, 1))
+
+
+def test_campaigns_in_a_postgresql_schema_of_their_own(pg_database: str, redis_url: str) -> None:
+    """OAKSEND_DB_SCHEMA: the migration (up, down, up), COPY, pause and resume all stay in the schema."""
+    from sqlalchemy import create_engine
+
+    from oaksend.worker.migrate import downgrade, upgrade
+    from oaksend.worker.settings import Settings
+    from tests.support import reset_pg
+
+    reset_pg(pg_database)
+    upgrade(pg_database, schema="oaksend_camp")
+    downgrade(pg_database, "0002", schema="oaksend_camp")
+    upgrade(pg_database, schema="oaksend_camp")
+    settings = Settings(database_url=pg_database, redis_url=redis_url, db_schema="oaksend_camp",
+                        _env_file=None)  # type: ignore[call-arg]
+    service = Campaigns(settings)
+    engine = create_engine(pg_database)
+    try:
+        result = service.create(spec(), people(utcnow(), 2))
+        assert service.pause(result.id) == 4 and service.resume(result.id) == 4
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM oaksend_camp.oaksend_messages")) == 4
+            assert conn.scalar(text("SELECT count(*) FROM information_schema.tables "
+                                    "WHERE table_schema = 'public' AND table_name LIKE 'oaksend%'")) == 0
+            conn.execute(text("DROP SCHEMA oaksend_camp CASCADE"))
+            conn.commit()
+    finally:
+        service.close()
+        engine.dispose()
