@@ -74,8 +74,12 @@ CHUNK = 2000
 MAX_ERRORS_KEPT = 100
 #: How far ahead the scheduler materializes cron occurrences.
 CRON_HORIZON = timedelta(hours=6)
+#: The bad-row count's key in a skip Counter (no cause can be named so); removed before counts are shown.
+_BAD_ROWS = "\x00bad rows"
 #: Open states a campaign can be paused, resumed or cancelled from.
 LIVE = ("draft", "scheduled", "running")
+#: States whose audience may change (a finished relative campaign takes new bookings and runs again).
+CHANGEABLE = (*LIVE, "paused", "finished")
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ class Campaigns:
 
     @staticmethod
     def _error(errors: list[RowError], counts: Counter[str], error: RowError) -> None:
-        counts["\x00errors"] += 1
+        counts[_BAD_ROWS] += 1
         if len(errors) < MAX_ERRORS_KEPT:
             errors.append(error)
 
@@ -242,12 +246,12 @@ class Campaigns:
                     self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
             if errors:
                 s.rollback()
-                raise AudienceError(errors, counts["\x00errors"])
+                raise AudienceError(errors, counts[_BAD_ROWS])
             self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
             if result.recipients == 0:
                 s.rollback()
                 raise ValidationError("audience", "has no recipients")
-            del counts["\x00errors"]
+            del counts[_BAD_ROWS]
             result.skipped = counts
             self.outbox.set_campaign(s, cid, ("scheduled",), now, recipients=result.recipients, skipped=dict(counts))
             if spec.rate_cap_per_s:
@@ -324,7 +328,7 @@ class Campaigns:
             if len(out) >= limit:
                 break
         if errors:
-            raise AudienceError(errors, counts["\x00errors"])
+            raise AudienceError(errors, counts[_BAD_ROWS])
         return out[:limit]
 
     # -- reading --------------------------------------------------------------------------
@@ -423,7 +427,7 @@ class Campaigns:
         counts: Counter[str] = Counter()
         with self.outbox.session() as s:
             c = self._get(campaign_id, s)
-            if c.state not in (*LIVE, "paused"):
+            if c.state not in CHANGEABLE:
                 raise InvalidTransition(f"campaign {campaign_id} is {c.state}; it cannot be updated")
             plan, spec = self._stored(c)
             check_columns(header, spec, _needed_columns(plan.schedule, plan.template.names))
@@ -437,15 +441,16 @@ class Campaigns:
                 self._sync(s, c, plan, recipient, planned, now, result, paused=c.state == "paused")
             if errors:
                 s.rollback()
-                raise AudienceError(errors, counts["\x00errors"])
+                raise AudienceError(errors, counts[_BAD_ROWS])
             gone = old_keys - new_keys
             for key in gone:
                 result.cancelled += self._cancel_recipient(s, campaign_id, key, now)
             self.outbox.drop_recipients(s, campaign_id, list(gone))
-            del counts["\x00errors"]
+            del counts[_BAD_ROWS]
             self.outbox.add_skipped(s, campaign_id, counts, now)
             self.outbox.set_campaign(s, campaign_id, (c.state,), now,
                                      recipients=self.outbox.count_recipients(s, campaign_id))
+            self._reopen(s, c, result, now)
             result.skipped = counts
         wake(self.redis)
         return result
@@ -458,7 +463,7 @@ class Campaigns:
         def work(s: Session) -> Result:
             now = self.clock()
             c = self._get(campaign_id, s)
-            if c.state not in (*LIVE, "paused"):
+            if c.state not in CHANGEABLE:
                 raise InvalidTransition(f"campaign {campaign_id} is {c.state}; its recipients cannot change")
             plan, spec = self._stored(c)
             header, rows = from_dicts([row])
@@ -470,8 +475,9 @@ class Campaigns:
                 self._sync(s, c, plan, recipient, planned, now, result, paused=c.state == "paused")
             if errors:
                 raise ValidationError(f"row.{errors[0].column}", errors[0].why)
-            del counts["\x00errors"]
+            del counts[_BAD_ROWS]
             self.outbox.add_skipped(s, campaign_id, counts, now)
+            self._reopen(s, c, result, now)
             result.skipped = counts
             return result
 
@@ -487,6 +493,11 @@ class Campaigns:
             return n
 
         return self._in(session, work)
+
+    def _reopen(self, s: Session, c: Any, result: Result, now: datetime) -> None:
+        """A finished campaign that got new messages runs again."""
+        if c.state == "finished" and result.messages:
+            self.outbox.set_campaign(s, c.id, ("finished",), now, state="running")
 
     def _in(self, session: Session | None, work: Callable[[Session], Any]) -> Any:
         if session is not None:

@@ -103,6 +103,9 @@ class CampaignPlan:
             if allowed >= deadline:
                 skipped["quiet_hours"] += 1
                 continue
+            if self.missed == "skip":
+                # Skipping missed sends holds at send time too: an outage later must not send this late.
+                deadline = min(deadline, allowed + MISSED_GRACE)
             out.append(Planned(label, allowed, deadline, body))
         return out, skipped
 

@@ -328,3 +328,16 @@ def test_campaigns_in_a_postgresql_schema_of_their_own(pg_database: str, redis_u
     finally:
         service.close()
         engine.dispose()
+
+
+def test_a_finished_campaign_takes_a_new_booking_and_runs_again(campaigns: Campaigns, outbox: Any) -> None:
+    now = utcnow()
+    result = campaigns.create(spec(), people(now, 1))
+    with outbox.session() as s:
+        s.execute(text("UPDATE oaksend_messages SET state = 'sent' WHERE campaign_id = :c"), {"c": result.id})
+    campaigns.tick()
+    campaigns.tick()
+    assert campaigns.get(result.id).state == "finished"
+    out = campaigns.upsert_recipient(result.id, {"booking": "b7", "phone": "+12125550777", "first_name": "Al",
+                                                 "appt": at(now + timedelta(days=2))})
+    assert out.messages == 2 and campaigns.get(result.id).state == "running"

@@ -213,3 +213,12 @@ def test_frequency_cap_counts_every_campaign_and_this_batch() -> None:
         ("+1", 0), ("+2", 0), ("+2", 12), ("+1", 30), ("+2", 36)]
     # +1 at 1 h: -20 h and 0 h are within 24 h; +2 at 23.9 h: 0 h and 12 h are. At 36 h only 12 h is.
     assert skipped == 2
+
+
+def test_missed_skip_also_bounds_the_deadline() -> None:
+    from oaksend.worker.plan import MISSED_GRACE
+
+    planned, _ = plan(REL, quiet="off", missed="skip").occurrences(ann(), NOW)
+    assert [p.deadline_at - p.send_at for p in planned] == [MISSED_GRACE, MISSED_GRACE]
+    planned, _ = plan(REL, quiet="off").occurrences(ann(), NOW)
+    assert [p.deadline_at - p.send_at for p in planned] == [timedelta(hours=24), timedelta(hours=2)]
