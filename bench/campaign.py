@@ -7,11 +7,13 @@ On the real services of this machine, in a fresh PostgreSQL database of its own:
    create --before appointment_at:OFFSETS` run as a child process; the figures
    are the command's wall time until it exits (every reminder committed, i.e.
    durably scheduled) and its peak resident memory (from wait4's rusage);
-   then the reminders in the database are counted;
-2. latency: with those reminders waiting in the outbox (due in a day or more),
-   a dispatcher, a worker and the sandbox API run, and unrelated messages are
-   sent one at a time at a steady rate to the same chatbot with Producer.send;
-   enqueue-to-sent (sent_at - created_at) p50/p99.
+   then the reminders in the database are counted. Baseline, same run: the
+   same rows sent through the producer's ordinary bulk path
+   (`Producer.send_many`, 5,000 a call) by a child process, into a fresh database;
+2. latency: a dispatcher, a worker and the sandbox API run, and unrelated
+   messages are sent one at a time at a steady rate to the same chatbot with
+   Producer.send; enqueue-to-sent (sent_at - created_at) p50/p99, first with an
+   empty outbox (the baseline), then with the reminders waiting (due in days).
 
 It asserts no speed. It exits 1 when a correctness check fails (reminders
 missing, latency messages not sent once each), 4 when Redis or PostgreSQL is
@@ -24,6 +26,7 @@ unreachable, 130 when interrupted. Every process it starts is stopped on the way
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -47,8 +50,8 @@ from bench.pipeline import (
     _single_run_lock,
     check_postgres,
     check_redis,
-    fresh_postgres,
     flush_redis,
+    fresh_postgres,
     oaksend_cli,
     percentile,
     report_checks,
@@ -85,106 +88,180 @@ def run_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[int, flo
     return proc.returncode, elapsed, usage.ru_maxrss / 1024.0, out_path.read_text(errors="replace")
 
 
+def baseline_child(csv_path: str) -> int:
+    """The baseline's child: the same rows through Producer.send_many (no campaign, no zones, no template)."""
+    import csv
+
+    from oaksend.worker.enqueue import Producer
+    from oaksend.worker.settings import load_settings
+    from oaksend.worker.validation import SendRequest
+
+    producer = Producer(load_settings())
+    now = datetime.now(timezone.utc)
+    batch: list[SendRequest] = []
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        for row in csv.DictReader(f):
+            at = datetime.fromisoformat(row["appointment_at"]).replace(tzinfo=timezone.utc)
+            batch.append(SendRequest(CHATBOT, row["phone"], f"Hi {row['first_name']}, a reminder of your visit on "
+                                     f"{at:%a %d %b at %H:%M}. Reply STOP to opt out.",
+                                     idempotency_key=f"baseline:{row['booking']}",
+                                     send_at=max(now, at - timedelta(hours=2)), deadline=at))
+            if len(batch) == 5000:
+                producer.send_many(batch)
+                batch = []
+    if batch:
+        producer.send_many(batch)
+    producer.close()
+    return 0
+
+
 def run(opts: argparse.Namespace, procs: Processes, checks: list[tuple[str, bool, str]]) -> dict[str, float]:
+    now = datetime.now(timezone.utc)
+    csv_path = procs.logdir / "audience.csv"
+    write_audience(csv_path, opts.recipients, now)
+    offsets = [o for o in opts.offsets.split(",") if o]
+    expected = opts.recipients * len(offsets)
+    figures: dict[str, float] = {}
+    if not opts.skip_baseline:
+        base_url = fresh_postgres(opts.pg_admin_url, PG_DATABASE + "_base")
+        base_env = _child_env(DATABASE_URL=base_url, REDIS_URL=opts.redis_url)
+        oaksend_cli(["migrate"], base_env)
+        say(f"baseline: the same {opts.recipients:,} rows through Producer.send_many (5,000 a call) ...")
+        code, base_s, base_mb, _ = run_child([sys.executable, "-m", "bench.campaign", "--baseline-child",
+                                              str(csv_path)], base_env, procs.log_path("baseline"))
+        if code != 0:
+            raise BenchError(f"the baseline failed ({code}); see {procs.log_path('baseline')}")
+        say(f"baseline: {opts.recipients:,} messages committed in {base_s:.2f} s, peak memory {base_mb:.0f} MB")
+        figures.update({"baseline_schedule_s": base_s, "baseline_peak_mb": base_mb})
+        drop_postgres(opts.pg_admin_url, PG_DATABASE + "_base")
     database_url = fresh_postgres(opts.pg_admin_url, PG_DATABASE)
     flush_redis(opts.redis_url)
     env = _child_env(DATABASE_URL=database_url, REDIS_URL=opts.redis_url, NEWOAKS_API_KEY=API_KEY,
                      OAKSEND_QUEUE_NAME=QUEUE, OAKSEND_DEFAULT_RATE_PER_S="1000", OAKSEND_DEFAULT_BURST="100")
     say(f"campaign: database {PG_DATABASE} (fresh), Redis {opts.redis_url} (flushed); migrating ...")
     oaksend_cli(["migrate"], env)
-    now = datetime.now(timezone.utc)
-    csv_path = procs.logdir / "audience.csv"
-    write_audience(csv_path, opts.recipients, now)
-    offsets = [o for o in opts.offsets.split(",") if o]
-    expected = opts.recipients * len(offsets)
-    say(f"scheduling: {opts.recipients:,} recipients ({csv_path.stat().st_size / 1e6:.1f} MB CSV) x "
-        f"{len(offsets)} offset(s) = {expected:,} reminders with `oaksend campaign create` ...")
-    code, wall_s, rss_mb, out = run_child(
-        [sys.executable, "-m", "oaksend.worker.cli", "campaign", "create", "--name", "bench", "--chatbot", CHATBOT,
-         "--audience", str(csv_path), "--key-column", "booking", "--template",
-         "Hi {first_name}, a reminder of your visit on {appointment_at:%a %d %b at %H:%M}. Reply STOP to opt out.",
-         "--before", f"appointment_at:{opts.offsets}", "--tz", "America/New_York", "--json"],
-        env, procs.log_path("create"))
-    if code != 0:
-        raise BenchError(f"campaign create failed ({code}); see {procs.log_path('create')}")
-    import json
-
-    result = json.loads(out)
-    from sqlalchemy import func, select
-
-    from oaksend.models.db import make_engine
-    from oaksend.models.tables import Message
-
-    engine = make_engine(database_url, pool_size=2)
-    with engine.connect() as conn:
-        stored = conn.scalar(select(func.count()).select_from(Message).where(
-            Message.campaign_id == result["id"], Message.state == "pending")) or 0
-    checks.append(("every reminder scheduled", stored + sum(result["skipped"].values()) == expected,
-                   f"{stored:,} pending + {sum(result['skipped'].values()):,} skipped of {expected:,}"))
-    say(f"scheduling: {stored:,} reminders durably scheduled in {wall_s:.2f} s "
-        f"({stored / wall_s:,.0f} reminders/s), peak memory of the command {rss_mb:.0f} MB "
-        f"(skipped {result['skipped'] or 0})")
-    figures = {"schedule_s": wall_s, "peak_mb": rss_mb, "reminders": float(stored)}
-    figures.update(latency(opts, procs, env, database_url, engine, checks, stored))
-    engine.dispose()
+    stack = LatencyStack(opts, procs, env, database_url, checks)
+    try:
+        if not opts.skip_baseline:
+            say(f"latency baseline: {opts.latency_messages} messages at {opts.latency_rate:g}/s, empty outbox ...")
+            p50, p99 = stack.measure(0)
+            figures.update({"baseline_p50_ms": p50, "baseline_p99_ms": p99})
+        stack.control.reset()
+        say(f"scheduling: {opts.recipients:,} recipients ({csv_path.stat().st_size / 1e6:.1f} MB CSV) x "
+            f"{len(offsets)} offset(s) = {expected:,} reminders with `oaksend campaign create` ...")
+        code, wall_s, rss_mb, out = run_child(
+            [sys.executable, "-m", "oaksend.worker.cli", "campaign", "create", "--name", "bench", "--chatbot", CHATBOT,
+             "--audience", str(csv_path), "--key-column", "booking", "--template",
+             "Hi {first_name}, a reminder of your visit on {appointment_at:%a %d %b at %H:%M}. Reply STOP to opt out.",
+             "--before", f"appointment_at:{opts.offsets}", "--tz", "America/New_York", "--json"],
+            env, procs.log_path("create"))
+        if code != 0:
+            raise BenchError(f"campaign create failed ({code}); see {procs.log_path('create')}")
+        result = json.loads(out)
+        stored = stack.pending(result["id"])
+        skipped = sum(result["skipped"].values())
+        checks.append(("every reminder scheduled", stored + skipped == expected,
+                       f"{stored:,} pending + {skipped:,} skipped of {expected:,}"))
+        ratio = (f", {wall_s / figures['baseline_schedule_s']:.2f} x the baseline"
+                 if "baseline_schedule_s" in figures else "")
+        say(f"scheduling: {stored:,} reminders durably scheduled in {wall_s:.2f} s{ratio} "
+            f"({stored / wall_s:,.0f} reminders/s), peak memory of the command {rss_mb:.0f} MB")
+        figures.update({"schedule_s": wall_s, "peak_mb": rss_mb, "reminders": float(stored)})
+        say(f"latency: {opts.latency_messages} unrelated messages to the same chatbot at {opts.latency_rate:g}/s "
+            f"while {stored:,} reminders wait ...")
+        p50, p99 = stack.measure(opts.latency_messages)
+        figures.update({"p50_ms": p50, "p99_ms": p99})
+        requests = stack.control.stats().get("total", 0)
+        checks.append(("the API saw only the latency messages (no reminder early)",
+                       requests == opts.latency_messages, f"{requests} requests"))
+    finally:
+        stack.close()
     return figures
 
 
-def latency(opts: argparse.Namespace, procs: Processes, env: dict[str, str], database_url: str, engine: Any,
-            checks: list[tuple[str, bool, str]], waiting: int) -> dict[str, float]:
-    from sqlalchemy import select
+def drop_postgres(admin_url: str, name: str) -> None:
+    from sqlalchemy import text
 
-    from oaksend.models.tables import Message
-    from oaksend.sandbox.control import SandboxControl
-    from oaksend.worker.enqueue import Producer
-    from oaksend.worker.settings import load_settings
+    from bench.pipeline import _pg_engine
 
-    sandbox = procs.start("sandbox", [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key", API_KEY],
-                          _child_env(), stdout_pipe=True)
-    assert sandbox.stdout is not None
-    line = sandbox.stdout.readline().decode(errors="replace").strip()
-    if "listening on" not in line:
-        raise BenchError(f"the sandbox did not start: {line!r}")
-    url = line.rsplit(" ", 1)[-1]
-    env = {**env, "NEWOAKS_BASE_URL": url}
-    procs.start("dispatcher", [sys.executable, "-m", "oaksend.worker.cli", "dispatcher"], env)
-    procs.start("worker", [sys.executable, "-m", "oaksend.worker.cli", "worker", "--concurrency", "8",
-                           "-n", "benchcampaign@%h"], env)
-    procs.wait_for_log(["worker"], " ready.", 60)
-    procs.wait_for_log(["dispatcher"], "is now active", 30)
-    settings = load_settings(database_url=database_url, redis_url=opts.redis_url)
-    producer = Producer(settings)
-    control = SandboxControl(url)
+    engine = _pg_engine(admin_url)
     try:
-        k, per_s = opts.latency_messages, opts.latency_rate
-        say(f"latency: {k} unrelated messages to the same chatbot at {per_s:g}/s while {waiting:,} reminders wait ...")
-        time.sleep(1.5)
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+class LatencyStack:
+    """The sandbox, a dispatcher and a worker on the benchmark's database, and a producer."""
+
+    def __init__(self, opts: argparse.Namespace, procs: Processes, env: dict[str, str], database_url: str,
+                 checks: list[tuple[str, bool, str]]) -> None:
+        from oaksend.models.db import make_engine
+        from oaksend.sandbox.control import SandboxControl
+        from oaksend.worker.enqueue import Producer
+        from oaksend.worker.settings import load_settings
+
+        self.opts, self.checks = opts, checks
+        sandbox = procs.start("sandbox", [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key",
+                                          API_KEY], _child_env(), stdout_pipe=True)
+        assert sandbox.stdout is not None
+        line = sandbox.stdout.readline().decode(errors="replace").strip()
+        if "listening on" not in line:
+            raise BenchError(f"the sandbox did not start: {line!r}")
+        url = line.rsplit(" ", 1)[-1]
+        env = {**env, "NEWOAKS_BASE_URL": url}
+        procs.start("dispatcher", [sys.executable, "-m", "oaksend.worker.cli", "dispatcher"], env)
+        procs.start("worker", [sys.executable, "-m", "oaksend.worker.cli", "worker", "--concurrency", "8",
+                               "-n", "benchcampaign@%h"], env)
+        procs.wait_for_log(["worker"], " ready.", 60)
+        procs.wait_for_log(["dispatcher"], "is now active", 30)
+        self.producer = Producer(load_settings(database_url=database_url, redis_url=opts.redis_url))
+        self.control = SandboxControl(url)
+        self.engine = make_engine(database_url, pool_size=2)
+
+    def pending(self, campaign_id: int) -> int:
+        from sqlalchemy import func, select
+
+        from oaksend.models.tables import Message
+
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(Message).where(
+                Message.campaign_id == campaign_id, Message.state == "pending")) or 0
+
+    def measure(self, first: int) -> tuple[float, float]:
+        """Send the latency messages one at a time; their enqueue -> sent p50 and p99 (ms)."""
+        from sqlalchemy import select
+
+        from oaksend.models.tables import Message
+
+        k, per_s = self.opts.latency_messages, self.opts.latency_rate
+        time.sleep(1.5)  # the dispatcher settles into its idle wait
         ids = []
         start = time.monotonic()
         for i in range(k):
             delay = start + i / per_s - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            ids.append(producer.send(CHATBOT, f"+1212{3000000 + i:07d}", f"Your code is {1000 + i}"))
+            ids.append(self.producer.send(CHATBOT, f"+1212{3000000 + first + i:07d}", f"Your code is {1000 + i}"))
         deadline = time.monotonic() + 60
         rows: list[Any] = []
         while time.monotonic() < deadline:
-            with engine.connect() as conn:
+            with self.engine.connect() as conn:
                 rows = list(conn.execute(select(Message.state, Message.created_at, Message.sent_at)
                                          .where(Message.id.in_(ids))))
             if sum(r[0] == "sent" for r in rows) == k:
                 break
             time.sleep(0.2)
         lat = sorted((r[2] - r[1]).total_seconds() * 1000.0 for r in rows if r[0] == "sent")
-        checks.append(("latency messages all sent", len(lat) == k, f"{len(lat)} of {k}"))
-        requests = control.stats().get("total", 0)
-        checks.append(("the API saw only the latency messages (no reminder early)", requests == k,
-                       f"{requests} requests"))
+        self.checks.append((f"latency messages all sent (run from {first})", len(lat) == k, f"{len(lat)} of {k}"))
         p50, p99 = percentile(lat, 50), percentile(lat, 99)
-        say(f"latency: enqueue -> sent p50 {p50:.1f} ms, p99 {p99:.1f} ms (max {lat[-1] if lat else float('nan'):.1f})")
-        return {"p50_ms": p50, "p99_ms": p99}
-    finally:
-        producer.close()
+        say(f"  enqueue -> sent p50 {p50:.1f} ms, p99 {p99:.1f} ms (max {lat[-1] if lat else float('nan'):.1f})")
+        return p50, p99
+
+    def close(self) -> None:
+        self.producer.close()
+        self.engine.dispose()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -198,6 +275,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pg-admin-url",
                    default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
                    help=f"an existing database to connect to for dropping/creating {PG_DATABASE}")
+    p.add_argument("--skip-baseline", action="store_true", help="measure the campaign only")
+    p.add_argument("--baseline-child", help=argparse.SUPPRESS)  # the baseline's own process
     p.add_argument("--keep-logs", action="store_true")
     opts = p.parse_args(argv)
     if opts.recipients < 1 or opts.latency_messages < 1 or opts.latency_rate <= 0:
@@ -207,6 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.baseline_child:
+        return baseline_child(opts.baseline_child)
     try:
         lock = _single_run_lock()  # noqa: F841 - held until the process exits
         check_redis(opts.redis_url)

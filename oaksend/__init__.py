@@ -28,6 +28,12 @@ _HOMES = {
     "ValidationError": "oaksend.errors",
     "IdempotencyConflict": "oaksend.errors",
     "NotFound": "oaksend.errors",
+    # campaigns (see README "Campaigns")
+    "Campaigns": "oaksend.worker.campaigns",
+    "CampaignSpec": "oaksend.worker.campaigns",
+    "AudienceSpec": "oaksend.worker.audience",
+    "parse_schedule": "oaksend.worker.schedule",
+    "read_csv": "oaksend.worker.audience",
 }
 
 __all__ = sorted(_HOMES)
