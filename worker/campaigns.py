@@ -52,6 +52,7 @@ from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
 from oaksend.worker.plan import (
     CAP_WINDOW,
+    DEFAULT_DEADLINE,
     CampaignPlan,
     Planned,
     apply_frequency_cap,
@@ -60,7 +61,7 @@ from oaksend.worker.plan import (
     recipient_prefix,
 )
 from oaksend.worker.quiet import parse_window
-from oaksend.worker.schedule import Cron, Once, Relative, Schedule, parse_duration, zone
+from oaksend.worker.schedule import Cron, Once, Relative, Schedule, once_at, parse_duration, zone
 from oaksend.worker.segments import count_segments, encoding
 from oaksend.worker.settings import Settings
 from oaksend.worker.template import parse as parse_template
@@ -159,6 +160,10 @@ class Campaigns:
         if spec.missed not in ("send", "skip"):
             raise ValidationError("missed", "must be send or skip")
         deadline = parse_duration(spec.deadline, "deadline") if spec.deadline else None
+        if isinstance(spec.schedule, Once):
+            at = once_at(spec.schedule, tz)
+            if at + (deadline or DEFAULT_DEADLINE) <= self.clock():
+                raise ValidationError("at", f"{at.astimezone(tz):%Y-%m-%d %H:%M %Z} is past (and so is its deadline)")
         if spec.rate_cap_per_s is not None:
             if spec.rate_cap_per_s <= 0:
                 raise ValidationError("rate_cap", "must be greater than 0 (messages per second)")

@@ -98,6 +98,7 @@ def test_bad_rows_are_all_listed_and_nothing_is_written(campaigns: Campaigns, ou
         ({"chatbot": "no"}, "serial_number: must be 4-64"),
         ({"rate_cap_per_s": 5000.0}, "rate_cap: 5000/s is above the chatbot's limit"),
         ({"quiet_hours": "late"}, "quiet_hours: 'late' is not HH:MM-HH:MM"),
+        ({"schedule": parse_schedule(at="2020-01-01T09:00")}, "at: 2020-01-01 09:00 EST is past"),
     ],
 )
 def test_bad_specs_are_refused_before_anything_is_written(campaigns: Campaigns, outbox: Any,
