@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: Rows written per statement while creating a campaign.
 CHUNK = 2000
+#: A create that writes at least this many messages refreshes the database's statistics.
+ANALYZE_AFTER = 5000
 #: Bad rows kept to show (all are counted).
 MAX_ERRORS_KEPT = 100
 #: How far ahead the scheduler materializes cron occurrences.
@@ -261,6 +263,8 @@ class Campaigns:
             self.outbox.set_campaign(s, cid, ("scheduled",), now, recipients=result.recipients, skipped=dict(counts))
             if spec.rate_cap_per_s:
                 self._spread(s, cid, spec.rate_cap_per_s)
+        if result.messages >= ANALYZE_AFTER:
+            self.outbox.analyze()
         wake(self.redis)
         log.info("campaign %s created: %d recipients, %d messages, skipped %s", cid, result.recipients,
                  result.messages, dict(result.skipped))
@@ -456,6 +460,8 @@ class Campaigns:
             self.outbox.set_campaign(s, campaign_id, (c.state,), now,
                                      recipients=self.outbox.count_recipients(s, campaign_id))
             self._reopen(s, c, result, now)
+            if c.rate_cap_per_s and result.messages and c.state != "paused":
+                self._spread(s, campaign_id, c.rate_cap_per_s)
             result.skipped = counts
         wake(self.redis)
         return result
@@ -618,6 +624,8 @@ class Campaigns:
             # Only the first of two racing schedulers moves the mark (and counts the skips).
             if self.outbox.set_campaign_mark(s, c.id, c.materialized_until, end, now):
                 self.outbox.add_skipped(s, c.id, counts, now)
+                if c.rate_cap_per_s and written:
+                    self._spread(s, c.id, c.rate_cap_per_s)
         return written
 
     def close(self) -> None:

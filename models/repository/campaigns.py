@@ -166,6 +166,22 @@ class CampaignRepository(Repository):
         if rows:
             self._copy(session, _recipients, [{"campaign_id": campaign_id, **r} for r in rows], json_columns=("data",))
 
+    def analyze(self) -> None:
+        """Refresh PostgreSQL's statistics of the outbox after a bulk load.
+
+        Until autovacuum gets to it (a minute or more), the planner believes the table is as
+        small as before, and the dispatcher's per-chatbot probes scan 100,000 rows instead of
+        reading one index entry: an unrelated message waited 470 ms instead of 30 in the benchmark.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return
+        from psycopg import sql
+
+        name = sql.Identifier(self.schema, _messages.name) if self.schema else sql.Identifier(_messages.name)
+        statement = sql.SQL("ANALYZE {}").format(name)  # an identifier, quoted by psycopg
+        with self.engine.begin() as conn:
+            conn.connection.driver_connection.execute(statement)
+
     def _copy(self, session: Session, table: Any, rows: list[dict[str, Any]], json_columns: tuple[str, ...]) -> None:
         if session.get_bind().dialect.name != "postgresql":
             session.execute(table.insert(), rows)
