@@ -27,12 +27,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from oaksend.errors import InvalidTransition, NotFound, ValidationError
@@ -48,6 +46,17 @@ from oaksend.worker.audience import (
     check_row,
     from_dicts,
 )
+from oaksend.worker.campaign_spec import (
+    BAD_ROWS,
+    CRON_HORIZON,
+    LIVE,
+    CampaignSpec,
+    Result,
+    needed_columns,
+    schedule_from_json,
+    schedule_json,
+)
+from oaksend.worker.campaign_sync import AudienceSync
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
 from oaksend.worker.plan import (
@@ -58,88 +67,24 @@ from oaksend.worker.plan import (
     apply_frequency_cap,
     message_row,
     plan_from_row,
-    recipient_prefix,
 )
 from oaksend.worker.quiet import parse_window
-from oaksend.worker.schedule import Cron, Once, Relative, Schedule, once_at, parse_duration, zone
+from oaksend.worker.schedule import Cron, Once, once_at, parse_duration, zone
 from oaksend.worker.segments import count_segments, encoding
 from oaksend.worker.settings import Settings
 from oaksend.worker.template import parse as parse_template
 from oaksend.worker.validation import _serial_number
 
 log = logging.getLogger(__name__)
-
 #: Rows written per statement while creating a campaign.
 CHUNK = 2000
 #: A create that writes at least this many messages refreshes the database's statistics.
 ANALYZE_AFTER = 5000
 #: Bad rows kept to show (all are counted).
 MAX_ERRORS_KEPT = 100
-#: How far ahead the scheduler materializes cron occurrences.
-CRON_HORIZON = timedelta(hours=6)
-#: The bad-row count's key in a skip Counter (no cause can be named so); removed before counts are shown.
-_BAD_ROWS = "\x00bad rows"
-#: Open states a campaign can be paused, resumed or cancelled from.
-LIVE = ("draft", "scheduled", "running")
-#: States whose audience may change (a finished relative campaign takes new bookings and runs again).
-CHANGEABLE = (*LIVE, "paused", "finished")
 
 
-@dataclass(frozen=True)
-class CampaignSpec:
-    """What `oaksend campaign create` (or application code) asks for; checked by `Campaigns.create`."""
-
-    name: str
-    chatbot: str
-    template: str
-    schedule: Schedule
-    tz: str = "UTC"
-    audience: AudienceSpec = field(default_factory=AudienceSpec)
-    quiet_hours: str | None = "21:00-08:00"
-    deadline: str | None = None
-    rate_cap_per_s: float | None = None
-    missed: str = "send"
-    frequency_cap: int | None = None
-
-
-@dataclass
-class Result:
-    """What a create / update / tick did."""
-
-    id: int = 0
-    recipients: int = 0
-    messages: int = 0
-    cancelled: int = 0
-    moved: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-
-
-def schedule_json(schedule: Schedule) -> tuple[str, dict[str, Any]]:
-    if isinstance(schedule, Once):
-        return "once", {"at": schedule.at.isoformat()}
-    if isinstance(schedule, Relative):
-        return "relative", {"column": schedule.column, "offsets_s": [o.total_seconds() for o in schedule.offsets]}
-    return "cron", {"cron": schedule.expr}
-
-
-def schedule_from_json(kind: str, data: dict[str, Any]) -> Schedule:
-    if kind == "once":
-        return Once(datetime.fromisoformat(data["at"]))
-    if kind == "relative":
-        return Relative(data["column"], tuple(timedelta(seconds=s) for s in data["offsets_s"]))
-    return Cron(data["cron"])
-
-
-def _needed_columns(spec_schedule: Schedule, template_names: tuple[str, ...]) -> list[str]:
-    from oaksend.worker.template import BUILTINS
-
-    needed = [n for n in template_names if n not in BUILTINS]
-    if isinstance(spec_schedule, Relative):
-        needed.append(spec_schedule.column)
-    return needed
-
-
-class Campaigns:
+class Campaigns(AudienceSync):
     """The campaign service: create, preview, update, pause, resume, cancel, and the scheduler's tick."""
 
     def __init__(self, settings: Settings, *, outbox: Outbox | None = None, redis_client: redis.Redis | None = None,
@@ -156,7 +101,7 @@ class Campaigns:
         _serial_number(spec.chatbot)
         tz = zone(spec.tz, "tz")
         template = parse_template(spec.template, header)
-        check_columns(header, spec.audience, _needed_columns(spec.schedule, template.names))
+        check_columns(header, spec.audience, needed_columns(spec.schedule, template.names))
         if spec.frequency_cap is not None and (not isinstance(spec.frequency_cap, int) or spec.frequency_cap < 1):
             raise ValidationError("frequency_cap", "must be a whole number of messages, at least 1")
         if spec.missed not in ("send", "skip"):
@@ -203,7 +148,7 @@ class Campaigns:
 
     @staticmethod
     def _error(errors: list[RowError], counts: Counter[str], error: RowError) -> None:
-        counts[_BAD_ROWS] += 1
+        counts[BAD_ROWS] += 1
         if len(errors) < MAX_ERRORS_KEPT:
             errors.append(error)
 
@@ -253,12 +198,12 @@ class Campaigns:
                     self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
             if errors:
                 s.rollback()
-                raise AudienceError(errors, counts[_BAD_ROWS])
+                raise AudienceError(errors, counts[BAD_ROWS])
             self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
             if result.recipients == 0:
                 s.rollback()
                 raise ValidationError("audience", "has no recipients")
-            del counts[_BAD_ROWS]
+            del counts[BAD_ROWS]
             result.skipped = counts
             self.outbox.set_campaign(s, cid, ("scheduled",), now, recipients=result.recipients, skipped=dict(counts))
             if spec.rate_cap_per_s:
@@ -337,7 +282,7 @@ class Campaigns:
             if len(out) >= limit:
                 break
         if errors:
-            raise AudienceError(errors, counts[_BAD_ROWS])
+            raise AudienceError(errors, counts[BAD_ROWS])
         return out[:limit]
 
     # -- reading --------------------------------------------------------------------------
@@ -424,143 +369,6 @@ class Campaigns:
             if not self.outbox.set_campaign(s, campaign_id, (*LIVE, "paused"), now, state="cancelled"):
                 raise InvalidTransition(f"campaign {campaign_id} is {c.state}; it cannot be cancelled")
             return self.outbox.cancel_campaign_messages(s, campaign_id, now, "campaign cancelled")
-
-    # -- keeping in step with the application ---------------------------------------------
-    def update(self, campaign_id: int, audience: Any) -> Result:
-        """Replace the audience: unsent reminders of changed recipients are rescheduled, removed
-        recipients' are cancelled, new recipients get theirs. All checked first; one transaction."""
-        header, rows = from_dicts(audience) if isinstance(audience, list) else audience
-        now = self.clock()
-        result = Result(id=campaign_id)
-        errors: list[RowError] = []
-        counts: Counter[str] = Counter()
-        with self.outbox.session() as s:
-            c = self._get(campaign_id, s)
-            if c.state not in CHANGEABLE:
-                raise InvalidTransition(f"campaign {campaign_id} is {c.state}; it cannot be updated")
-            plan, spec = self._stored(c)
-            check_columns(header, spec, _needed_columns(plan.schedule, plan.template.names))
-            old_keys = self.outbox.recipient_keys(s, campaign_id)
-            new_keys: set[str] = set()
-            window = self._cron_window(c, now)
-            for recipient, planned in self._recipients(rows, spec, plan, now, errors, counts, window):
-                if errors:
-                    continue
-                new_keys.add(recipient.key)
-                self._sync(s, c, plan, recipient, planned, now, result, paused=c.state == "paused")
-            if errors:
-                s.rollback()
-                raise AudienceError(errors, counts[_BAD_ROWS])
-            gone = old_keys - new_keys
-            for key in gone:
-                result.cancelled += self._cancel_recipient(s, campaign_id, key, now)
-            self.outbox.drop_recipients(s, campaign_id, list(gone))
-            del counts[_BAD_ROWS]
-            self.outbox.add_skipped(s, campaign_id, counts, now)
-            self.outbox.set_campaign(s, campaign_id, (c.state,), now,
-                                     recipients=self.outbox.count_recipients(s, campaign_id))
-            self._reopen(s, c, result, now)
-            if c.rate_cap_per_s and result.messages and c.state != "paused":
-                self._spread(s, campaign_id, c.rate_cap_per_s)
-            result.skipped = counts
-        wake(self.redis)
-        return result
-
-    def upsert_recipient(self, campaign_id: int, row: dict[str, Any], *, session: Session | None = None) -> Result:
-        """Add or change one recipient (a booking made or moved), in the caller's transaction when given.
-
-        Unsent reminders for a changed time are cancelled and new ones written; a sent one stays sent.
-        """
-        def work(s: Session) -> Result:
-            now = self.clock()
-            c = self._get(campaign_id, s)
-            if c.state not in CHANGEABLE:
-                raise InvalidTransition(f"campaign {campaign_id} is {c.state}; its recipients cannot change")
-            plan, spec = self._stored(c)
-            header, rows = from_dicts([row])
-            check_columns(header, spec, _needed_columns(plan.schedule, plan.template.names))
-            errors: list[RowError] = []
-            counts: Counter[str] = Counter()
-            result = Result(id=campaign_id)
-            for recipient, planned in self._recipients(rows, spec, plan, now, errors, counts, self._cron_window(c, now)):
-                self._sync(s, c, plan, recipient, planned, now, result, paused=c.state == "paused")
-            if errors:
-                raise ValidationError(f"row.{errors[0].column}", errors[0].why)
-            del counts[_BAD_ROWS]
-            self.outbox.add_skipped(s, campaign_id, counts, now)
-            self._reopen(s, c, result, now)
-            result.skipped = counts
-            return result
-
-        return self._in(session, work)
-
-    def remove_recipient(self, campaign_id: int, key: str, *, session: Session | None = None) -> int:
-        """Remove one recipient (a cancelled booking): its unsent reminders are cancelled with it."""
-        def work(s: Session) -> int:
-            now = self.clock()
-            self._get(campaign_id, s)
-            n = self._cancel_recipient(s, campaign_id, key, now)
-            self.outbox.drop_recipients(s, campaign_id, [key])
-            return n
-
-        return self._in(session, work)
-
-    def _reopen(self, s: Session, c: Any, result: Result, now: datetime) -> None:
-        """A finished campaign that got new messages runs again."""
-        if c.state == "finished" and result.messages:
-            self.outbox.set_campaign(s, c.id, ("finished",), now, state="running")
-
-    def _in(self, session: Session | None, work: Callable[[Session], Any]) -> Any:
-        if session is not None:
-            out = work(session)
-            session.flush()
-            event.listen(session, "after_commit", lambda _s: wake(self.redis), once=True)
-            return out
-        with self.outbox.session() as s:
-            out = work(s)
-        wake(self.redis)
-        return out
-
-    def _cancel_recipient(self, s: Session, campaign_id: int, key: str, now: datetime) -> int:
-        rows = self.outbox.open_campaign_messages(s, campaign_id, recipient_prefix(campaign_id, key))
-        return self.outbox.cancel_campaign_messages(s, campaign_id, now, "campaign: recipient removed",
-                                                    [m.id for m in rows])
-
-    def _sync(self, s: Session, c: Any, plan: CampaignPlan, recipient: Recipient, planned: list[Planned],
-              now: datetime, result: Result, *, paused: bool) -> None:
-        """Bring one recipient's messages in line with `planned` (cron: within the materialized window)."""
-        from oaksend.models.repository.campaigns import PAUSE_SHIFT
-
-        self.outbox.put_recipients(s, c.id, [{"key": recipient.key, "phone": recipient.phone,
-                                             "tz": recipient.zone.key, "data": recipient.values}])
-        quiet = plan.quiet_compact(recipient)
-        wanted = {row["idempotency_key"]: row for row in
-                  (message_row(c.id, c.serial_number, recipient, p, quiet, now) for p in planned)}
-        open_rows = {m.idempotency_key: m for m in
-                     self.outbox.open_campaign_messages(s, c.id, recipient_prefix(c.id, recipient.key))}
-        existing = self.outbox.campaign_messages_by_key(s, c.id, list(wanted))
-        stale = [m.id for key, m in open_rows.items() if key not in wanted]
-        if stale:
-            result.cancelled += self.outbox.cancel_campaign_messages(s, c.id, now, "campaign: rescheduled", stale)
-        new_rows = []
-        for key, row in wanted.items():
-            if paused:
-                row["next_attempt_at"] = row["next_attempt_at"] + PAUSE_SHIFT
-            have = existing.get(key)
-            if have is None:
-                new_rows.append(row)
-            elif have.state == "pending" and (have.body != row["body"] or have.to_phone != row["to_phone"]
-                                              or have.quiet != row["quiet"]):
-                self.outbox.reschedule_message(s, have.id, now, {
-                    "body": row["body"], "segments": row["segments"], "to_phone": row["to_phone"],
-                    "quiet": row["quiet"]})
-                result.moved += 1
-        if recipient.phone in self.outbox.is_suppressed([recipient.phone], session=s):
-            result.skipped["suppressed"] += len(new_rows)
-            return
-        new_rows = self._capped(s, new_rows, c.frequency_cap, result.skipped)
-        self.outbox.insert_campaign_messages(s, new_rows)
-        result.messages += len(new_rows)
 
     # -- the scheduler's tick -------------------------------------------------------------
     def _cron_window(self, c: Any, now: datetime) -> tuple[datetime, datetime] | None:

@@ -1,0 +1,82 @@
+"""What a campaign is asked to be (`CampaignSpec`), what an action did (`Result`), and their shared constants.
+
+Kept apart from the service (oaksend.worker.campaigns) so that its parts, creating
+and syncing, share them without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from oaksend.worker.audience import AudienceSpec
+from oaksend.worker.schedule import Cron, Once, Relative, Schedule
+
+#: How far ahead the scheduler materializes cron occurrences.
+CRON_HORIZON = timedelta(hours=6)
+#: The bad-row count's key in a skip Counter (no cause can be named so); removed before counts are shown.
+BAD_ROWS = "\x00bad rows"
+#: Open states a campaign can be paused, resumed or cancelled from.
+LIVE = ("draft", "scheduled", "running")
+#: States whose audience may change (a finished relative campaign takes new bookings and runs again).
+CHANGEABLE = (*LIVE, "paused", "finished")
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """What `oaksend campaign create` (or application code) asks for; checked by `Campaigns.create`."""
+
+    name: str
+    chatbot: str
+    template: str
+    schedule: Schedule
+    tz: str = "UTC"
+    audience: AudienceSpec = field(default_factory=AudienceSpec)
+    quiet_hours: str | None = "21:00-08:00"
+    deadline: str | None = None
+    rate_cap_per_s: float | None = None
+    missed: str = "send"
+    frequency_cap: int | None = None
+
+
+@dataclass
+class Result:
+    """What a create / update / tick did."""
+
+    id: int = 0
+    recipients: int = 0
+    messages: int = 0
+    cancelled: int = 0
+    moved: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def schedule_json(schedule: Schedule) -> tuple[str, dict[str, Any]]:
+    if isinstance(schedule, Once):
+        return "once", {"at": schedule.at.isoformat()}
+    if isinstance(schedule, Relative):
+        return "relative", {"column": schedule.column, "offsets_s": [o.total_seconds() for o in schedule.offsets]}
+    return "cron", {"cron": schedule.expr}
+
+
+def schedule_from_json(kind: str, data: dict[str, Any]) -> Schedule:
+    if kind == "once":
+        return Once(datetime.fromisoformat(data["at"]))
+    if kind == "relative":
+        return Relative(data["column"], tuple(timedelta(seconds=s) for s in data["offsets_s"]))
+    return Cron(data["cron"])
+
+
+def needed_columns(spec_schedule: Schedule, template_names: tuple[str, ...]) -> list[str]:
+    from oaksend.worker.template import BUILTINS
+
+    needed = [n for n in template_names if n not in BUILTINS]
+    if isinstance(spec_schedule, Relative):
+        needed.append(spec_schedule.column)
+    return needed
+
+
+__all__ = ["CHANGEABLE", "CRON_HORIZON", "LIVE", "CampaignSpec", "Result", "needed_columns", "schedule_from_json",
+           "schedule_json"]
