@@ -69,6 +69,8 @@ class AttemptRecord:
     session_id: int | None = None
     error: str | None = None
     worker: str | None = None
+    session_id_text: str | None = None  #: a SessionID that is not a 64-bit integer
+    anomalies: str | None = None  #: what was odd in the response, or did not fit a column
 
 
 @dataclass(frozen=True)

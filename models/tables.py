@@ -115,6 +115,8 @@ class Message(Base):
     last_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
     last_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     session_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: A SessionID of a sent message that is not a signed 64-bit integer, as the API wrote it.
+    session_id_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -161,6 +163,11 @@ class Attempt(Base):
     data_status: Mapped[str | None] = mapped_column(String(64), nullable=True)
     data_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     session_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: Data.SessionID when it is not a signed 64-bit integer (too large, a float, a word).
+    session_id_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: What in the response differed from the documented envelope, and values that did not
+    #: fit their column (a Code beyond 32 bits, a clamped text): "; "-separated.
+    anomalies: Mapped[str | None] = mapped_column(Text, nullable=True)
     classification: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -18,6 +18,13 @@ from oaksend.sandbox.config import PROBABILITY_FIELDS, Config
 from oaksend.sandbox.exceptions import ConfigError
 
 MALFORMED_VARIANTS = ("truncated", "html", "array", "wrong-types", "missing-fields", "huge", "empty")
+#: HTTP 200 bodies that state success plainly but differ from the documented shape elsewhere
+#: (see responses.odd_success); a careful client counts each as sent, once.
+ODD_SUCCESS_VARIANTS = (
+    "status-bool", "status-spaced", "no-message", "message-null", "message-number", "session-float",
+    "session-exp", "session-string", "session-negative", "session-huge", "session-word", "code-string",
+    "code-float", "extra-fields", "no-version", "all",
+)
 
 #: the keys a script can match on, in the order they are tried
 SCRIPT_KEYS = ("ToPhoneNumber", "SerialNumber")
@@ -31,12 +38,12 @@ class Outcome:
     it from the configuration and the random source.
     """
 
-    #: ok | http | code | status-false | twilio | hang | reset | malformed
+    #: ok | http | code | status-false | twilio | hang | reset | malformed | odd-success
     kind: str
     #: HTTP status for "http"; envelope Code (under HTTP 200) for "code"
     status: int = 200
     twilio_code: int | None = None
-    variant: str | None = None  #: one of MALFORMED_VARIANTS
+    variant: str | None = None  #: one of MALFORMED_VARIANTS (or ODD_SUCCESS_VARIANTS)
     retry_after: int | None = None  #: seconds, for a 429
     hang_s: float | None = None
     #: recorded as the request's ``fault``; a token for everything a script can ask for
@@ -45,7 +52,7 @@ class Outcome:
     @property
     def issues_session(self) -> bool:
         """True when the fake provider "processed" the send and hands out a SessionID."""
-        return self.kind in ("ok", "status-false", "malformed")
+        return self.kind in ("ok", "status-false", "malformed", "odd-success")
 
 
 OK = Outcome("ok")
@@ -73,11 +80,14 @@ def parse_token(token: str) -> Outcome:
             return Outcome("reset", label="reset")
         if head == "malformed" and (not arg or arg in MALFORMED_VARIANTS):
             return Outcome("malformed", variant=arg or None, label=text)
+        if head == "success" and arg in ODD_SUCCESS_VARIANTS:
+            return Outcome("odd-success", variant=arg, label=text)
     except ValueError:
         pass
     raise ConfigError(
         f"unknown outcome {token!r}: use ok, an HTTP status 400-599, code:<n>, status-false[:<twilio code>], "
-        f"twilio[:<code>], hang[:<s>], reset, malformed[:{'|'.join(MALFORMED_VARIANTS)}]"
+        f"twilio[:<code>], hang[:<s>], reset, malformed[:{'|'.join(MALFORMED_VARIANTS)}], "
+        f"success:{'|'.join(ODD_SUCCESS_VARIANTS)}"
     )
 
 

@@ -126,6 +126,50 @@ def malformed(variant: str, session_id: int) -> Response:
     raise ValueError(f"unknown malformed variant {variant!r}")
 
 
+def odd_success(variant: str, session_id: int) -> Response:
+    """HTTP 200 that plainly states success (Success true, Code 200, Status "True") but is odd elsewhere.
+
+    Each variant changes one thing the documentation does not promise ("all" changes
+    them together); SessionIDs are written as the variant says, derived from ``session_id``.
+    """
+    digits = str(session_id)
+    data: dict[str, Any] = {"Status": "True", "Message": "", "SessionID": session_id}
+    top: dict[str, Any] = {"Data": data, "Version": VERSION, "Success": True, "Code": 200, "Message": ""}
+    raw_session: str | None = None  # a number literal json.dumps cannot write as such
+    changes = {
+        "status-bool": lambda: data.update(Status=True),
+        "status-spaced": lambda: data.update(Status="  TRUE "),
+        "no-message": lambda: top.pop("Message"),
+        "message-null": lambda: top.update(Message=None),
+        "message-number": lambda: top.update(Message=0),
+        "session-string": lambda: data.update(SessionID=digits),
+        "session-negative": lambda: data.update(SessionID=-session_id),
+        "session-huge": lambda: data.update(SessionID=session_id + 2**64),
+        "session-word": lambda: data.update(SessionID=f"sess-{digits}"),
+        "code-string": lambda: top.update(Code="200"),
+        "code-float": lambda: top.update(Code=200.0),
+        "extra-fields": lambda: (top.update(RequestId="r-1", Extra={"a": 1}), data.update(Segments=1)),
+        "no-version": lambda: top.pop("Version"),
+    }
+    if variant == "session-float":
+        raw_session = f"{digits}.0"
+    elif variant == "session-exp":
+        raw_session = f"{digits[0]}.{digits[1:]}e{len(digits) - 1}"
+    elif variant == "all":
+        for name in ("status-bool", "no-message", "code-string", "extra-fields", "no-version"):
+            changes[name]()
+        raw_session = f"{digits}.0"
+    elif variant in changes:
+        changes[variant]()
+    else:
+        raise ValueError(f"unknown odd success variant {variant!r}")
+    if raw_session is None:
+        return json_response(top)
+    data["SessionID"] = "@SESSION@"
+    body = json.dumps(top, separators=(",", ":")).replace('"@SESSION@"', raw_session)
+    return Response(200, body.encode(), JSON)
+
+
 def for_outcome(outcome: Outcome, session_id: int | None) -> Response:
     """The answer to a valid request given its (resolved) outcome.
 
@@ -155,4 +199,7 @@ def for_outcome(outcome: Outcome, session_id: int | None) -> Response:
     if kind == "malformed":
         assert session_id is not None and outcome.variant is not None
         return malformed(outcome.variant, session_id)
+    if kind == "odd-success":
+        assert session_id is not None and outcome.variant is not None
+        return odd_success(outcome.variant, session_id)
     raise ValueError(f"outcome {outcome.label!r} has no response body")

@@ -4,9 +4,11 @@
 DESIGN.md's "Classification defaults", checked in this order:
 
 1. A transport failure: never left -> RETRY; may have been received -> AMBIGUOUS.
-2. A 2xx whose body is not the documented envelope -> AMBIGUOUS.
-3. A clean success (Success true, Code 2xx, Data.Status "True") -> SENT,
-   whatever numbers its texts hold: a send that happened must never be retried.
+2. A stated success (HTTP 2xx, Success true, Code 2xx as read by the lenient
+   envelope parser, Data.Status "True" in any case and spacing or JSON true)
+   -> SENT, whatever else is odd (SessionID kept as text, extra fields, texts
+   holding numbers): a send that happened must never be retried.
+3. Otherwise, a 2xx whose body cannot be read as an object -> AMBIGUOUS.
 4. A Twilio code in the envelope's Message or Data.Message: retry-later codes
    -> RETRY with a floor of minutes; 21610/30006 -> FINAL and suppress the
    number; the other known final codes -> FINAL.
@@ -14,7 +16,8 @@ DESIGN.md's "Classification defaults", checked in this order:
    reuses HTTP numbers for business errors):
    408/425/429/503 -> RETRY (Retry-After honoured); other 5xx -> AMBIGUOUS;
    401/403 -> FINAL and pause the chatbot; other 4xx -> FINAL.
-6. Code 2xx but Success false or Data.Status not "True" -> FINAL.
+6. Code 2xx but Success false or Data.Status not "True" -> FINAL; a Code,
+   Success or Data.Status that is missing or unreadable -> AMBIGUOUS.
 
 ``overrides`` maps a number (an HTTP status, an envelope Code or a Twilio code)
 to the verdict it should get instead; it applies to the number that decided.
@@ -136,34 +139,64 @@ def _classify_envelope(
             return _by_twilio(twilio, retry_after_s, retry_later_floor_s), twilio
         return _by_status(http_status, f"http_{http_status}", retry_after_s), http_status
 
+    # A plainly stated success wins over everything else in the body: resending
+    # an SMS that went out is the worst outcome there is.
+    if _states_success(env):
+        if _is_int(env.session_id):
+            reason = "ok"
+        elif env.session_id_text is not None:
+            reason = "ok_session_id_text"
+        else:
+            reason = "ok_no_session_id"
+        return Decision(Verdict.SENT, reason), None
     if env.malformed is not None:
         return Decision(Verdict.AMBIGUOUS, f"malformed: {env.malformed}", retry_after_s), None
-    code = env.code if _is_int(env.code) else None
-    code_ok = code is not None and 200 <= code <= 299
-    status_true = isinstance(env.data_status, str) and env.data_status.strip().lower() == "true"
-    if code_ok and env.success is True and status_true:
-        reason = "ok" if _is_int(env.session_id) else "ok_no_session_id"
-        return Decision(Verdict.SENT, reason), None
 
     twilio = _twilio_code(env, overrides)
     if twilio is not None:
         return _by_twilio(twilio, retry_after_s, retry_later_floor_s), twilio
-    if code is None:  # unreachable for a parsed envelope; kept for odd values
+    code = env.code if _is_int(env.code) else None
+    if code is None:
+        # No readable Code: a failure or a success, nobody can tell.
         return Decision(Verdict.AMBIGUOUS, "code_missing", retry_after_s), None
-    if not code_ok:
+    if not 200 <= code <= 299:
         if 100 <= code <= 599:
             return _by_status(code, f"code_{code}", retry_after_s), code
         # Not an HTTP number: the provider's own failure says "not sent" when
         # Success is false; otherwise nobody knows.
         if env.success is False:
-            return Decision(Verdict.FINAL, f"code_{code}"), code
-        return Decision(Verdict.AMBIGUOUS, f"code_{code}", retry_after_s), code
+            return Decision(Verdict.FINAL, _code_reason(code)), code
+        return Decision(Verdict.AMBIGUOUS, _code_reason(code), retry_after_s), code
+    if env.success is None:
+        return Decision(Verdict.AMBIGUOUS, "success_missing", retry_after_s), code
     if env.success is not True:
         return Decision(Verdict.FINAL, "success_false"), code
     if env.data_status is None:
         # Success with no status at all: the send may well have happened.
         return Decision(Verdict.AMBIGUOUS, "status_missing", retry_after_s), code
     return Decision(Verdict.FINAL, "status_false"), code
+
+
+def _states_success(env: Envelope) -> bool:
+    """HTTP 2xx, Success true, Code 2xx and Data.Status "true" in any case and spacing.
+
+    Only a body read whole states anything (``malformed`` None: a JSON object).
+    """
+    return (
+        env.malformed is None
+        and _is_int(env.http_status)
+        and 200 <= env.http_status <= 299
+        and env.success is True
+        and _is_int(env.code)
+        and 200 <= env.code <= 299  # type: ignore[operator]
+        and isinstance(env.data_status, str)
+        and "".join(env.data_status.split()).lower() == "true"
+    )
+
+
+def _code_reason(code: int) -> str:
+    text = str(code)
+    return f"code_{text if len(text) <= 20 else text[:17] + '...'}"
 
 
 def _by_status(status: int, reason: str, retry_after_s: float | None) -> Decision:

@@ -12,6 +12,7 @@ is never written into a value, an exception, a log line or a repr.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 import httpx
 
 from oaksend.errors import ConfigError
+from oaksend.worker.envelope import Envelope, parse_envelope
 
 __all__ = [
     "Envelope",
@@ -34,6 +36,8 @@ __all__ = [
     "SEND_PATH",
     "TransportError",
     "base_url_for",
+    "check_base_url",
+    "is_loopback_url",
     "parse_envelope",
     "parse_retry_after",
 ]
@@ -46,10 +50,8 @@ _REGION_BASE_URLS: Final = {
     "eu": "https://euapi.hottask.com",
 }
 
-_EXCERPT_CHARS: Final = 500  #: body characters kept for the audit trail
 _DETAIL_CHARS: Final = 300  #: longest TransportError.detail
 _REDACTED: Final = "[redacted]"
-_SESSION_ID_MAX: Final = 2**63 - 1  #: stored as a signed 64-bit integer
 #: Larger Retry-After values are clamped: they mean "not for a very long time"
 #: and classify caps them far lower anyway; this only keeps floats finite.
 _RETRY_AFTER_MAX_S: Final = 10**9
@@ -58,36 +60,9 @@ _RETRY_AFTER_MAX_S: Final = 10**9
 # have been sent, which is an ambiguous outcome we would rather not create.
 _KEEPALIVE_EXPIRY_S: Final = 4.0
 _MAX_CONNECTIONS: Final = 4  #: per client; a client serves one thread
-_LITERAL_PREFIXES: Final = frozenset(
-    word[:i] for word in ("true", "false", "null") for i in range(1, len(word))
-)
 _DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
-_DIGITS = re.compile(r"\d{1,19}", re.ASCII)
 # email.utils raises any of these for a junk date, depending on the junk.
 _DATE_ERRORS: Final = (TypeError, ValueError, IndexError, OverflowError)
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What came back over HTTP, parsed as far as possible.
-
-    ``malformed`` is None when the body is the documented envelope; otherwise
-    it is a short reason ("not json", "truncated json", "missing field Code",
-    "wrong type Success", "body too large", "empty body", "html page", ...)
-    and the fields hold whatever could still be read.
-    """
-
-    http_status: int
-    success: bool | None
-    code: int | None
-    message: str | None  #: the envelope's Message
-    data_status: str | None  #: Data.Status
-    data_message: str | None  #: Data.Message
-    session_id: int | None  #: Data.SessionID (64-bit)
-    version: str | None
-    retry_after_s: float | None  #: the Retry-After header, in seconds from the response
-    malformed: str | None
-    body_excerpt: str  #: the body's first characters, for the audit trail
 
 
 @dataclass(frozen=True)
@@ -109,17 +84,22 @@ class TransportError:
 Outcome = Envelope | TransportError
 
 
-def base_url_for(region: str | None, base_url: str | None) -> str:
+def base_url_for(region: str | None, base_url: str | None, *, allow_insecure: bool = False) -> str:
     """Return the API base URL: an explicit ``base_url`` wins, else the region's.
 
     ``region`` is "us" or "eu" (any case). The result has no trailing slash.
+    An explicit URL must be https unless its host is loopback or
+    ``allow_insecure`` is set (see :func:`check_base_url`).
 
     Raises:
         ConfigError: the region is unknown, or neither is given (guessing a
-            region would send an EU customer's data to the US host).
+            region would send an EU customer's data to the US host), or the
+            URL would carry the key in cleartext.
     """
     if base_url is not None and base_url.strip():
-        return base_url.strip().rstrip("/")
+        url = base_url.strip().rstrip("/")
+        check_base_url(url, allow_insecure=allow_insecure)
+        return url
     if region is None or not region.strip():
         raise ConfigError("NEWOAKS_REGION: set NEWOAKS_REGION (us or eu) or NEWOAKS_BASE_URL")
     try:
@@ -130,6 +110,45 @@ def base_url_for(region: str | None, base_url: str | None) -> str:
             f"NEWOAKS_REGION: unknown region {shown!r}; expected 'us' or 'eu' "
             "(or set NEWOAKS_BASE_URL for a white-label host)"
         ) from None
+
+
+def check_base_url(base_url: str, *, allow_insecure: bool = False) -> None:
+    """Refuse a base URL that would send the key (a header) and every number in cleartext.
+
+    https is required, except for a loopback host (127.0.0.0/8, ::1, localhost:
+    the sandbox on one's own machine) or when ``allow_insecure`` is set
+    (``OAKSEND_ALLOW_INSECURE_BASE_URL``, e.g. a sandbox in a private network).
+
+    Raises:
+        ConfigError: naming NEWOAKS_BASE_URL; the message shows only scheme and host.
+    """
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise ConfigError("NEWOAKS_BASE_URL: is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError("NEWOAKS_BASE_URL: must be an https:// URL with a host")
+    if url.scheme == "https" or allow_insecure or is_loopback_url(url):
+        return
+    raise ConfigError(
+        f"NEWOAKS_BASE_URL: http://{url.host} is not https; the API key would travel in cleartext "
+        "(use https, a loopback host, or set OAKSEND_ALLOW_INSECURE_BASE_URL=1 for a private sandbox)"
+    )
+
+
+def is_loopback_url(url: str | httpx.URL) -> bool:
+    """True when the URL's host is this machine: 127.0.0.0/8, ::1 or localhost."""
+    try:
+        host = (url if isinstance(url, httpx.URL) else httpx.URL(url)).host
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class NewOaksClient:
@@ -259,128 +278,6 @@ class NewOaksClient:
             incomplete=incomplete,
             secret=self._api_key,
         )
-
-
-def parse_envelope(
-    http_status: int,
-    body: bytes,
-    *,
-    retry_after_s: float | None = None,
-    incomplete: str | None = None,
-    secret: str | None = None,
-) -> Envelope:
-    """Parse a response body into an :class:`Envelope`; never raises.
-
-    Args:
-        http_status: the response's status code.
-        body: the body bytes read (possibly cut short).
-        retry_after_s: the already parsed Retry-After, carried along.
-        incomplete: why the body is not whole ("body too large", "body read
-            failed: ..."), if so; the body is then not parsed, only excerpted.
-        secret: a string to cut out of every text taken from the body (the API
-            key, in case an error page echoes the request headers).
-    """
-    # Redact before cutting the excerpt, so no prefix of the key survives.
-    head = body[: _EXCERPT_CHARS * 4 + len(secret or "")].decode("utf-8", errors="replace")
-    excerpt = _redact(head, secret)[:_EXCERPT_CHARS]
-    fields: dict[str, Any] = {}
-    malformed = incomplete if incomplete is not None else _parse_fields(body, fields)
-    for name in ("message", "data_status", "data_message", "version"):
-        if fields.get(name) is not None:
-            fields[name] = _redact(fields[name], secret)
-    return Envelope(
-        http_status=http_status,
-        success=fields.get("success"),
-        code=fields.get("code"),
-        message=fields.get("message"),
-        data_status=fields.get("data_status"),
-        data_message=fields.get("data_message"),
-        session_id=fields.get("session_id"),
-        version=fields.get("version"),
-        retry_after_s=retry_after_s,
-        malformed=malformed,
-        body_excerpt=excerpt,
-    )
-
-
-def _parse_fields(body: bytes, fields: dict[str, Any]) -> str | None:
-    """Fill ``fields`` with what the body holds; return the first problem or None."""
-    text = body.strip()
-    if not text:
-        return "empty body"
-    if text.startswith(b"<"):
-        return "html page" if b"html" in text[:1024].lower() else "not json"
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        tail = exc.doc[exc.pos :].strip()
-        if exc.msg.startswith("Unterminated string") or not tail or tail in _LITERAL_PREFIXES:
-            return "truncated json"
-        return "not json"
-    except (ValueError, RecursionError):
-        # Bytes that are not UTF-8/16/32, or nesting deeper than the stack.
-        return "not json"
-    if not isinstance(doc, dict):
-        return "not an object"
-
-    problems: list[str] = []
-
-    def take(obj: dict[str, Any], key: str, label: str, ok: Any, *, required: bool) -> Any:
-        if key not in obj:
-            if required:
-                problems.append(f"missing field {label}")
-            return None
-        value = obj[key]
-        if value is None and label not in ("Success", "Code"):
-            return None
-        if not ok(value):
-            problems.append(f"wrong type {label}")
-            return None
-        return value
-
-    fields["success"] = take(doc, "Success", "Success", _is_bool, required=True)
-    fields["code"] = take(doc, "Code", "Code", _is_int, required=True)
-    fields["message"] = take(doc, "Message", "Message", _is_str, required=True)
-    data = take(doc, "Data", "Data", _is_dict, required=True)
-    if data is not None:
-        fields["data_status"] = take(data, "Status", "Data.Status", _is_str, required=False)
-        fields["data_message"] = take(data, "Message", "Data.Message", _is_str, required=False)
-        raw_id = take(data, "SessionID", "Data.SessionID", _is_int_or_digits, required=False)
-        if raw_id is not None:
-            session_id = int(raw_id)
-            if session_id > _SESSION_ID_MAX:
-                problems.append("out of range Data.SessionID")
-            else:
-                fields["session_id"] = session_id
-    # Version is informational: a wrong type there must not cast doubt on a send.
-    version = doc.get("Version")
-    fields["version"] = version if isinstance(version, str) else None
-    return problems[0] if problems else None
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    # bool is an int subclass in Python; true is not a status code.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_dict(value: Any) -> bool:
-    return isinstance(value, dict)
-
-
-def _is_int_or_digits(value: Any) -> bool:
-    # 123123123123 exceeds 2**31; some serializers send 64-bit ids as strings
-    # so that JavaScript clients keep every digit.
-    if _is_int(value):
-        return bool(value >= 0)
-    return isinstance(value, str) and _DIGITS.fullmatch(value) is not None
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:

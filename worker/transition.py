@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from oaksend.models.fit import fit_attempt
 from oaksend.models.records import INDEFINITE, AttemptRecord, Transition
 from oaksend.worker.backoff import compute_backoff, deadline_allows
 from oaksend.worker.classify import Decision, Verdict
@@ -91,9 +92,13 @@ def _pause(decision: Decision, now: datetime) -> tuple[datetime | None, str | No
 
 def attempt_record(outcome: Outcome, decision: Decision, *, number: int, started_at: datetime,
                    latency_ms: float, worker: str) -> AttemptRecord:
-    """The audit row of one call: every envelope field, the classification, the error."""
+    """The audit row of one call: every envelope field, the classification, the error.
+
+    Every value is made to fit its column (`models.fit`): what the API answered is
+    data, and writing it must never fail.
+    """
     if isinstance(outcome, TransportError):
-        return AttemptRecord(
+        return fit_attempt(AttemptRecord(
             number=number,
             started_at=started_at,
             latency_ms=latency_ms,
@@ -101,11 +106,11 @@ def attempt_record(outcome: Outcome, decision: Decision, *, number: int, started
             reason=decision.reason,
             error=f"{outcome.kind}: {outcome.detail}"[:2000],
             worker=worker,
-        )
+        ))
     error = None
     if outcome.malformed:
         error = f"malformed response ({outcome.malformed}): {outcome.body_excerpt}"[:2000]
-    return AttemptRecord(
+    return fit_attempt(AttemptRecord(
         number=number,
         started_at=started_at,
         latency_ms=latency_ms,
@@ -120,4 +125,6 @@ def attempt_record(outcome: Outcome, decision: Decision, *, number: int, started
         session_id=outcome.session_id,
         error=error,
         worker=worker,
-    )
+        session_id_text=outcome.session_id_text,
+        anomalies="; ".join(outcome.anomalies) or None,
+    ))

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, bindparam, func, select, update
+from sqlalchemy import BigInteger, Integer, Text, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from oaksend.models.fit import fit_attempt, fits_int64
 from oaksend.models.records import AttemptRecord, Transition, Work
 from oaksend.models.repository.base import Repository
 from oaksend.models.tables import (
@@ -43,6 +44,7 @@ _RECORD_VALUES = {
     "updated_at": bindparam("b_now", type_=UTCDateTime()),
     "next_attempt_at": func.coalesce(bindparam("b_next", type_=UTCDateTime()), _messages.c.next_attempt_at),
     "session_id": func.coalesce(bindparam("b_session", type_=BigInteger()), _messages.c.session_id),
+    "session_id_text": func.coalesce(bindparam("b_session_text", type_=Text()), _messages.c.session_id_text),
     "sent_at": func.coalesce(bindparam("b_sent_at", type_=UTCDateTime()), _messages.c.sent_at),
 }
 _RECORD = (
@@ -117,8 +119,10 @@ class SendRepository(Repository):
 
         The attempt row is written even if the lease was lost meanwhile: the call
         was made and the audit trail must show it. Returns whether the message
-        row was still ours and changed.
+        row was still ours and changed. The attempt's values are made to fit their
+        columns first (`models.fit`), so an odd response can never fail the write.
         """
+        attempt = fit_attempt(attempt)
         params = {
             "b_id": message_id,
             "b_token": token,
@@ -129,7 +133,9 @@ class SendRepository(Repository):
             "b_reason": change.reason,
             "b_now": now,
             "b_next": change.next_attempt_at,
-            "b_session": change.session_id if change.sent else None,
+            "b_session": change.session_id if change.sent and fits_int64(change.session_id) else None,
+            # A SessionID that is not a 64-bit integer travels on the attempt only.
+            "b_session_text": attempt.session_id_text if change.sent else None,
             "b_sent_at": now if change.sent else None,
         }
         with self.engine.begin() as conn:

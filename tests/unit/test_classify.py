@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,7 @@ from oaksend.worker.classify import (
     Verdict,
     classify,
 )
-from oaksend.worker.client import Envelope, TransportError
+from oaksend.worker.client import Envelope, TransportError, parse_envelope
 
 SENT, RETRY, FINAL, AMBIGUOUS = Verdict.SENT, Verdict.RETRY, Verdict.FINAL, Verdict.AMBIGUOUS
 
@@ -293,3 +294,112 @@ def test_classify_never_raises(outcome: Any, overrides: dict[int, Verdict] | Non
         assert 0.0 <= decision.retry_after_s <= 3600.0
     if decision.verdict is SENT:
         assert not (decision.throttled or decision.pause_chatbot or decision.suppress_number)
+
+
+# --- a plainly stated success is SENT, whatever else is odd (read from real bodies) ---------
+
+_DOC = {"Data": {"Status": "True", "Message": "", "SessionID": 123123123123}, "Version": "1.0.0",
+        "Success": True, "Code": 200, "Message": ""}
+
+
+def _body(*, data: dict[str, Any] | None = None, drop: tuple[str, ...] = (), **top: Any) -> bytes:
+    doc: dict[str, Any] = {**_DOC, "Data": {**_DOC["Data"], **(data or {})}, **top}
+    for key in drop:
+        doc.pop(key)
+    return json.dumps(doc).encode()
+
+
+def _raw_session(literal: str) -> bytes:
+    return _body(data={"SessionID": "@"}).replace(b'"@"', literal.encode())
+
+
+# (name, body, session_id, session_id_text)
+ODD_SUCCESSES: list[tuple[str, bytes, int | None, str | None]] = [
+    ("documented", _body(), 123123123123, None),
+    ("status JSON true", _body(data={"Status": True}), 123123123123, None),
+    ("status lower case", _body(data={"Status": "true"}), 123123123123, None),
+    ("status upper case and spaces", _body(data={"Status": "  TRUE\t"}), 123123123123, None),
+    ("no top-level Message", _body(drop=("Message",)), 123123123123, None),
+    ("Message null", _body(Message=None), 123123123123, None),
+    ("Message a number", _body(Message=0), 123123123123, None),
+    ("Message an object", _body(Message={"detail": "queued"}), 123123123123, None),
+    ("Data.Message null", _body(data={"Message": None}), 123123123123, None),
+    ("Version missing", _body(drop=("Version",)), 123123123123, None),
+    ("Version a number", _body(Version=1), 123123123123, None),
+    ("extra unknown fields", _body(RequestId="r-1", Trace={"a": [1]}, data={"Segments": 2}), 123123123123, None),
+    ("Code as a numeric string", _body(Code="200"), 123123123123, None),
+    ("Code 201 as a string with spaces", _body(Code=" 201 "), 123123123123, None),
+    ("Code as 200.0", _body(Code=200.0), 123123123123, None),
+    ("Code 202", _body(Code=202), 123123123123, None),
+    ("SessionID 123.0", _raw_session("123.0"), 123, None),
+    ("SessionID 1.23e11", _raw_session("1.23e11"), 123000000000, None),
+    ("SessionID 1.23E+11", _raw_session("1.23E+11"), 123000000000, None),
+    ("SessionID a digit string", _body(data={"SessionID": "123123123123"}), 123123123123, None),
+    ("SessionID negative", _body(data={"SessionID": -42}), -42, None),
+    ("SessionID 2**63 - 1", _body(data={"SessionID": 2**63 - 1}), 2**63 - 1, None),
+    ("SessionID 2**63", _body(data={"SessionID": 2**63}), None, str(2**63)),
+    ("SessionID 2**64 + 5", _body(data={"SessionID": 2**64 + 5}), None, str(2**64 + 5)),
+    ("SessionID below -2**63", _body(data={"SessionID": -(2**63) - 1}), None, str(-(2**63) - 1)),
+    ("SessionID 10**60", _raw_session("1" + "0" * 60), None, "1" + "0" * 60),
+    ("SessionID 1e400", _raw_session("1e400"), None, "1e400"),
+    ("SessionID a fraction", _raw_session("1.5"), None, "1.5"),
+    ("SessionID NaN", _raw_session("NaN"), None, "NaN"),
+    ("SessionID a word", _body(data={"SessionID": "sess-9f"}), None, "sess-9f"),
+    ("SessionID an object", _body(data={"SessionID": {"id": 1}}), None, '{"id":1}'),
+    ("SessionID null", _body(data={"SessionID": None}), None, None),
+    ("no SessionID", _body(data={"Message": "x"}).replace(b', "SessionID": 123123123123', b""), None, None),
+    ("Success as a string", _body(Success="true"), 123123123123, None),
+    ("a retry-later code in Data.Message", _body(data={"Message": "queued after 30003"}), 123123123123, None),
+    ("everything odd at once", _raw_session("123123123123.0").replace(b'"Status": "True"', b'"Status": true')
+     .replace(b'"Code": 200', b'"Code": "200"').replace(b'"Version": "1.0.0", ', b'"X": 1, '), 123123123123, None),
+]
+
+
+@pytest.mark.parametrize(("body", "session_id", "session_id_text"), [r[1:] for r in ODD_SUCCESSES],
+                         ids=[r[0] for r in ODD_SUCCESSES])
+def test_a_stated_success_is_sent_whatever_else_is_odd(body: bytes, session_id: int | None,
+                                                       session_id_text: str | None) -> None:
+    outcome = parse_envelope(200, body)
+    assert (outcome.malformed, outcome.session_id, outcome.session_id_text) == (None, session_id, session_id_text)
+    decision = classify(outcome)
+    expected_reason = "ok" if session_id is not None else "ok_session_id_text" if session_id_text else "ok_no_session_id"
+    assert decision == Decision(SENT, expected_reason)
+    # Overrides of the Code do not undo a stated success either.
+    assert classify(outcome, overrides={200: FINAL}).verdict is SENT
+
+
+# Bodies that do not state success: never SENT; AMBIGUOUS only when they cannot tell.
+NOT_SUCCESSES: list[tuple[str, bytes, Decision]] = [
+    ("Success false", _body(Success=False), Decision(FINAL, "success_false")),
+    ("Success 'false'", _body(Success="false"), Decision(FINAL, "success_false")),
+    ("Status False", _body(data={"Status": "False"}), Decision(FINAL, "status_false")),
+    ("Status JSON false", _body(data={"Status": False}), Decision(FINAL, "status_false")),
+    ("Status a number", _body(data={"Status": 1}), Decision(FINAL, "status_false")),
+    ("Code '500'", _body(Code="500"), Decision(AMBIGUOUS, "code_500")),
+    ("Code '400'", _body(Code="400"), Decision(FINAL, "code_400")),
+    ("Code beyond 64 bits, Success false", _body(Code=2**70, Success=False), Decision(FINAL, f"code_{str(2**70)[:17]}...")),
+    ("Code beyond 32 bits, Success true", _body(Code=2**33), Decision(AMBIGUOUS, f"code_{2**33}")),
+    ("Code 'abc'", _body(Code="abc"), Decision(AMBIGUOUS, "code_missing")),
+    ("no Code", _body(drop=("Code",)), Decision(AMBIGUOUS, "code_missing")),
+    ("no Success", _body(drop=("Success",)), Decision(AMBIGUOUS, "success_missing")),
+    ("Success 'yes'", _body(Success="yes"), Decision(AMBIGUOUS, "success_missing")),
+    ("no Data", _body(drop=("Data",)), Decision(AMBIGUOUS, "status_missing")),
+    ("Data a list", _body(Data=[1]), Decision(AMBIGUOUS, "status_missing")),
+    ("Status null", _body(data={"Status": None}), Decision(AMBIGUOUS, "status_missing")),
+    ("truncated success", _body()[:60], Decision(AMBIGUOUS, "malformed: truncated json")),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), [r[1:] for r in NOT_SUCCESSES], ids=[r[0] for r in NOT_SUCCESSES])
+def test_a_body_that_does_not_state_success(body: bytes, expected: Decision) -> None:
+    assert classify(parse_envelope(200, body)) == expected
+
+
+def test_odd_success_shapes_of_the_sandbox_are_sent() -> None:
+    """The shapes the integration test serves through the real sandbox, read here without I/O."""
+    from oaksend.sandbox.faults import ODD_SUCCESS_VARIANTS
+    from oaksend.sandbox.responses import odd_success
+
+    for variant in ODD_SUCCESS_VARIANTS:
+        outcome = parse_envelope(200, odd_success(variant, 123123123124).body)
+        assert classify(outcome).verdict is SENT, variant

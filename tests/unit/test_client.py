@@ -286,50 +286,70 @@ ERROR_ENVELOPE = {"Success": False, "Code": 401, "Message": "Unauthorized", "Dat
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "malformed", "fields"),
+    ("status", "body", "malformed", "fields", "anomaly"),
     [
-        (401, ERROR_ENVELOPE, None, {"success": False, "code": 401, "message": "Unauthorized"}),
-        (200, {**SUCCESS, "Message": None, "Version": 3}, None, {"message": None, "version": None}),
+        (401, ERROR_ENVELOPE, None, {"success": False, "code": 401, "message": "Unauthorized"}, "no Version"),
+        (200, SUCCESS, None, {"success": True, "code": 200, "session_id": 123123123123}, None),
+        (200, {**SUCCESS, "Message": None, "Version": 3}, None, {"message": None, "version": "3"}, "Version is a number"),
         (
             200,
             {**SUCCESS, "Data": {"Status": "True"}},
             None,
-            {"session_id": None, "data_message": None, "data_status": "True"},
+            {"session_id": None, "session_id_text": None, "data_message": None, "data_status": "True"},
+            None,
         ),
-        (502, b"<!DOCTYPE html><html><body>Bad gateway</body></html>", "html page", {}),
-        (200, b"<html><title>Login</title></html>", "html page", {}),
-        (200, b'{"Success": true, "Code": 200, "Mess', "truncated json", {}),
-        (200, b'{"Success": true, "Code": 200, "Message": "", "Data": {"Status": tr', "truncated json", {}),
-        (200, b'{"Success": true, "Code": 20', "truncated json", {}),
-        (200, b"OK", "not json", {}),
-        (200, b'{"Success": true} trailing', "not json", {}),
-        (200, b"\xff\xfe\xfa\x00", "not json", {}),
-        (200, b"[1, 2]", "not an object", {}),
-        (200, b'"True"', "not an object", {}),
-        (200, b"", "empty body", {}),
-        (200, b"  \r\n ", "empty body", {}),
-        (200, {k: v for k, v in SUCCESS.items() if k != "Code"}, "missing field Code", {"success": True, "session_id": 123123123123}),
-        (200, {k: v for k, v in SUCCESS.items() if k != "Success"}, "missing field Success", {"code": 200}),
-        (200, {k: v for k, v in SUCCESS.items() if k != "Data"}, "missing field Data", {"code": 200}),
-        (200, {k: v for k, v in SUCCESS.items() if k != "Message"}, "missing field Message", {"data_status": "True"}),
-        (200, {**SUCCESS, "Success": "true"}, "wrong type Success", {"success": None, "code": 200}),
-        (200, {**SUCCESS, "Success": None}, "wrong type Success", {"code": 200}),
-        (200, {**SUCCESS, "Code": True}, "wrong type Code", {"code": None, "success": True}),
-        (200, {**SUCCESS, "Code": "200"}, "wrong type Code", {"code": None}),
-        (200, {**SUCCESS, "Code": 200.0}, "wrong type Code", {"code": None}),
-        (200, {**SUCCESS, "Message": 5}, "wrong type Message", {"message": None}),
-        (200, {**SUCCESS, "Data": []}, "wrong type Data", {"data_status": None}),
-        (200, {**SUCCESS, "Data": {"Status": True, "SessionID": 1}}, "wrong type Data.Status", {"session_id": 1}),
-        (200, {**SUCCESS, "Data": {"Status": "True", "Message": {}}}, "wrong type Data.Message", {"data_status": "True"}),
-        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 1.5}}, "wrong type Data.SessionID", {"session_id": None}),
-        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": True}}, "wrong type Data.SessionID", {"session_id": None}),
-        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": "12a"}}, "wrong type Data.SessionID", {}),
-        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": -1}}, "wrong type Data.SessionID", {}),
-        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 2**63}}, "out of range Data.SessionID", {"session_id": None}),
+        (502, b"<!DOCTYPE html><html><body>Bad gateway</body></html>", "html page", {}, None),
+        (200, b"<html><title>Login</title></html>", "html page", {}, None),
+        (200, b'{"Success": true, "Code": 200, "Mess', "truncated json", {"success": None}, None),
+        (200, b'{"Success": true, "Code": 200, "Message": "", "Data": {"Status": tr', "truncated json", {}, None),
+        (200, b'{"Success": true, "Code": 20', "truncated json", {}, None),
+        (200, b"OK", "not json", {}, None),
+        (200, b'{"Success": true} trailing', "not json", {}, None),
+        (200, b"\xff\xfe\xfa\x00", "not json", {}, None),
+        (200, b"[1, 2]", "not an object", {}, None),
+        (200, b'"True"', "not an object", {}, None),
+        (200, b"", "empty body", {}, None),
+        (200, b"  \r\n ", "empty body", {}, None),
+        # Readable but odd: read as far as each field goes, the oddity listed, never malformed.
+        (200, {k: v for k, v in SUCCESS.items() if k != "Code"}, None, {"code": None, "session_id": 123123123123}, "no Code"),
+        (200, {k: v for k, v in SUCCESS.items() if k != "Success"}, None, {"success": None, "code": 200}, "no Success"),
+        (200, {k: v for k, v in SUCCESS.items() if k != "Data"}, None, {"code": 200, "data_status": None}, "no Data"),
+        (200, {k: v for k, v in SUCCESS.items() if k != "Message"}, None, {"message": None, "data_status": "True"}, "no Message"),
+        (200, {k: v for k, v in SUCCESS.items() if k != "Version"}, None, {"version": None, "code": 200}, "no Version"),
+        (200, {**SUCCESS, "Success": "true"}, None, {"success": True}, "Success is a string"),
+        (200, {**SUCCESS, "Success": " FALSE "}, None, {"success": False}, "Success is a string"),
+        (200, {**SUCCESS, "Success": None}, None, {"success": None, "code": 200}, "Success is null"),
+        (200, {**SUCCESS, "Success": 1}, None, {"success": None}, "Success is a number: 1"),
+        (200, {**SUCCESS, "Code": True}, None, {"code": None, "success": True}, "Code is a boolean"),
+        (200, {**SUCCESS, "Code": "200"}, None, {"code": 200}, "Code is a string"),
+        (200, {**SUCCESS, "Code": " 200 "}, None, {"code": 200}, "Code is a string"),
+        (200, {**SUCCESS, "Code": "abc"}, None, {"code": None}, 'Code is a string: "abc"'),
+        (200, {**SUCCESS, "Code": 200.0}, None, {"code": 200}, "Code is written as a float"),
+        (200, {**SUCCESS, "Code": 200.5}, None, {"code": None}, "Code is not an integer: 200.5"),
+        (200, {**SUCCESS, "Code": 2**40}, None, {"code": 2**40}, None),
+        (200, {**SUCCESS, "Message": 5}, None, {"message": "5"}, "Message is a number"),
+        (200, {**SUCCESS, "Message": {"a": [1]}}, None, {"message": '{"a":[1]}'}, "Message is an object"),
+        (200, {**SUCCESS, "Data": []}, None, {"data_status": None}, "Data is a list, not an object"),
+        (200, {**SUCCESS, "Data": {"Status": True, "SessionID": 1}}, None, {"data_status": "true", "session_id": 1}, "Data.Status is a boolean"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "Message": {}}}, None, {"data_message": "{}"}, "Data.Message is an object"),
+        (200, {**SUCCESS, "Extra": 1, "Data": {**SUCCESS["Data"], "More": 2}}, None, {"code": 200}, "extra fields: Data.More"),
+        # SessionID: a 64-bit integer when it is one, else kept as text.
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 123.0}}, None, {"session_id": 123, "session_id_text": None}, "written as a float"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 1.23e11}}, None, {"session_id": 123000000000}, "written as a float"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 1.5}}, None, {"session_id": None, "session_id_text": "1.5"}, "kept as text"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": True}}, None, {"session_id": None, "session_id_text": "true"}, "kept as text"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": "12a"}}, None, {"session_id": None, "session_id_text": "12a"}, "kept as text"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": -1}}, None, {"session_id": -1}, "negative"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": -(2**63)}}, None, {"session_id": -(2**63)}, "negative"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 2**63 - 1}}, None, {"session_id": 2**63 - 1}, None),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 2**63}}, None, {"session_id": None, "session_id_text": str(2**63)}, "does not fit 64 bits"),
+        (200, {**SUCCESS, "Data": {"Status": "True", "SessionID": 10**50}}, None, {"session_id": None, "session_id_text": str(10**50)}, "kept as text"),
+        (200, b'{"Success":true,"Code":200,"Message":"","Data":{"Status":"True","SessionID":1e400}}', None, {"session_id_text": "1e400"}, "kept as text"),
+        (200, b'{"Success":true,"Code":200,"Message":"","Data":{"Status":"True","SessionID":NaN}}', None, {"session_id_text": "NaN"}, "kept as text"),
     ],
 )
 def test_bodies(
-    server: RawServer, status: int, body: Any, malformed: str | None, fields: dict[str, Any]
+    server: RawServer, status: int, body: Any, malformed: str | None, fields: dict[str, Any], anomaly: str | None
 ) -> None:
     server.handler = respond(status, body)
     outcome = send(server.url)
@@ -338,6 +358,10 @@ def test_bodies(
     assert outcome.malformed == malformed
     for name, value in fields.items():
         assert getattr(outcome, name) == value, name
+    if anomaly is None:
+        assert outcome.anomalies == ()
+    else:
+        assert any(anomaly in a for a in outcome.anomalies), outcome.anomalies
 
 
 def test_huge_body_is_cut_at_the_limit(server: RawServer) -> None:
@@ -642,9 +666,16 @@ def test_parse_envelope_never_raises_for_envelope_like_json(doc: dict[str, Any],
     raw = json.dumps(doc).encode()
     for body in (raw, raw[:cut]):
         outcome = parse_envelope(200, body)
-        if outcome.malformed is None:
-            assert isinstance(outcome.success, bool)
-            assert isinstance(outcome.code, int) and not isinstance(outcome.code, bool)
+        if outcome.malformed is not None:
+            assert outcome.success is None and outcome.code is None and outcome.anomalies == ()
+            continue
+        assert outcome.success is None or isinstance(outcome.success, bool)
+        assert outcome.code is None or type(outcome.code) is int
+        assert outcome.session_id is None or -(2**63) <= outcome.session_id < 2**63
+        assert outcome.session_id is None or outcome.session_id_text is None
+        for text in (outcome.message, outcome.data_status, outcome.data_message, outcome.version,
+                     outcome.session_id_text, *outcome.anomalies):
+            assert text is None or type(text) is str
 
 
 @settings(max_examples=300, database=None, deadline=None)
