@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from urllib.parse import urlsplit
+
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError
+
+from oaksend.errors import ConfigError
 
 
 def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
@@ -19,13 +24,31 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
     instead of failing with "database is locked" on a read-to-write upgrade.
     PostgreSQL: a pool sized for a threaded worker.
     """
+    try:
+        return _make_engine(url, schema=schema, **kwargs)
+    except (ArgumentError, ValueError) as exc:
+        # One line naming the setting; never the URL's password (it may be in the message).
+        raise ConfigError(f"DATABASE_URL: {_without_password(str(exc), url)}") from None
+
+
+def _without_password(text: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+    return " ".join(text.split())
+
+
+def _make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
     # Errors must not carry phone numbers or texts into logs and tracebacks.
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         if schema:
-            raise ValueError("OAKSEND_DB_SCHEMA is for PostgreSQL; SQLite has no schemas")
+            raise ConfigError("OAKSEND_DB_SCHEMA: is for PostgreSQL; SQLite has no schemas")
         engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
         _tune_sqlite(engine)
         return engine

@@ -91,7 +91,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     key = settings.api_key()  # refuses to start without a usable key, without printing it
-    configure_logging(args.log_level, secrets=(key,))
+    configure_logging(args.log_level, secrets=(key, *settings.secrets()))
     app = make_app(settings)
     argv = ["worker", "--loglevel", args.log_level, "-Q", settings.queue_name,
             "--pool", args.pool, "--concurrency", str(args.concurrency), "--without-gossip",
@@ -105,7 +105,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     from oaksend.worker.logs import configure_logging
 
     settings = _settings(args)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, secrets=settings.secrets())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -436,23 +436,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
-        print(f"oaksend: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return exc.code
     except (ValidationError, ConfigError) as exc:
-        print(f"oaksend: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return EXIT_USAGE
     except NotFound as exc:
-        print(f"oaksend: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return EXIT_NOT_FOUND
     except OaksendError as exc:
-        print(f"oaksend: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return EXIT_PARTIAL
     except OperationalError as exc:
-        print(f"oaksend: database unavailable: {str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__}",
-              file=sys.stderr)
+        _error(args, f"database unavailable: {str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__}")
         return EXIT_UNAVAILABLE
     except SQLAlchemyError as exc:
-        print(f"oaksend: database error: {type(exc).__name__} (has `oaksend migrate` been run?)", file=sys.stderr)
+        _error(args, f"database error: {type(exc).__name__} (has `oaksend migrate` been run?)")
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
@@ -460,9 +459,24 @@ def main(argv: list[str] | None = None) -> int:
         import redis
 
         if isinstance(exc, redis.RedisError):
-            print(f"oaksend: Redis unavailable: {type(exc).__name__}", file=sys.stderr)
+            _error(args, f"Redis unavailable: {type(exc).__name__}")
             return EXIT_UNAVAILABLE
         raise
+
+
+def _error(args: argparse.Namespace, message: str) -> None:
+    """One line on stderr, with phone numbers, URL passwords and known secrets masked."""
+    import os
+
+    from oaksend.worker.logs import redact, url_password
+
+    candidates = [getattr(args, "database_url", None), getattr(args, "redis_url", None),
+                  *(os.environ.get(name) for name in ("DATABASE_URL", "OAKSEND_DATABASE_URL", "REDIS_URL",
+                                                      "OAKSEND_REDIS_URL"))]
+    secrets = [url_password(url) for url in candidates if url]
+    secrets.append(os.environ.get("NEWOAKS_API_KEY", "").strip())
+    text = redact(" ".join(message.split()), tuple(s for s in secrets if s and len(s) >= 4))
+    print(f"oaksend: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":

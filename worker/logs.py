@@ -1,16 +1,45 @@
-"""Logging that is safe to ship: phone numbers masked, the API key never written.
+"""Logging that is safe to ship: phone numbers masked, the API key and passwords never written.
 
-`configure_logging(settings)` installs a filter on the root handlers that masks
-anything shaped like a phone number and replaces the key if it ever appears.
+`configure_logging(level, secrets)` installs a filter on the root handlers that masks
+anything shaped like a phone number, the password of any URL (`scheme://user:***@host`)
+or `password=` parameter, and replaces the given secrets (the API key, the stores'
+passwords: `Settings.secrets()`) wherever they appear. `redact` does the same to any
+line of text, e.g. an error message about to be printed.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote, urlsplit
 
 #: E.164 numbers, which is how oaksend stores and logs every number.
 _PHONE_RE = re.compile(r"\+[1-9]\d{6,14}(?!\d)")
+#: The password of a URL: scheme://user:PASSWORD@host. Greedy up to the last "@" of the
+#: word, so that an unencoded "@" in a password is masked too (over-masking is the safe side).
+_URL_PASSWORD_RE = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s]*)(@)")
+#: password=... in a query string or a libpq conninfo (quoted or not).
+_PASSWORD_PARAM_RE = re.compile(r"((?:\b|_)(?:password|passwd|pwd)\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,]+)",
+                                re.IGNORECASE)
+_MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """postgresql://app:s3cret@db/app -> postgresql://app:***@db/app (also ?password=...)."""
+    return _PASSWORD_PARAM_RE.sub(rf"\1{_MASK}", _URL_PASSWORD_RE.sub(rf"\1{_MASK}\3", url))
+
+
+def url_password(url: str) -> str | None:
+    """The password a URL holds (decoded), if any: a secret to redact wherever it appears."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return None
+    if password is None:
+        match = _PASSWORD_PARAM_RE.search(parts.query or "")
+        password = match.group(2).strip("'\"") if match else None
+    return unquote(password) if password else None
 
 
 def mask_phone(phone: str) -> str:
@@ -25,10 +54,12 @@ def mask_phone(phone: str) -> str:
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Mask phone numbers and remove the given secrets from a line of text."""
+    """Mask phone numbers and URL passwords, and remove the given secrets, from a line of text."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
+    if "=" in text or "://" in text:
+        text = mask_url(text)
     return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
 
 

@@ -8,9 +8,9 @@ the names (`_s` seconds, `_per_s` per second).
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from oaksend.errors import ConfigError
@@ -42,6 +42,9 @@ class Settings(BaseSettings):
 
     # -- the API --------------------------------------------------------------------------
     newoaks_region: Literal["us", "eu"] = Field("us", validation_alias="NEWOAKS_REGION")
+    #: Allow an http:// NEWOAKS_BASE_URL on a host that is not loopback (a sandbox in a private
+    #: network). Declared before the URL, whose validator reads it.
+    allow_insecure_base_url: bool = Field(False, validation_alias=_env("ALLOW_INSECURE_BASE_URL"))
     newoaks_base_url: str | None = Field(None, validation_alias="NEWOAKS_BASE_URL")
     newoaks_api_key: SecretStr | None = Field(None, validation_alias="NEWOAKS_API_KEY")
     connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("CONNECT_TIMEOUT_S"))
@@ -99,13 +102,42 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("newoaks_base_url", mode="after")
+    @classmethod
+    def _https_unless_loopback(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The key travels in a header: refuse at start what would send it in cleartext.
+        if value is not None:
+            from oaksend.worker.client import check_base_url
+
+            try:
+                check_base_url(value.strip(), allow_insecure=bool(info.data.get("allow_insecure_base_url")))
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("NEWOAKS_BASE_URL: ")) from None
+        return value
+
     # -- derived --------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
         """The API base URL: NEWOAKS_BASE_URL when set, else the region's."""
         from oaksend.worker.client import base_url_for
 
-        return base_url_for(self.newoaks_region, self.newoaks_base_url)
+        return base_url_for(self.newoaks_region, self.newoaks_base_url,
+                            allow_insecure=self.allow_insecure_base_url)
+
+    def __repr_args__(self) -> Any:
+        # Settings end up in logs and tracebacks: never with a store's password.
+        from oaksend.worker.logs import mask_url
+
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name in ("database_url", "redis_url") and isinstance(value, str) else value
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret these settings hold (API key, store passwords), for log redaction."""
+        from oaksend.worker.logs import url_password
+
+        key = self.newoaks_api_key.get_secret_value() if self.newoaks_api_key else ""
+        found = [key.strip(), url_password(self.database_url), url_password(self.redis_url)]
+        return tuple(s for s in found if s and len(s) >= 4)
 
     def api_key(self) -> str:
         """The secret key, checked; raises ConfigError (without the value) when unusable."""
@@ -128,4 +160,5 @@ def load_settings(**overrides: object) -> Settings:
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        raise ConfigError(f"{loc.upper()}: {first.get('msg')}") from None
+        message = str(first.get("msg")).removeprefix("Value error, ")
+        raise ConfigError(f"{loc.upper()}: {message}") from None

@@ -16,6 +16,7 @@ import phonenumbers
 
 from oaksend.models.records import NewMessage
 from oaksend.errors import ValidationError
+from oaksend.worker.logs import mask_phone
 from oaksend.worker.segments import count_segments
 
 #: The API's documented limit on a body, in characters.
@@ -104,7 +105,9 @@ def _e164_hint(value: str) -> str:
     except phonenumbers.NumberParseException:
         return ""
     if phonenumbers.is_valid_number(parsed):
-        return f"; did you mean {phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)}?"
+        # Masked like every number in logs: errors end up in logs and on screens too.
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return f"; did you mean {mask_phone(e164)}?"
     return ""
 
 

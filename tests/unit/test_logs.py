@@ -170,3 +170,47 @@ def test_install_redaction_filters_root_handlers_once() -> None:
         handler.close()
         for other, filters in filters_before.items():  # pytest's own capture handlers got the filter too
             other.filters[:] = filters
+
+
+# -- URL passwords -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("postgresql://app:s3cret@db/app", "postgresql://app:***@db/app"),
+        ("postgresql+psycopg://app:s3cret@db:5432/app?sslmode=require", "postgresql+psycopg://app:***@db:5432/app?sslmode=require"),
+        ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://default:p@ss@cache:6380/1", "rediss://default:***@cache:6380/1"),
+        ("postgresql:///app?host=/run&password=s3cret&port=5", "postgresql:///app?host=/run&password=***&port=5"),
+        ("host=db user=app password=s3cret dbname=app", "host=db user=app password=*** dbname=app"),
+        ("connect to redis://:s3cret@h:1/0 failed; retry", "connect to redis://:***@h:1/0 failed; retry"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("sqlite:///oaksend.db", "sqlite:///oaksend.db"),
+        ("https://usapi.hottask.com/chat", "https://usapi.hottask.com/chat"),
+    ],
+)
+def test_mask_url(text: str, masked: str) -> None:
+    from oaksend.worker.logs import mask_url
+
+    assert mask_url(text) == masked
+    assert redact(text) == masked
+
+
+def test_log_lines_and_tracebacks_lose_store_passwords() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter(("odd-secret-9z",)))
+    logger = logging.getLogger("oaksend.test.urls")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("using %s and %s", "postgresql://app:CANARY1@db/app", "redis://:CANARY2@r:6379/0")
+        try:
+            raise RuntimeError("cannot reach postgresql://app:CANARY3@db/app (password odd-secret-9z)")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert "app:***@db/app" in out and "RuntimeError" in out
+    for canary in ("CANARY1", "CANARY2", "CANARY3", "odd-secret-9z"):
+        assert canary not in out

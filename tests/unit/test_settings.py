@@ -238,3 +238,67 @@ def test_load_settings_error_does_not_echo_a_secret(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError) as info:
         load_settings(_env_file=None)
     assert "sk-live-0123456789" not in str(info.value)
+
+
+# -- the base URL: https unless loopback or explicitly allowed -------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    ["http://api.example.com", "http://sandbox:8099", "http://10.0.0.5:8099", "http://0.0.0.0:8099",
+     "http://127.0.0.1.nip.io", "http://[2001:db8::1]:80", "ftp://usapi.hottask.com", "usapi.hottask.com"],
+)
+def test_a_base_url_that_would_send_the_key_in_cleartext_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                    url: str) -> None:
+    monkeypatch.setenv("NEWOAKS_BASE_URL", url)
+    monkeypatch.setenv("NEWOAKS_API_KEY", "sk-live-0123456789")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None)
+    text = str(info.value)
+    assert text.startswith("NEWOAKS_BASE_URL: ") and "\n" not in text
+    assert "sk-live-0123456789" not in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://usapi.hottask.com", "https://sms.example.com:8443/", "http://127.0.0.1:8099", "http://127.8.9.10",
+     "http://localhost:8099", "http://LOCALHOST", "http://[::1]:8099"],
+)
+def test_https_and_loopback_base_urls_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("NEWOAKS_BASE_URL", url)
+    assert load_settings(_env_file=None).base_url == url.rstrip("/")
+
+
+@pytest.mark.parametrize("name", ["OAKSEND_ALLOW_INSECURE_BASE_URL", "ALLOW_INSECURE_BASE_URL"])
+def test_an_insecure_base_url_can_be_allowed_explicitly(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("NEWOAKS_BASE_URL", "http://sandbox:8099")
+    monkeypatch.setenv(name, "1")
+    s = load_settings(_env_file=None)
+    assert s.allow_insecure_base_url is True and s.base_url == "http://sandbox:8099"
+
+
+def test_insecure_is_not_allowed_by_default() -> None:
+    assert make().allow_insecure_base_url is False
+    with pytest.raises(Exception, match="NEWOAKS_BASE_URL|not https"):
+        make(newoaks_base_url="http://api.example.com")
+
+
+# -- store passwords never in a repr ----------------------------------------------------------------
+DB_PW, REDIS_PW = "CANARY-db-pw-4e1f", "CANARY-redis-pw-9b2c"
+
+
+def test_repr_and_str_mask_the_store_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://app:{DB_PW}@db.internal:5432/app")
+    monkeypatch.setenv("REDIS_URL", f"redis://default:{REDIS_PW}@redis.internal:6379/0")
+    monkeypatch.setenv("NEWOAKS_API_KEY", "sk-live-0123456789")
+    s = load_settings(_env_file=None)
+    assert s.database_url.endswith(f"{DB_PW}@db.internal:5432/app")  # the value itself is intact
+    for shown in (repr(s), str(s), f"{s}", f"{s!r}"):
+        assert DB_PW not in shown and REDIS_PW not in shown and "sk-live-0123456789" not in shown
+        assert "postgresql+psycopg://app:***@db.internal:5432/app" in shown
+        assert "redis://default:***@redis.internal:6379/0" in shown
+    assert set(s.secrets()) == {DB_PW, REDIS_PW, "sk-live-0123456789"}
+
+
+def test_a_password_in_the_query_string_is_masked_too() -> None:
+    s = make(database_url=f"postgresql+psycopg:///app?host=/run/pg&password={DB_PW}")
+    assert DB_PW not in repr(s) and "password=***" in repr(s)
+    assert s.secrets() == (DB_PW,)

@@ -116,7 +116,7 @@ REFUSALS = [
     ("to", {"to": None}, "required"),
     ("to", {"to": "14155550123"}, "E.164"),
     ("to", {"to": "4155550123"}, "E.164"),
-    ("to", {"to": "+1 415 555 0123"}, "did you mean +14155550123"),
+    ("to", {"to": "+1 415 555 0123"}, "did you mean +1415****123"),  # masked like the logs
     ("to", {"to": "+1-415-555-0123"}, "E.164"),
     ("to", {"to": " +14155550123"}, "E.164"),
     ("to", {"to": "+14155550123 "}, "E.164"),
@@ -257,3 +257,10 @@ def test_validate_stores_exactly_or_raises_validation_error(serial: str, to: str
     assert row.body == text
     assert row.segments == count_segments(text) >= 1
     assert row.next_attempt_at == NOW
+
+
+@pytest.mark.parametrize("to", ["+1 415 555 0123", "+1-415-555-0123", "(415) 555-0123", "+1 (415) 555 0123"])
+def test_a_refused_number_is_never_echoed_unmasked(to: str) -> None:
+    err = refused(request(to=to))
+    digits = "".join(ch for ch in to if ch.isdigit())
+    assert digits[-7:] not in str(err).replace(" ", "").replace("-", "")
