@@ -219,3 +219,25 @@ def test_bad_scripts_are_refused_whole(client: httpx.Client, payload: dict[str, 
     response = client.post("/_sandbox/script", content=json.dumps(payload))
     assert response.status_code == 400 and response.json()["error"]
     assert send(client).status_code == 200
+
+
+def test_odd_successes_state_success_and_differ_elsewhere(client: httpx.Client) -> None:
+    from oaksend.sandbox.faults import ODD_SUCCESS_VARIANTS
+
+    from oaksend.sandbox.responses import success
+
+    for variant in ODD_SUCCESS_VARIANTS:
+        script(client, [f"success:{variant}"], ToPhoneNumber=PHONE)
+        response = send(client)
+        assert response.status_code == 200, variant
+        body = response.json()
+        assert body.get("Success") is True and str(body.get("Code")).strip() in ("200", "200.0"), variant
+        assert str(body["Data"]["Status"]).strip().lower() == "true", variant
+        record = records(client)[-1]
+        assert record["fault"] == f"success:{variant}" and isinstance(record["session_id"], int), variant
+        assert response.content != success(record["session_id"]).body, variant  # really odd
+
+
+def test_an_unknown_odd_success_is_refused(client: httpx.Client) -> None:
+    response = client.post("/_sandbox/script", json={"ToPhoneNumber": PHONE, "responses": ["success:weird"]})
+    assert response.status_code == 400 and "success:" in response.json()["error"]

@@ -106,3 +106,11 @@ def test_in_process_thread_reports_a_bind_failure() -> None:
         port = int(first.base_url.rsplit(":", 1)[1])
         with pytest.raises(OSError):
             SandboxThread(Config(port=port)).start()
+
+
+def test_listens_on_loopback_unless_told_otherwise(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    # The sandbox accepts any number and logs requests: never reachable from the network by default.
+    assert Config().host == "127.0.0.1"
+    assert sandbox_factory().base_url.startswith("http://127.0.0.1:")
+    assert sandbox_factory(env={"SANDBOX_HOST": "::1"}).base_url.startswith("http://[::1]:")
+    assert sandbox_factory("--host", "127.0.0.2").base_url.startswith("http://127.0.0.2:")
