@@ -73,6 +73,15 @@ def _int_or_literal(text: str) -> int | _Literal:
     return int(text) if len(text.lstrip("-")) <= _MAX_INT_DIGITS else _Literal(text)
 
 
+# Built once: json.loads(..., parse_float=...) would build a decoder on every call.
+_DECODER: Final = json.JSONDecoder(parse_int=_int_or_literal, parse_float=_Literal, parse_constant=_Literal)
+
+
+def _loads(raw: bytes) -> Any:
+    """json.loads, keeping float and overlong integer literals as their text."""
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
 def parse_envelope(
     http_status: int,
     body: bytes,
@@ -132,7 +141,7 @@ def _read(body: bytes, reading: _Reading) -> str | None:
     if text.startswith(b"<"):
         return "html page" if b"html" in text[:1024].lower() else "not json"
     try:
-        doc = json.loads(text, parse_int=_int_or_literal, parse_float=_Literal, parse_constant=_Literal)
+        doc = _loads(text)
     except json.JSONDecodeError as exc:
         tail = exc.doc[exc.pos :].strip()
         if exc.msg.startswith("Unterminated string") or not tail or tail in _LITERAL_PREFIXES:
