@@ -54,7 +54,9 @@ def _clamp(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     marker = f"...[+{len(text) - limit}]"
-    return text[: max(0, limit - len(marker))] + marker
+    if limit <= len(marker):
+        return text[:limit]
+    return text[: limit - len(marker)] + marker
 
 
 def fits_int64(value: Any) -> bool:
@@ -110,8 +112,12 @@ def fit_attempt(record: AttemptRecord) -> AttemptRecord:
             changes[name] = text
 
     if notes or record.anomalies is not None:
-        anomalies = "; ".join(filter(None, [record.anomalies, *notes]))
-        fitted = _clamp(clean_text(anomalies), _STRING_LIMITS["anomalies"])
+        # What this function did is kept whole; the response's own list gives way if need be.
+        limit = _STRING_LIMITS["anomalies"]
+        added = "; ".join(notes)
+        room = limit - len(added) - 2 if added else limit
+        given = _clamp(clean_text(record.anomalies), max(0, room)) if record.anomalies else ""
+        fitted = _clamp("; ".join(filter(None, [given, added])), limit)
         if fitted != record.anomalies:
             changes["anomalies"] = fitted
     return replace(record, **changes) if changes else record
