@@ -53,10 +53,14 @@ def clean_text(value: Any) -> str:
 def _clamp(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
-    marker = f"...[+{len(text) - limit}]"
-    if limit <= len(marker):
+    # "...[+N]" says how many characters were cut; N's width depends on N, so settle it twice.
+    keep = limit
+    for _ in range(2):
+        marker = f"...[+{len(text) - keep}]"
+        keep = limit - len(marker)
+    if keep <= 0:
         return text[:limit]
-    return text[: limit - len(marker)] + marker
+    return text[:keep] + f"...[+{len(text) - keep}]"
 
 
 def fits_int64(value: Any) -> bool:
