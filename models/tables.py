@@ -111,7 +111,8 @@ class Message(Base):
     #: Set while dispatched or sending: who holds the row, and until when.
     lease_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
+    #: Unique per chatbot (see uq_oaksend_messages_chatbot_key): two chatbots may use one key.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     last_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
     last_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     session_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -143,6 +144,8 @@ class Message(Base):
             sqlite_where=text("state = 'pending'"),
         ),
         Index("ix_oaksend_messages_created", "created_at"),
+        # Producers insert with ON CONFLICT (serial_number, idempotency_key) DO NOTHING.
+        Index("uq_oaksend_messages_chatbot_key", "serial_number", "idempotency_key", unique=True),
     )
 
 

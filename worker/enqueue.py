@@ -91,8 +91,10 @@ class Producer:
         return self._write(rows, now, session) if rows else []
 
     def _write(self, rows: Sequence[NewMessage], now: datetime, session: Session | None) -> list[int]:
-        self._refuse_suppressed(rows, session)
-        ids = self.outbox.add(rows, now, session=session)
+        # One transaction (or one savepoint in the caller's): the suppression check, the
+        # idempotency look-up and the insert. On SQLite a second connection would wait for
+        # the caller's own write lock, so nothing runs outside `session` when one is given.
+        ids = self.outbox.add(rows, now, session=session, refuse=_refuse_suppressed)
         if session is None:
             wake(self.redis)
         else:
@@ -100,16 +102,13 @@ class Producer:
             event.listen(session, "after_commit", lambda _s: wake(self.redis), once=True)
         return ids
 
-    def _refuse_suppressed(self, rows: Sequence[NewMessage], session: Session | None) -> None:
-        # In the caller's transaction: on SQLite another connection would wait for the caller's own write lock.
-        suppressed = self.outbox.is_suppressed((r.to_phone for r in rows), session=session)
-        if suppressed:
-            phone, reason = next(iter(suppressed.items()))
-            from oaksend.worker.logs import mask_phone
-
-            raise ValidationError("to", f"{mask_phone(phone)} is suppressed ({reason}); it must not be texted")
-
     def close(self) -> None:
         self.redis.close()
         self.outbox.engine.dispose()
 
+
+def _refuse_suppressed(suppressed: dict[str, str]) -> None:
+    from oaksend.worker.logs import mask_phone
+
+    phone, reason = min(suppressed.items())
+    raise ValidationError("to", f"{mask_phone(phone)} is suppressed ({reason}); it must not be texted")

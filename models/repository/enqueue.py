@@ -1,115 +1,178 @@
-"""The producers' part of the repository: inserting messages, idempotently."""
+"""The producers' part of the repository: inserting messages, idempotently and fast.
+
+Idempotency keys are unique per chatbot: (serial_number, idempotency_key). Two
+producers racing on one key get one row: the insert is `ON CONFLICT DO NOTHING`
+and the rows it skipped are read back and compared, so neither sees a unique
+violation, and a caller's transaction is never aborted by one (everything runs
+inside a savepoint when the caller hands in its Session).
+
+PostgreSQL with psycopg 3 (the default driver) goes through `pg_bulk`: COPY for
+batches, one statement for a single message, no per-row ORM objects. Other
+backends (SQLite) look the keys up, then insert in multi-row chunks.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from oaksend.errors import IdempotencyConflict
 from oaksend.models.records import NewMessage
 from oaksend.models.repository.base import Repository, _chunks
-from oaksend.models.tables import (
-    Message,
-    SuppressedNumber,
-)
+from oaksend.models.tables import Message, SuppressedNumber
+
+#: Rows per INSERT statement on the portable path (SQLite).
+INSERT_CHUNK = 10_000
+#: (serial_number, key) pairs per look-up query, and numbers per suppression query.
+LOOKUP_CHUNK = 1_000
+#: Pairs per look-up on PostgreSQL (two binary arrays joined against the unique index).
+PG_LOOKUP_CHUNK = 20_000
+
+#: Called with {phone: reason} for suppressed numbers found in the same transaction; it raises.
+Refuse = Callable[[dict[str, str]], None]
+
+Stored = tuple[int, str, str, str]
 
 
 class EnqueueRepository(Repository):
     # -- producing ------------------------------------------------------------------------
-    def add(self, messages: Sequence[NewMessage], now: datetime, session: Session | None = None) -> list[int]:
+    def add(self, messages: Sequence[NewMessage], now: datetime, session: Session | None = None,
+            refuse: Refuse | None = None) -> list[int]:
         """Insert messages (idempotently) and return their ids, in order.
 
-        With `session`, the rows join the caller's transaction and are only
-        flushed; the caller commits. Without it, one transaction of our own.
+        With `session`, the rows join the caller's transaction inside a savepoint and
+        are only flushed; the caller commits. An error (a conflicting key, a refused
+        number) rolls back the savepoint only: the caller's transaction stays usable
+        and holds none of these rows. Without `session`, one transaction of our own.
+        `refuse` sees the suppressed numbers among `messages` (same transaction) and raises.
         """
         if session is not None:
-            return self._add(session, messages, now)
-        for _ in range(3):
+            return self._retrying(lambda: self._in_savepoint(session, messages, now, refuse))
+
+        def own() -> list[int]:
+            with self.session() as s:
+                return self._add(s, messages, now, refuse)
+
+        return self._retrying(own)
+
+    @staticmethod
+    def _retrying(attempt: Callable[[], list[int]]) -> list[int]:
+        # ON CONFLICT leaves nothing to retry on PostgreSQL; on SQLite a caller's deferred
+        # transaction may still lose a race on a key: the next round finds that row.
+        for _ in range(2):
             try:
-                with self.session() as own:
-                    return self._add(own, messages, now)
+                return attempt()
             except IntegrityError:
-                # A concurrent producer inserted one of our idempotency keys first:
-                # go round again, and this time it is found and compared.
                 continue
-        raise RuntimeError("could not insert messages: idempotency keys kept conflicting")
+        return attempt()
 
-    def _add(self, session: Session, messages: Sequence[NewMessage], now: datetime) -> list[int]:
-        from oaksend.errors import IdempotencyConflict  # noqa: PLC0415
+    def _in_savepoint(self, session: Session, messages: Sequence[NewMessage], now: datetime,
+                      refuse: Refuse | None) -> list[int]:
+        with session.begin_nested():
+            return self._add(session, messages, now, refuse)
 
-        keys = [m.idempotency_key for m in messages if m.idempotency_key]
-        existing: dict[str, Message] = {}
-        if keys:
-            for chunk in _chunks(keys, 500):
-                for row in session.scalars(select(Message).where(Message.idempotency_key.in_(chunk))):
-                    existing[row.idempotency_key] = row  # type: ignore[index]
+    def _add(self, session: Session, messages: Sequence[NewMessage], now: datetime,
+             refuse: Refuse | None) -> list[int]:
+        unique, slot = _dedupe(messages)
+        if refuse is not None:
+            suppressed = self._suppressed(session, list({m.to_phone for m in unique}))
+            if suppressed:
+                refuse(suppressed)
+        if not unique:
+            return []
+        # A caller's Session runs on the caller's engine: our schema map goes with each statement.
+        options = self._foreign_options
+        driver = _psycopg(session)
+        if driver is not None:
+            ids = self._insert_pg(driver, unique, now)
+        else:
+            ids = self._insert_portable(session, unique, now, options)
+        return [ids[i] for i in slot]
+
+    # -- PostgreSQL (psycopg 3): see pg_bulk ----------------------------------------------
+    def _insert_pg(self, conn: Any, rows: Sequence[NewMessage], now: datetime) -> list[int]:
+        from oaksend.models.repository import pg_bulk  # noqa: PLC0415 - psycopg only when used
+
+        table = pg_bulk.table_name(self.schema, Message.__tablename__)
+        if len(rows) == 1:
+            got: list[int | None] = [pg_bulk.insert_one(conn, table, rows[0], now)]
+        else:
+            ids = pg_bulk.take_ids(conn, self.schema, Message.__tablename__, len(rows))
+            if len(rows) >= pg_bulk.COPY_MIN_ROWS and pg_bulk.try_copy(conn, table, ids, rows, now):
+                return ids
+            # Some keys are stored already (or the batch is small): answer those from a
+            # look-up, insert the rest (COPY, or ON CONFLICT DO NOTHING if raced again).
+            pairs = sorted({(m.serial_number, m.idempotency_key) for m in rows if m.idempotency_key})  # type: ignore[misc]
+            found: dict[tuple[str, str], Stored] = {}
+            if len(rows) >= pg_bulk.COPY_MIN_ROWS:
+                for chunk in _chunks(pairs, PG_LOOKUP_CHUNK):
+                    found.update(pg_bulk.existing(conn, table, chunk))
+            fresh = [i for i, m in enumerate(rows) if (m.serial_number, m.idempotency_key) not in found]
+            inserted = pg_bulk.insert_many(conn, table, [ids[i] for i in fresh], [rows[i] for i in fresh], now)
+            got = [None] * len(rows)
+            for i, mid in zip(fresh, inserted):
+                got[i] = mid
+            for i, m in enumerate(rows):
+                if got[i] is None and (m.serial_number, m.idempotency_key) in found:
+                    got[i] = _same_or_conflict(m, found[(m.serial_number, m.idempotency_key)])  # type: ignore[index]
+        skipped = [i for i, mid in enumerate(got) if mid is None]
+        if skipped:
+            # Skipped by ON CONFLICT: another producer holds the key. Use its row if it matches.
+            pairs = sorted({(rows[i].serial_number, rows[i].idempotency_key) for i in skipped})  # type: ignore[misc]
+            found = pg_bulk.existing(conn, table, pairs)
+            for i in skipped:
+                stored = found.get((rows[i].serial_number, rows[i].idempotency_key))  # type: ignore[arg-type]
+                if rows[i].idempotency_key is None or stored is None:
+                    raise RuntimeError("a message without a conflicting idempotency key was not inserted")
+                got[i] = _same_or_conflict(rows[i], stored)
+        return got  # type: ignore[return-value]
+
+    # -- SQLite (and any other backend): look up, then one multi-row INSERT per chunk --------
+    def _insert_portable(self, session: Session, rows: Sequence[NewMessage], now: datetime,
+                         options: dict[str, Any]) -> list[int]:
+        # SQLite writers hold the database lock from BEGIN IMMEDIATE: nobody inserts
+        # between this look-up and the insert (a caller's deferred transaction may,
+        # which the IntegrityError retry in `add` covers).
+        found = self._existing(session, [m for m in rows if m.idempotency_key], options)
         ids: list[int | None] = []
-        to_insert: list[dict[str, Any]] = []
-        positions: list[int] = []
-        seen: dict[str, NewMessage] = {}
-        for i, m in enumerate(messages):
-            key = m.idempotency_key
-            if key and key in existing:
-                if not m.same_content(existing[key]):
-                    raise IdempotencyConflict(
-                        "idempotency_key", f"{key!r} was already used for a different message"
-                    )
-                ids.append(existing[key].id)
-                continue
-            if key and key in seen:
-                if seen[key] != m:
-                    raise IdempotencyConflict("idempotency_key", f"{key!r} appears twice with different content")
-                ids.append(None)  # filled from the first occurrence below
-                positions.append(-1 - list(seen).index(key))
-                continue
-            if key:
-                seen[key] = m
-            ids.append(None)
-            positions.append(len(to_insert))
-            to_insert.append(
-                {
-                    "serial_number": m.serial_number,
-                    "to_phone": m.to_phone,
-                    "body": m.body,
-                    "segments": m.segments,
-                    "state": "pending",
-                    "attempts": 0,
-                    "failures": 0,
-                    "ambiguous": 0,
-                    "next_attempt_at": m.next_attempt_at,
-                    "deadline_at": m.deadline_at,
-                    "idempotency_key": m.idempotency_key,
-                    "meta": m.meta,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        new_ids: list[int] = []
-        if to_insert:
-            result = session.execute(
-                insert(Message).returning(Message.id, sort_by_parameter_order=True), to_insert
-            )
-            new_ids = list(result.scalars())
-        key_ids = {}
-        pos_iter = iter(positions)
-        out: list[int] = []
-        for i, current in enumerate(ids):
-            if current is not None:
-                out.append(current)
-                continue
-            pos = next(pos_iter)
-            if pos >= 0:
-                out.append(new_ids[pos])
-                key = messages[i].idempotency_key
-                if key:
-                    key_ids[key] = new_ids[pos]
+        fresh: list[int] = []
+        for i, row in enumerate(rows):
+            other = found.get((row.serial_number, row.idempotency_key)) if row.idempotency_key else None  # type: ignore[arg-type]
+            if other is None:
+                ids.append(None)
+                fresh.append(i)
             else:
-                out.append(key_ids[messages[i].idempotency_key])  # type: ignore[index]
-        return out
+                ids.append(_same_or_conflict(row, other))
+        for chunk in _chunks(fresh, INSERT_CHUNK):
+            values = [_values(rows[i], now) for i in chunk]
+            result = session.execute(insert(Message).returning(Message.id, sort_by_parameter_order=True), values,
+                                     execution_options=options)
+            for i, mid in zip(chunk, result.scalars()):
+                ids[i] = mid
+        return ids  # type: ignore[return-value]
+
+    # -- shared ---------------------------------------------------------------------------
+    def _existing(self, session: Session, rows: Sequence[NewMessage],
+                  options: dict[str, Any]) -> dict[tuple[str, str], Stored]:
+        """Stored rows holding these (chatbot, key) pairs: (id, serial_number, to_phone, body) by pair."""
+        pairs = sorted({(m.serial_number, m.idempotency_key) for m in rows if m.idempotency_key})
+        found: dict[tuple[str, str], Stored] = {}
+        for chunk in _chunks(pairs, LOOKUP_CHUNK):
+            by_chatbot: dict[str, list[str]] = {}
+            for sn, key in chunk:
+                by_chatbot.setdefault(sn, []).append(key)  # type: ignore[arg-type]
+            match = or_(*(and_(Message.serial_number == sn, Message.idempotency_key.in_(keys))
+                          for sn, keys in by_chatbot.items()))
+            q = select(Message.id, Message.serial_number, Message.to_phone, Message.body,
+                       Message.idempotency_key).where(match)
+            for mid, sn, to, body, key in session.execute(q, execution_options=options):
+                found[(sn, key)] = (mid, sn, to, body)
+        return found
 
     def is_suppressed(self, to_phones: Iterable[str], session: Session | None = None) -> dict[str, str]:
         """Which of these numbers must not be texted, with the reason (in `session` when given)."""
@@ -121,8 +184,70 @@ class EnqueueRepository(Repository):
 
     def _suppressed(self, s: Session, phones: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for chunk in _chunks(phones, 500):
-            for row in s.scalars(select(SuppressedNumber).where(SuppressedNumber.to_phone.in_(chunk))):
-                out[row.to_phone] = row.reason
+        options = self._foreign_options
+        for chunk in _chunks(phones, LOOKUP_CHUNK):
+            q = select(SuppressedNumber.to_phone, SuppressedNumber.reason).where(SuppressedNumber.to_phone.in_(chunk))
+            for phone, reason in s.execute(q, execution_options=options):
+                out[phone] = reason
         return out
 
+
+def _dedupe(messages: Sequence[NewMessage]) -> tuple[list[NewMessage], list[int]]:
+    """The distinct messages to insert, and for each request the index of its row among them.
+
+    One key twice in a batch with the same content is one message; with different
+    content, a conflict (raised before anything is written).
+    """
+    unique: list[NewMessage] = []
+    slot: list[int] = []
+    by_key: dict[tuple[str, str], int] = {}
+    for m in messages:
+        if m.idempotency_key is None:
+            slot.append(len(unique))
+            unique.append(m)
+            continue
+        pair = (m.serial_number, m.idempotency_key)
+        first = by_key.get(pair)
+        if first is None:
+            by_key[pair] = len(unique)
+            slot.append(len(unique))
+            unique.append(m)
+        elif unique[first] != m:
+            raise IdempotencyConflict("idempotency_key", f"{m.idempotency_key!r} appears twice with different content")
+        else:
+            slot.append(first)
+    return unique, slot
+
+
+def _psycopg(session: Session) -> Any:
+    """The psycopg 3 connection under `session`'s transaction, or None on another driver."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+        return None
+    return conn.connection.driver_connection
+
+
+def _same_or_conflict(row: NewMessage, stored: Stored) -> int:
+    mid, sn, to, body = stored
+    if (sn, to, body) != (row.serial_number, row.to_phone, row.body):
+        raise IdempotencyConflict("idempotency_key", f"{row.idempotency_key!r} was already used for a different message")
+    return mid
+
+
+def _values(m: NewMessage, now: datetime) -> dict[str, Any]:
+    return {
+        "serial_number": m.serial_number,
+        "to_phone": m.to_phone,
+        "body": m.body,
+        "segments": m.segments,
+        "state": "pending",
+        "attempts": 0,
+        "failures": 0,
+        "ambiguous": 0,
+        "next_attempt_at": m.next_attempt_at,
+        "deadline_at": m.deadline_at,
+        "idempotency_key": m.idempotency_key,
+        "meta": m.meta,
+        "created_at": now,
+        "updated_at": now,
+    }

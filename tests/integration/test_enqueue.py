@@ -123,7 +123,7 @@ def test_same_key_same_content_returns_the_same_id(producer: Producer, reader: E
 
 @pytest.mark.parametrize(
     "change",
-    [{"text": "hello!"}, {"to": OTHER}, {"serial_number": "another-chatbot"}],
+    [{"text": "hello!"}, {"to": OTHER}],
 )
 def test_same_key_different_content_is_a_conflict(producer: Producer, outbox: Outbox, reader: Engine,
                                                   wake_client: redis.Redis, change: dict[str, str]) -> None:
@@ -138,6 +138,22 @@ def test_same_key_different_content_is_a_conflict(producer: Producer, outbox: Ou
     row = outbox.get(first)
     assert row is not None and (row.to_phone, row.body) == (PHONE, "hello")
     assert wakes(wake_client) == 0
+
+
+def test_keys_are_scoped_per_chatbot(producer: Producer, outbox: Outbox, reader: Engine) -> None:
+    first = producer.send(CHATBOT, PHONE, "hello", idempotency_key="appt-3")
+    second = producer.send("another-chatbot", PHONE, "hello", idempotency_key="appt-3")
+    third = producer.send("another-chatbot", OTHER, "a different message", idempotency_key="appt-4")
+    assert len({first, second, third}) == 3
+    assert count(reader) == 3
+    # Each chatbot's key still guards its own message.
+    assert producer.send("another-chatbot", PHONE, "hello", idempotency_key="appt-3") == second
+    with pytest.raises(IdempotencyConflict):
+        producer.send("another-chatbot", PHONE, "changed", idempotency_key="appt-3")
+    ids = producer.send_many([SendRequest(CHATBOT, PHONE, "hello", idempotency_key="appt-3"),
+                              SendRequest("third-chatbot", PHONE, "hello", idempotency_key="appt-3")])
+    assert ids[0] == first and ids[1] not in {first, second, third}
+    assert count(reader) == 4
 
 
 def test_idempotency_inside_one_batch(producer: Producer, reader: Engine) -> None:
