@@ -2,7 +2,11 @@
 
 The public API, importable from the top-level package::
 
-    from oaksend import Producer, SendRequest, load_settings
+    from oaksend import Producer, SendRequest, Status, load_settings
+
+    producer = Producer(load_settings())
+    message_id = producer.send(chatbot_id, "+14155550123", "See you at 10:00", idempotency_key="appt-981")
+    Status(load_settings()).get_message(message_id).state      # "pending", then "sent"
 
 The wheel installs one import package, ``oaksend``; the source folders of the
 repository (``worker/``, ``models/``, ``migrations/``, ``sandbox/``) are its
@@ -23,11 +27,17 @@ _HOMES = {
     "SendRequest": "oaksend.worker.validation",
     "Settings": "oaksend.worker.settings",
     "load_settings": "oaksend.worker.settings",
+    "Status": "oaksend.worker.status",
+    "MessageStatus": "oaksend.worker.status",
+    "AttemptStatus": "oaksend.worker.status",
+    "OperatorActionStatus": "oaksend.worker.status",
+    "MessagePage": "oaksend.worker.status",
     "OaksendError": "oaksend.errors",
     "ConfigError": "oaksend.errors",
     "ValidationError": "oaksend.errors",
     "IdempotencyConflict": "oaksend.errors",
     "NotFound": "oaksend.errors",
+    "InvalidTransition": "oaksend.errors",
     # campaigns (see README "Campaigns")
     "Campaigns": "oaksend.worker.campaigns",
     "CampaignSpec": "oaksend.worker.campaigns",

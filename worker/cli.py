@@ -137,17 +137,20 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _status(settings: Any) -> Any:
+    from oaksend.worker.status import Status
+
+    return Status(settings)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    outbox = _outbox(_settings(args))
-    message = outbox.get(args.id)
-    if message is None:
-        raise CliError(f"message {args.id} not found", EXIT_NOT_FOUND)
-    attempts, actions = outbox.history(args.id)
+    with _status(_settings(args)) as status:
+        message = status.get_message(args.id)
     data = message_dict(message)
-    data["attempt_history"] = [attempt_dict(a) for a in attempts]
+    data["attempt_history"] = [attempt_dict(a) for a in message.attempt_history]
     data["operator_actions"] = [
         {"action": a.action, "from_state": a.from_state, "actor": a.actor, "at": iso(a.at), "note": a.note}
-        for a in actions
+        for a in message.operator_actions
     ]
     if args.json:
         print_json(data)
@@ -165,7 +168,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     rows = [
         {**attempt_dict(a), "started_at": a.started_at.strftime("%H:%M:%S.%f")[:-3],
          "envelope": f"Success={a.success} Code={a.code} Status={a.data_status}" if a.http_status else ""}
-        for a in attempts
+        for a in message.attempt_history
     ]
     table(rows, ["number", "started_at", "latency_ms", "http_status", "envelope", "session_id",
                   "classification", "reason", "error"])
@@ -175,17 +178,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    outbox = _outbox(_settings(args))
-    messages = outbox.list(states=args.state or (), serial_number=args.chatbot,
-                           since=_when(args.since, "since"), until=_when(args.until, "until"), limit=args.limit)
+    if not 1 <= args.limit <= 1000:
+        raise CliError("limit: must be from 1 to 1000")
+    with _status(_settings(args)) as status:
+        page = status.list_messages(state=args.state, chatbot=args.chatbot, since=_when(args.since, "since"),
+                                    until=_when(args.until, "until"), limit=args.limit, cursor=args.cursor)
     if args.json:
-        print_json([message_dict(m) for m in messages])
+        print_json([message_dict(m) for m in page.messages])
+        if page.next_cursor:
+            print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
         return EXIT_OK
     from oaksend.worker.logs import mask_phone
 
-    rows = [{**message_dict(m), "to": mask_phone(m.to_phone), "created_at": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-             "last_reason": (m.last_reason or "")[:50]} for m in messages]
+    rows = [{**message_dict(m), "to": mask_phone(m.to), "created_at": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+             "last_reason": (m.last_reason or "")[:50]} for m in page.messages]
     table(rows, ["id", "chatbot", "to", "state", "attempts", "session_id", "created_at", "last_reason"])
+    if page.next_cursor:
+        print(f"(more: --cursor {page.next_cursor})")
     return EXIT_OK
 
 
@@ -193,7 +202,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 BULK_CHUNK = 500
 
 
-def _selected_ids(args: argparse.Namespace, outbox: Any) -> list[int]:
+def _selected_ids(args: argparse.Namespace, status: Any) -> list[int]:
     """The ids named on the command line, or those matching --state/--chatbot/--since/--until."""
     if args.ids:
         if args.state or args.chatbot or args.since or args.until:
@@ -201,45 +210,29 @@ def _selected_ids(args: argparse.Namespace, outbox: Any) -> list[int]:
         return list(args.ids)
     if not args.state:
         raise CliError("ids: give message ids, or select messages with --state (and optionally --chatbot, --since)")
-    ids: list[int] = []
-    after: int | None = 0
-    since, until = _when(args.since, "since"), _when(args.until, "until")
-    while after is not None:
-        page = outbox.list(states=args.state, serial_number=args.chatbot, since=since, until=until,
-                           limit=5000, after_id=after)
-        ids += [m.id for m in page]
-        after = page[-1].id if len(page) == 5000 else None
-    return ids
+    return status.select_ids(state=args.state, chatbot=args.chatbot, since=_when(args.since, "since"),
+                             until=_when(args.until, "until"))
 
 
 def _apply(args: argparse.Namespace, verb: str) -> int:
-    from oaksend.worker.clock import utcnow
-    from oaksend.worker.enqueue import wake
-
     settings = _settings(args)
-    outbox = _outbox(settings)
-    ids = _selected_ids(args, outbox)
-    if not ids:
-        print("no message matches", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    done = "retried" if verb == "retry" else "cancelled"
     deadline = _when(getattr(args, "deadline", None), "deadline")
-    results: dict[int, str] = {}
-    show_progress = len(ids) > BULK_CHUNK and sys.stderr.isatty() or len(ids) > BULK_CHUNK and args.progress
-    for start in range(0, len(ids), BULK_CHUNK):
-        chunk = ids[start : start + BULK_CHUNK]
-        if verb == "retry":
-            results.update(outbox.operator_retry(chunk, utcnow(), args.actor, deadline))
-        else:
-            results.update(outbox.cancel(chunk, utcnow(), args.actor))
-        if show_progress:
-            print(f"{verb}: {min(start + BULK_CHUNK, len(ids))}/{len(ids)} messages", file=sys.stderr, flush=True)
-    if any(v == done for v in results.values()):
-        import redis
-
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        wake(client)
-        client.close()
+    with _status(settings) as status:
+        ids = _selected_ids(args, status)
+        if not ids:
+            print("no message matches", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        done = "retried" if verb == "retry" else "cancelled"
+        results: dict[int, str] = {}
+        show_progress = len(ids) > BULK_CHUNK and (sys.stderr.isatty() or args.progress)
+        for start in range(0, len(ids), BULK_CHUNK):
+            chunk = ids[start : start + BULK_CHUNK]
+            if verb == "retry":
+                results.update(status.retry(chunk, actor=args.actor, deadline=deadline))
+            else:
+                results.update(status.cancel(chunk, actor=args.actor))
+            if show_progress:
+                print(f"{verb}: {min(start + BULK_CHUNK, len(ids))}/{len(ids)} messages", file=sys.stderr, flush=True)
     if args.json:
         print_json([{"id": k, "result": v} for k, v in results.items()])
     elif len(results) > 50:
@@ -378,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chatbot")
     p.add_argument("--since", help="created at or after (ISO 8601, or relative: --since=-1h)")
     p.add_argument("--until", help="created before (ISO 8601 or relative)")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="messages per page (1-1000, default 50)")
+    p.add_argument("--cursor", help="the next page: the cursor printed after the previous one")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
@@ -395,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
         p.add_argument("--actor", default=None, help="who did it, for the audit trail (default $USER)")
         if name == "retry":
-            p.add_argument("--deadline", help="a new deadline (ISO 8601 or +2h)")
+            p.add_argument("--deadline", help="a new deadline (ISO 8601 or +2h); default: the message's own while "
+                                              "still ahead, else now + OAKSEND_DEFAULT_DEADLINE_S")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 

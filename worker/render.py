@@ -31,11 +31,12 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def message_dict(m: Any) -> dict[str, Any]:
+    """A MessageStatus (oaksend.worker.status) as JSON-ready values, without its history."""
     return {
         "id": m.id,
-        "chatbot": m.serial_number,
-        "to": m.to_phone,
-        "text": m.body,
+        "chatbot": m.chatbot,
+        "to": m.to,
+        "text": m.text,
         "segments": m.segments,
         "state": m.state,
         "attempts": m.attempts,
@@ -48,7 +49,7 @@ def message_dict(m: Any) -> dict[str, Any]:
         "last_reason": m.last_reason,
         "session_id": m.session_id,
         "session_id_text": m.session_id_text,
-        "metadata": m.meta,
+        "metadata": m.metadata,
         "created_at": iso(m.created_at),
         "updated_at": iso(m.updated_at),
         "sent_at": iso(m.sent_at),
@@ -56,6 +57,7 @@ def message_dict(m: Any) -> dict[str, Any]:
 
 
 def attempt_dict(a: Any) -> dict[str, Any]:
+    """An AttemptStatus as JSON-ready values."""
     return {
         "number": a.number,
         "started_at": iso(a.started_at),

@@ -72,7 +72,8 @@ class OperatorRepository(Repository):
 
     def list(self, *, states: Sequence[str] = (), serial_number: str | None = None,
              since: datetime | None = None, until: datetime | None = None, limit: int = 100,
-             after_id: int | None = None) -> list[Message]:
+             after_id: int | None = None, before_id: int | None = None) -> list[Message]:
+        """Messages matching the filters: newest first, or oldest first from `after_id` (paging by id)."""
         with self.session() as s:
             q = select(Message)
             if states:
@@ -85,6 +86,8 @@ class OperatorRepository(Repository):
                 q = q.where(Message.created_at < until)
             if after_id is not None:
                 q = q.where(Message.id > after_id)
+            if before_id is not None:
+                q = q.where(Message.id < before_id)
             return list(s.scalars(q.order_by(Message.id.desc() if after_id is None else Message.id).limit(limit)))
 
     def counts(self) -> dict[str, int]:
@@ -93,11 +96,12 @@ class OperatorRepository(Repository):
             return {state: n for state, n in s.execute(select(Message.state, func.count()).group_by(Message.state))}
 
     def operator_retry(self, ids: Sequence[int], now: datetime, actor: str | None,
-                       deadline_at: datetime | None) -> dict[int, str]:
+                       deadline_at: datetime | None, *, renew_deadline_at: datetime) -> dict[int, str]:
         """Send failed / unknown / expired / cancelled messages again; history is kept.
 
         Returns, per id, "retried" or why not. The retry gets a fresh attempt budget
-        and, when given, a new deadline (an expired message needs one).
+        and a deadline, never none: `deadline_at` when given, else its own while still
+        ahead, else `renew_deadline_at` (an expired message needs a new one).
         """
         out: dict[int, str] = {}
         with self.session() as s:
@@ -118,8 +122,8 @@ class OperatorRepository(Repository):
                 row.lease_token = row.lease_until = None
                 if deadline_at is not None:
                     row.deadline_at = deadline_at
-                elif row.deadline_at is not None and row.deadline_at <= now:
-                    row.deadline_at = None
+                elif row.deadline_at is None or row.deadline_at <= now:
+                    row.deadline_at = renew_deadline_at
                 row.last_reason, row.updated_at = f"operator retry from {from_state}", now
                 out[mid] = "retried"
         return out
