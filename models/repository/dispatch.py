@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, select, update
 
 from oaksend.models.repository.base import Repository
 from oaksend.models.tables import (
@@ -23,18 +23,19 @@ class DispatchRepository(Repository):
         A loose index scan over the partial index of pending rows: one probe per
         chatbot with waiting messages, whatever the size of each backlog.
         """
-        walk = text(
-            """
-            WITH RECURSIVE bots(sn) AS (
-                SELECT min(serial_number) FROM oaksend_messages WHERE state = 'pending'
-                UNION ALL
-                SELECT (SELECT min(m.serial_number) FROM oaksend_messages m
-                        WHERE m.state = 'pending' AND m.serial_number > bots.sn)
-                FROM bots WHERE bots.sn IS NOT NULL
-            )
-            SELECT sn FROM bots WHERE sn IS NOT NULL
-            """
+        # Core, not text: the schema translate map (OAKSEND_DB_SCHEMA) applies to it.
+        table = Message.__table__
+        bots = (
+            select(func.min(table.c.serial_number).label("sn")).where(table.c.state == "pending")
+            .cte("bots", recursive=True)
         )
+        m = table.alias("m")
+        following = (
+            select(func.min(m.c.serial_number)).where(m.c.state == "pending", m.c.serial_number > bots.c.sn)
+            .scalar_subquery()
+        )
+        bots = bots.union_all(select(following).where(bots.c.sn.is_not(None)))
+        walk = select(bots.c.sn).where(bots.c.sn.is_not(None))
         earliest = (
             select(func.min(Message.next_attempt_at))
             .where(Message.state == "pending", Message.serial_number == bindparam("sn"))
