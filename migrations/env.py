@@ -65,6 +65,12 @@ def run_migrations_online() -> None:
     engine = make_engine(_url(), schema=schema)
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # Batch migrations rebuild a SQLite table (copy, drop, rename). With foreign keys
+                # enforced, dropping oaksend_messages would cascade-delete every attempt and
+                # operator action: enforcement is off for this connection, which is disposed after.
+                # On the DBAPI connection, before any transaction begins (the PRAGMA is a no-op inside one).
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
             if schema:
                 connection.execute(CreateSchema(schema, if_not_exists=True))
                 connection.commit()

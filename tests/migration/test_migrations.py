@@ -78,3 +78,57 @@ def test_downgrade_to_base_and_up_again(empty_url: str) -> None:
     upgrade(empty_url)
     assert _tables(empty_url) == TABLES
     assert _drift(empty_url) == []
+
+
+def test_upgrading_from_the_first_revision_keeps_every_row(empty_url: str) -> None:
+    """Rows written at 0001 survive every later migration (SQLite batch rebuilds included: no cascade)."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import text
+
+    upgrade(empty_url, "0001")
+    engine = make_engine(empty_url)
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    stamp = now.replace(tzinfo=None) if empty_url.startswith("sqlite") else now
+    tables = ("oaksend_messages", "oaksend_attempts", "oaksend_operator_actions", "oaksend_chatbots",
+              "oaksend_suppressed_numbers")
+    try:
+        with engine.begin() as conn:
+            for i in range(3):
+                conn.execute(text(
+                    "INSERT INTO oaksend_messages (serial_number, to_phone, body, segments, state, attempts, failures, "
+                    "ambiguous, next_attempt_at, idempotency_key, created_at, updated_at) VALUES "
+                    "(:sn, '+14155550123', :body, 1, 'failed', 1, 1, 0, :t, :key, :t, :t)"),
+                    {"sn": f"bot-{i}", "body": f"m{i}", "t": stamp, "key": f"key-{i}" if i else None})
+                conn.execute(text(
+                    "INSERT INTO oaksend_attempts (message_id, number, started_at, classification, reason) "
+                    "VALUES (:m, 1, :t, 'final', 'http_400')"), {"m": i + 1, "t": stamp})
+                conn.execute(text(
+                    "INSERT INTO oaksend_operator_actions (message_id, action, from_state, at) "
+                    "VALUES (:m, 'retry', 'failed', :t)"), {"m": i + 1, "t": stamp})
+            conn.execute(text("INSERT INTO oaksend_chatbots (serial_number, rate_per_s, updated_at) "
+                              "VALUES ('bot-0', 3, :t)"), {"t": stamp})
+            conn.execute(text("INSERT INTO oaksend_suppressed_numbers (to_phone, reason, at) "
+                              "VALUES ('+14155550999', 'twilio_21610', :t)"), {"t": stamp})
+
+        def rows() -> dict[str, list[tuple[object, ...]]]:
+            with engine.connect() as conn:
+                out = {}
+                for table in tables:
+                    # Only the columns 0001 had: later migrations may add some.
+                    cols = {
+                        "oaksend_messages": "id, serial_number, body, state, idempotency_key, created_at",
+                        "oaksend_attempts": "id, message_id, number, classification, reason",
+                        "oaksend_operator_actions": "id, message_id, action, from_state",
+                        "oaksend_chatbots": "serial_number, rate_per_s",
+                        "oaksend_suppressed_numbers": "to_phone, reason",
+                    }[table]
+                    out[table] = [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {table} ORDER BY 1"))]
+                return out
+
+        before = rows()
+        upgrade(empty_url)
+        assert rows() == before
+        assert len(before["oaksend_attempts"]) == 3 and len(before["oaksend_operator_actions"]) == 3
+    finally:
+        engine.dispose()
