@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast chaos bench bench-limits bench-campaign compose-check clean
+.PHONY: install demo test test-fast chaos bench bench-limits bench-campaign bench-enqueue compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-limits: $(STAMP)  ## per-chatbot limits held by 4 workers, and fairness la
 
 bench-campaign: $(STAMP)  ## 100,000 recipients from CSV: seconds to schedule, peak memory, latency meanwhile
 	$(BIN)/python -m bench.campaign
+
+bench-enqueue: $(STAMP)  ## send_many of 100,000 and Producer.send p99 on PostgreSQL vs raw INSERT/COPY (prints figures)
+	$(BIN)/python -m bench.enqueue
 
 compose-check:  ## validate docker-compose.yml (Debian's docker-compose package)
 	docker-compose config -q

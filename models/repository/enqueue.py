@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from oaksend.errors import IdempotencyConflict
@@ -89,7 +89,7 @@ class EnqueueRepository(Repository):
         options = self._foreign_options
         driver = _psycopg(session)
         if driver is not None:
-            ids = self._insert_pg(driver, unique, now)
+            ids = _as_sqlalchemy_errors(session, lambda: self._insert_pg(driver, unique, now))
         else:
             ids = self._insert_portable(session, unique, now, options)
         return [ids[i] for i in slot]
@@ -225,6 +225,18 @@ def _psycopg(session: Session) -> Any:
     if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
         return None
     return conn.connection.driver_connection
+
+
+def _as_sqlalchemy_errors(session: Session, call: Callable[[], list[int]]) -> list[int]:
+    """Driver errors of the psycopg fast path, raised as SQLAlchemy's (as every other statement's are)."""
+    import psycopg  # noqa: PLC0415
+
+    try:
+        return call()
+    except psycopg.Error as exc:
+        if exc.sqlstate is None or session.connection().connection.driver_connection.closed:
+            session.connection().invalidate(exc)  # a lost connection: do not hand it out again
+        raise DBAPIError.instance(None, None, exc, psycopg.Error, hide_parameters=True) from None
 
 
 def _same_or_conflict(row: NewMessage, stored: Stored) -> int:
