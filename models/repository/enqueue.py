@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -37,6 +37,7 @@ PG_LOOKUP_CHUNK = 20_000
 Refuse = Callable[[dict[str, str]], None]
 
 Stored = tuple[int, str, str, str]
+T = TypeVar("T")
 
 
 class EnqueueRepository(Repository):
@@ -184,6 +185,14 @@ class EnqueueRepository(Repository):
 
     def _suppressed(self, s: Session, phones: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
+        driver = _psycopg(s)
+        if driver is not None:
+            from oaksend.models.repository import pg_bulk  # noqa: PLC0415
+
+            table = pg_bulk.table_name(self.schema, SuppressedNumber.__tablename__)
+            for chunk in _chunks(phones, PG_LOOKUP_CHUNK):
+                out.update(_as_sqlalchemy_errors(s, lambda c=chunk: pg_bulk.suppressed(driver, table, c)))
+            return out
         options = self._foreign_options
         for chunk in _chunks(phones, LOOKUP_CHUNK):
             q = select(SuppressedNumber.to_phone, SuppressedNumber.reason).where(SuppressedNumber.to_phone.in_(chunk))
@@ -227,7 +236,7 @@ def _psycopg(session: Session) -> Any:
     return conn.connection.driver_connection
 
 
-def _as_sqlalchemy_errors(session: Session, call: Callable[[], list[int]]) -> list[int]:
+def _as_sqlalchemy_errors(session: Session, call: Callable[[], T]) -> T:
     """Driver errors of the psycopg fast path, raised as SQLAlchemy's (as every other statement's are)."""
     import psycopg  # noqa: PLC0415
 

@@ -127,3 +127,9 @@ def existing(conn: Connection[Any], table: sql.Composable,
     ).format(table=table)
     rows = conn.execute(query, ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
     return {(sn, key): (int(mid), sn, to, body) for mid, sn, to, body, key in rows}
+
+
+def suppressed(conn: Connection[Any], table: sql.Composable, phones: Sequence[str]) -> dict[str, str]:
+    """{phone: reason} for the numbers among `phones` that must not be texted."""
+    query = sql.SQL("SELECT to_phone, reason FROM {table} WHERE to_phone = ANY(%b::text[])").format(table=table)
+    return {phone: reason for phone, reason in conn.execute(query, (list(phones),)).fetchall()}
