@@ -317,3 +317,108 @@ def test_session_id_round_trips_64_bits(producer: Producer, outbox: Outbox, read
     assert row is not None and row.session_id == session_id
     with reader.connect() as conn:
         assert conn.scalar(text("SELECT session_id FROM oaksend_messages WHERE id = :id"), {"id": mid}) == session_id
+
+
+# -- large batches (PostgreSQL: COPY, with ON CONFLICT as the fallback) --------------------------------
+def _batch(n: int, key_prefix: str | None = "bulk") -> list[SendRequest]:
+    base = datetime.now(timezone.utc).replace(microsecond=0)
+    return [
+        SendRequest(CHATBOT if i % 3 else "second-chatbot", f"+1415555{i:04d}", f"Olá {i} 😀\n\"quoted\" \\ tab\t",
+                    idempotency_key=f"{key_prefix}-{i}" if key_prefix and i % 2 else None,
+                    send_at=base + timedelta(minutes=i % 7), deadline=base + timedelta(hours=1, minutes=i % 5),
+                    metadata={"n": i, "nested": {"list": [1, None, "x"]}} if i % 4 else None)
+        for i in range(n)
+    ]
+
+
+def test_a_large_batch_stores_every_field_exactly(producer: Producer, outbox: Outbox, reader: Engine) -> None:
+    requests = _batch(450)
+    ids = producer.send_many(requests)
+    assert len(set(ids)) == 450 and count(reader) == 450
+    for mid, req in zip(ids, requests):
+        row = outbox.get(mid)
+        assert row is not None
+        assert (row.serial_number, row.to_phone, row.body, row.idempotency_key, row.meta) == (
+            req.serial_number, req.to, req.text, req.idempotency_key, req.metadata)
+        assert (row.next_attempt_at, row.deadline_at, row.state, row.attempts) == (req.send_at, req.deadline,
+                                                                                   "pending", 0)
+    with reader.connect() as conn:  # no metadata is JSON null, as a single send stores it
+        nulls = conn.scalar(text("SELECT count(*) FROM oaksend_messages WHERE metadata IS NULL"))
+    assert nulls == 0
+
+
+def test_a_large_batch_with_some_keys_stored_answers_them_and_writes_the_rest(
+        producer: Producer, reader: Engine) -> None:
+    requests = _batch(300)
+    first = producer.send_many(requests[:40])
+    assert count(reader) == 40
+    ids = producer.send_many(requests)
+    keyed = [i for i in range(40) if requests[i].idempotency_key]
+    assert all(ids[i] == first[i] for i in keyed)  # a stored key answers with its row
+    assert not set(ids[i] for i in range(40) if i not in keyed) & set(first)  # no key: a new message
+    assert count(reader) == 40 + 300 - len(keyed)
+
+
+def test_a_large_batch_conflicting_with_a_stored_key_writes_nothing(producer: Producer, reader: Engine,
+                                                                    wake_client: redis.Redis) -> None:
+    requests = _batch(300)
+    producer.send(requests[1].serial_number, requests[1].to, "different text", idempotency_key=requests[1].idempotency_key)
+    wake_client.delete(WAKE_KEY)
+    with pytest.raises(IdempotencyConflict):
+        producer.send_many(requests)
+    assert count(reader) == 1 and wakes(wake_client) == 0
+
+
+@pytest.fixture
+def pg_producer(pg_database: str, redis_url: str, wake_redis_url: str) -> Iterator[Producer]:
+    from oaksend.worker.migrate import upgrade
+    from tests.support import reset_pg
+
+    reset_pg(pg_database)
+    upgrade(pg_database)
+    settings = Settings(database_url=pg_database, redis_url=redis_url, _env_file=None)  # type: ignore[call-arg]
+    p = Producer(settings, redis_client=redis.Redis.from_url(wake_redis_url))
+    yield p
+    p.close()
+
+
+def test_a_large_batch_waits_for_a_key_in_an_open_transaction_then_goes_around_it(pg_producer: Producer) -> None:
+    """COPY meets a key another transaction holds: it waits, fails once that commits, and the batch goes around it."""
+    requests = _batch(300, key_prefix="held")
+    holder = Session(pg_producer.outbox.engine)
+    held = pg_producer.send(requests[1].serial_number, requests[1].to, requests[1].text,
+                            idempotency_key=requests[1].idempotency_key, session=holder)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(pg_producer.send_many(requests)))
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive()  # waiting on the uncommitted row
+    holder.commit()
+    holder.close()
+    thread.join(60)
+    assert len(got) == 1
+    ids = got[0]
+    assert ids[1] == held and len(set(ids)) == 300
+    with pg_producer.outbox.session() as s:
+        assert s.scalar(text("SELECT count(*) FROM oaksend_messages")) == 300
+
+
+def test_the_on_conflict_fallback_skips_a_taken_key(pg_producer: Producer) -> None:
+    """pg_bulk.insert_many: when COPY meets a stored key, the rows go in with ON CONFLICT DO NOTHING."""
+    from oaksend.models.records import NewMessage
+    from oaksend.models.repository import pg_bulk
+
+    outbox = pg_producer.outbox
+    now = datetime.now(timezone.utc)
+    rows = [NewMessage(CHATBOT, PHONE, f"m{i}", 1, now, None, f"k{i}" if i % 2 else None, None)
+            for i in range(pg_bulk.COPY_MIN_ROWS + 10)]
+    [stored] = outbox.add([rows[5]], now)
+    with outbox.session() as s:
+        conn = s.connection().connection.driver_connection
+        table = pg_bulk.table_name(None, "oaksend_messages")
+        ids = pg_bulk.take_ids(conn, None, "oaksend_messages", len(rows))
+        got = pg_bulk.insert_many(conn, table, ids, rows, now)
+    assert got[5] is None and all(g == i for k, (g, i) in enumerate(zip(got, ids)) if k != 5)
+    with outbox.session() as s:
+        assert s.scalar(text("SELECT count(*) FROM oaksend_messages")) == len(rows)
+        assert s.scalar(text("SELECT id FROM oaksend_messages WHERE idempotency_key = 'k5'")) == stored
