@@ -37,6 +37,7 @@ PG_LOOKUP_CHUNK = 20_000
 Refuse = Callable[[dict[str, str]], None]
 
 Stored = tuple[int, str, str, str]
+_TABLE = Message.__table__
 T = TypeVar("T")
 
 
@@ -99,12 +100,13 @@ class EnqueueRepository(Repository):
     def _insert_pg(self, conn: Any, rows: Sequence[NewMessage], now: datetime) -> list[int]:
         from oaksend.models.repository import pg_bulk  # noqa: PLC0415 - psycopg only when used
 
-        table = pg_bulk.table_name(self.schema, Message.__tablename__)
+        schema = self.schema
         if len(rows) == 1:
-            got: list[int | None] = [pg_bulk.insert_one(conn, table, rows[0], now)]
+            got: list[int | None] = [pg_bulk.insert_one(conn, schema, _TABLE, _values(rows[0], now))]
         else:
-            ids = pg_bulk.take_ids(conn, self.schema, Message.__tablename__, len(rows))
-            if len(rows) >= pg_bulk.COPY_MIN_ROWS and pg_bulk.try_copy(conn, table, ids, rows, now):
+            ids = pg_bulk.take_ids(conn, schema, _TABLE, len(rows))
+            if len(rows) >= pg_bulk.COPY_MIN_ROWS and pg_bulk.try_copy(conn, schema, _TABLE, ids,
+                                                                        [_values(m, now) for m in rows]):
                 return ids
             # Some keys are stored already (or the batch is small): answer those from a
             # look-up, insert the rest (COPY, or ON CONFLICT DO NOTHING if raced again).
@@ -112,9 +114,10 @@ class EnqueueRepository(Repository):
             found: dict[tuple[str, str], Stored] = {}
             if len(rows) >= pg_bulk.COPY_MIN_ROWS:
                 for chunk in _chunks(pairs, PG_LOOKUP_CHUNK):
-                    found.update(pg_bulk.existing(conn, table, chunk))
+                    found.update(pg_bulk.existing(conn, schema, _TABLE, chunk))
             fresh = [i for i, m in enumerate(rows) if (m.serial_number, m.idempotency_key) not in found]
-            inserted = pg_bulk.insert_many(conn, table, [ids[i] for i in fresh], [rows[i] for i in fresh], now)
+            inserted = pg_bulk.insert_many(conn, schema, _TABLE, [ids[i] for i in fresh],
+                                           [_values(rows[i], now) for i in fresh])
             got = [None] * len(rows)
             for i, mid in zip(fresh, inserted):
                 got[i] = mid
@@ -125,7 +128,7 @@ class EnqueueRepository(Repository):
         if skipped:
             # Skipped by ON CONFLICT: another producer holds the key. Use its row if it matches.
             pairs = sorted({(rows[i].serial_number, rows[i].idempotency_key) for i in skipped})  # type: ignore[misc]
-            found = pg_bulk.existing(conn, table, pairs)
+            found = pg_bulk.existing(conn, schema, _TABLE, pairs)
             for i in skipped:
                 stored = found.get((rows[i].serial_number, rows[i].idempotency_key))  # type: ignore[arg-type]
                 if rows[i].idempotency_key is None or stored is None:
@@ -151,7 +154,7 @@ class EnqueueRepository(Repository):
                 ids.append(_same_or_conflict(row, other))
         for chunk in _chunks(fresh, INSERT_CHUNK):
             values = [_values(rows[i], now) for i in chunk]
-            result = session.execute(insert(Message).returning(Message.id, sort_by_parameter_order=True), values,
+            result = session.execute(insert(_TABLE).returning(_TABLE.c.id, sort_by_parameter_order=True), values,
                                      execution_options=options)
             for i, mid in zip(chunk, result.scalars()):
                 ids[i] = mid
@@ -189,9 +192,9 @@ class EnqueueRepository(Repository):
         if driver is not None:
             from oaksend.models.repository import pg_bulk  # noqa: PLC0415
 
-            table = pg_bulk.table_name(self.schema, SuppressedNumber.__tablename__)
+            table = SuppressedNumber.__table__
             for chunk in _chunks(phones, PG_LOOKUP_CHUNK):
-                out.update(_as_sqlalchemy_errors(s, lambda c=chunk: pg_bulk.suppressed(driver, table, c)))
+                out.update(_as_sqlalchemy_errors(s, lambda c=chunk: pg_bulk.suppressed(driver, self.schema, table, c)))
             return out
         options = self._foreign_options
         for chunk in _chunks(phones, LOOKUP_CHUNK):
@@ -256,6 +259,7 @@ def _same_or_conflict(row: NewMessage, stored: Stored) -> int:
 
 
 def _values(m: NewMessage, now: datetime) -> dict[str, Any]:
+    """The new row, by column name: the one list of what an insert writes, on every path."""
     return {
         "serial_number": m.serial_number,
         "to_phone": m.to_phone,
@@ -268,7 +272,7 @@ def _values(m: NewMessage, now: datetime) -> dict[str, Any]:
         "next_attempt_at": m.next_attempt_at,
         "deadline_at": m.deadline_at,
         "idempotency_key": m.idempotency_key,
-        "meta": m.meta,
+        "metadata": m.meta,
         "created_at": now,
         "updated_at": now,
     }

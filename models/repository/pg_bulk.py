@@ -2,7 +2,9 @@
 
 Used by the enqueue repository on the connection of the current transaction.
 Every statement here is parameterized (binary arrays, COPY rows); identifiers
-are composed with `psycopg.sql`, never by string formatting.
+are composed with `psycopg.sql`, never by string formatting. Rows are dicts
+keyed by column name; the column types come from the table's model, so a new
+column needs no change here.
 
 - One message: `INSERT ... VALUES ... ON CONFLICT (serial_number, idempotency_key)
   DO NOTHING RETURNING id`: one round trip.
@@ -20,103 +22,118 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from psycopg import Connection, errors, sql
 from psycopg.types.json import Json
-
-from oaksend.models.records import NewMessage
+from sqlalchemy import JSON, Table
+from sqlalchemy.dialects import postgresql
 
 #: Batches at least this large are COPYed; smaller ones are one INSERT statement.
 COPY_MIN_ROWS = 200
 
-_TARGET = ("id", "serial_number", "to_phone", "body", "segments", "state", "attempts", "failures", "ambiguous",
-           "next_attempt_at", "deadline_at", "idempotency_key", "metadata", "created_at", "updated_at")
-_COPY_TYPES = ("int8", "varchar", "varchar", "text", "int4", "varchar", "int4", "int4", "int4",
-               "timestamptz", "timestamptz", "varchar", "json", "timestamptz", "timestamptz")
 _CONFLICT = sql.SQL("ON CONFLICT (serial_number, idempotency_key) DO NOTHING")
+Row = dict[str, Any]
 
 
-def table_name(schema: str | None, table: str) -> sql.Composable:
-    return sql.Identifier(schema, table) if schema else sql.Identifier(table)
+def _pg_type(table: Table, column: str) -> str:
+    """The column's PostgreSQL type name as psycopg knows it: bigint, varchar, timestamp with time zone, ..."""
+    return str(table.c[column].type.compile(dialect=postgresql.dialect())).lower().split("(")[0]
 
 
-def _meta(m: NewMessage) -> str:
-    # JSON null for no metadata, as SQLAlchemy's JSON type stores None.
-    return json.dumps(m.meta)
+def _is_json(table: Table, column: str) -> bool:
+    return isinstance(table.c[column].type, JSON)
 
 
-def insert_one(conn: Connection[Any], table: sql.Composable, m: NewMessage, now: datetime) -> int | None:
-    columns = sql.SQL(", ").join(map(sql.Identifier, _TARGET[1:]))
-    query = sql.SQL(
-        "INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, 'pending', 0, 0, 0, %s, %s, %s, %s::json, %s, %s) "
-        "{conflict} RETURNING id"
-    ).format(table=table, columns=columns, conflict=_CONFLICT)
-    row = conn.execute(query, (m.serial_number, m.to_phone, m.body, m.segments, m.next_attempt_at, m.deadline_at,
-                               m.idempotency_key, _meta(m), now, now)).fetchone()
-    return None if row is None else int(row[0])
+def qualified(schema: str | None, table: Table) -> sql.Composable:
+    return sql.Identifier(schema, table.name) if schema else sql.Identifier(table.name)
 
 
-def take_ids(conn: Connection[Any], schema: str | None, table: str, n: int) -> list[int]:
+def _columns(names: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Identifier, names))
+
+
+def _json_text(value: Any) -> str:
+    # JSON null for no value, as SQLAlchemy's JSON type stores None.
+    return json.dumps(value)
+
+
+def insert_one(conn: Connection[Any], schema: str | None, table: Table, row: Row) -> int | None:
+    names = list(row)
+    marks = sql.SQL(", ").join(sql.SQL("%s::json") if _is_json(table, n) else sql.SQL("%s") for n in names)
+    query = sql.SQL("INSERT INTO {table} ({columns}) VALUES ({marks}) {conflict} RETURNING id").format(
+        table=qualified(schema, table), columns=_columns(names), marks=marks, conflict=_CONFLICT)
+    params = [_json_text(row[n]) if _is_json(table, n) else row[n] for n in names]
+    found = conn.execute(query, params).fetchone()
+    return None if found is None else int(found[0])
+
+
+def take_ids(conn: Connection[Any], schema: str | None, table: Table, n: int) -> list[int]:
     """n new ids from the table's sequence (gaps are harmless; order is the batch's order)."""
-    qualified = f"{schema}.{table}" if schema else table
-    rows = conn.execute(
-        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", (qualified, n)
+    name = f"{schema}.{table.name}" if schema else table.name
+    found = conn.execute(
+        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", (name, n)
     ).fetchall()
-    return [int(r[0]) for r in rows]
+    return [int(r[0]) for r in found]
 
 
-def insert_many(conn: Connection[Any], table: sql.Composable, ids: Sequence[int], rows: Sequence[NewMessage],
-                now: datetime) -> list[int | None]:
+def insert_many(conn: Connection[Any], schema: str | None, table: Table, ids: Sequence[int],
+                rows: Sequence[Row]) -> list[int | None]:
     """Insert `rows` with these `ids`; an id comes back None when its key was already taken."""
-    if len(rows) >= COPY_MIN_ROWS and try_copy(conn, table, ids, rows, now):
+    if not rows:
+        return []
+    if len(rows) >= COPY_MIN_ROWS and try_copy(conn, schema, table, ids, rows):
         return list(ids)
-    inserted = set(_insert_unnest(conn, table, ids, rows, now))
+    inserted = set(_insert_unnest(conn, schema, table, ids, rows))
     return [i if i in inserted else None for i in ids]
 
 
-def try_copy(conn: Connection[Any], table: sql.Composable, ids: Sequence[int], rows: Sequence[NewMessage],
-             now: datetime) -> bool:
+def try_copy(conn: Connection[Any], schema: str | None, table: Table, ids: Sequence[int],
+             rows: Sequence[Row]) -> bool:
     """COPY the rows in a savepoint: False (and nothing written) when one of their keys is taken."""
     try:
         with conn.transaction():  # a savepoint inside the current transaction
-            _copy(conn, table, ids, rows, now)
+            _copy(conn, schema, table, ids, rows)
         return True
     except errors.UniqueViolation:
         return False
 
 
-def _copy(conn: Connection[Any], table: sql.Composable, ids: Sequence[int], rows: Sequence[NewMessage],
-          now: datetime) -> None:
+def _copy(conn: Connection[Any], schema: str | None, table: Table, ids: Sequence[int], rows: Sequence[Row]) -> None:
+    names = ["id", *rows[0]]
     query = sql.SQL("COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)").format(
-        table=table, columns=sql.SQL(", ").join(map(sql.Identifier, _TARGET)))
+        table=qualified(schema, table), columns=_columns(names))
+    json_at = {i for i, n in enumerate(names) if _is_json(table, n)}
     with conn.cursor() as cur, cur.copy(query) as copy:
-        copy.set_types(list(_COPY_TYPES))
-        for mid, m in zip(ids, rows):
-            copy.write_row((mid, m.serial_number, m.to_phone, m.body, m.segments, "pending", 0, 0, 0,
-                            m.next_attempt_at, m.deadline_at, m.idempotency_key, Json(m.meta), now, now))
+        copy.set_types([_pg_type(table, n) for n in names])
+        for mid, row in zip(ids, rows):
+            values = [mid, *row.values()]
+            for i in json_at:
+                values[i] = Json(values[i])
+            copy.write_row(values)
 
 
-def _insert_unnest(conn: Connection[Any], table: sql.Composable, ids: Sequence[int], rows: Sequence[NewMessage],
-                   now: datetime) -> list[int]:
+def _insert_unnest(conn: Connection[Any], schema: str | None, table: Table, ids: Sequence[int],
+                   rows: Sequence[Row]) -> list[int]:
+    names = ["id", *rows[0]]
+    arrays, picks, params = [], [], []
+    for i, name in enumerate(names):
+        json_column = _is_json(table, name)
+        arrays.append(sql.SQL("%b::{}[]").format(sql.SQL("text" if json_column else _pg_type(table, name))))
+        picks.append(sql.SQL("{}::json").format(sql.Identifier("t", name)) if json_column
+                     else sql.Identifier("t", name))
+        column = list(ids) if name == "id" else [row[name] for row in rows]
+        params.append([_json_text(v) for v in column] if json_column else column)
     query = sql.SQL(
-        "INSERT INTO {table} ({columns}) "
-        "SELECT t.id, t.sn, t.to_phone, t.body, t.segments, 'pending', 0, 0, 0, t.next_at, t.deadline, t.key, "
-        "t.meta::json, %b, %b "
-        "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::text[], %b::int4[], %b::timestamptz[], "
-        "%b::timestamptz[], %b::text[], %b::text[]) "
-        "AS t(id, sn, to_phone, body, segments, next_at, deadline, key, meta) "
-        "ORDER BY t.sn, t.key "  # one lock order for keys shared by concurrent batches
+        "INSERT INTO {table} ({columns}) SELECT {picks} FROM unnest({arrays}) AS t({columns}) "
+        "ORDER BY t.serial_number, t.idempotency_key "  # one lock order for keys shared by concurrent batches
         "{conflict} RETURNING id"
-    ).format(table=table, columns=sql.SQL(", ").join(map(sql.Identifier, _TARGET)), conflict=_CONFLICT)
-    params = (now, now, list(ids), [m.serial_number for m in rows], [m.to_phone for m in rows],
-              [m.body for m in rows], [m.segments for m in rows], [m.next_attempt_at for m in rows],
-              [m.deadline_at for m in rows], [m.idempotency_key for m in rows], [_meta(m) for m in rows])
+    ).format(table=qualified(schema, table), columns=_columns(names), picks=sql.SQL(", ").join(picks),
+             arrays=sql.SQL(", ").join(arrays), conflict=_CONFLICT)
     return [int(r[0]) for r in conn.execute(query, params).fetchall()]
 
 
-def existing(conn: Connection[Any], table: sql.Composable,
+def existing(conn: Connection[Any], schema: str | None, table: Table,
              pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str, str, str]]:
     """Stored rows holding these (serial_number, idempotency_key) pairs, by pair."""
     if not pairs:
@@ -124,12 +141,13 @@ def existing(conn: Connection[Any], table: sql.Composable,
     query = sql.SQL(
         "SELECT m.id, m.serial_number, m.to_phone, m.body, m.idempotency_key FROM {table} m "
         "JOIN unnest(%b::text[], %b::text[]) AS k(sn, key) ON m.serial_number = k.sn AND m.idempotency_key = k.key"
-    ).format(table=table)
-    rows = conn.execute(query, ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
-    return {(sn, key): (int(mid), sn, to, body) for mid, sn, to, body, key in rows}
+    ).format(table=qualified(schema, table))
+    found = conn.execute(query, ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
+    return {(sn, key): (int(mid), sn, to, body) for mid, sn, to, body, key in found}
 
 
-def suppressed(conn: Connection[Any], table: sql.Composable, phones: Sequence[str]) -> dict[str, str]:
+def suppressed(conn: Connection[Any], schema: str | None, table: Table, phones: Sequence[str]) -> dict[str, str]:
     """{phone: reason} for the numbers among `phones` that must not be texted."""
-    query = sql.SQL("SELECT to_phone, reason FROM {table} WHERE to_phone = ANY(%b::text[])").format(table=table)
+    query = sql.SQL("SELECT to_phone, reason FROM {table} WHERE to_phone = ANY(%b::text[])").format(
+        table=qualified(schema, table))
     return {phone: reason for phone, reason in conn.execute(query, (list(phones),)).fetchall()}

@@ -34,7 +34,7 @@ from oaksend import (
     ValidationError,
 )
 from oaksend.worker.settings import Settings
-from tests.support import API_KEY, CHATBOT, ROOT, Sandbox, Stack, stack_env, wait_until
+from tests.support import API_KEY, CHATBOT, ROOT, Sandbox, Stack, flush_redis, stack_env, wait_until
 
 PHONE = "+14155550123"
 OTHER = "+14155550124"
@@ -404,11 +404,12 @@ def test_cli_retry_deadline_defaults_and_flag(app_db: tuple[str, str | None, Eng
 
 # -- the whole send path with OAKSEND_DB_SCHEMA ----------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.parametrize("app_db", [SCHEMA], indirect=True, ids=["schema"])
 def test_whole_send_path_in_a_schema_of_its_own(app_db: tuple[str, str | None, Engine], producer: Producer,
                                                 status: Status, tmp_path: Path) -> None:
     url, schema, engine = app_db
-    if schema is None:
-        pytest.skip("the public-schema send path is covered by tests/integration/test_send_path.py")
+    assert schema == SCHEMA  # the public schema's send path: tests/integration/test_send_path.py
+    flush_redis()  # rate and pause state left in this Redis db by other tests
     sandbox = Sandbox(tmp_path / "sandbox.log")
     env = stack_env(url, sandbox, queue=f"oaksend-test-{uuid.uuid4().hex[:8]}", OAKSEND_DB_SCHEMA=schema)
     stack = Stack(env, tmp_path)

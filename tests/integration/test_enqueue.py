@@ -407,17 +407,19 @@ def test_the_on_conflict_fallback_skips_a_taken_key(pg_producer: Producer) -> No
     """pg_bulk.insert_many: when COPY meets a stored key, the rows go in with ON CONFLICT DO NOTHING."""
     from oaksend.models.records import NewMessage
     from oaksend.models.repository import pg_bulk
+    from oaksend.models.repository.enqueue import _values
+    from oaksend.models.tables import Message
 
     outbox = pg_producer.outbox
+    table = Message.__table__
     now = datetime.now(timezone.utc)
     rows = [NewMessage(CHATBOT, PHONE, f"m{i}", 1, now, None, f"k{i}" if i % 2 else None, None)
             for i in range(pg_bulk.COPY_MIN_ROWS + 10)]
     [stored] = outbox.add([rows[5]], now)
     with outbox.session() as s:
         conn = s.connection().connection.driver_connection
-        table = pg_bulk.table_name(None, "oaksend_messages")
-        ids = pg_bulk.take_ids(conn, None, "oaksend_messages", len(rows))
-        got = pg_bulk.insert_many(conn, table, ids, rows, now)
+        ids = pg_bulk.take_ids(conn, None, table, len(rows))
+        got = pg_bulk.insert_many(conn, None, table, ids, [_values(r, now) for r in rows])
     assert got[5] is None and all(g == i for k, (g, i) in enumerate(zip(got, ids)) if k != 5)
     with outbox.session() as s:
         assert s.scalar(text("SELECT count(*) FROM oaksend_messages")) == len(rows)
