@@ -104,26 +104,7 @@ class EnqueueRepository(Repository):
         if len(rows) == 1:
             got: list[int | None] = [pg_bulk.insert_one(conn, schema, _TABLE, _values(rows[0], now))]
         else:
-            ids = pg_bulk.take_ids(conn, schema, _TABLE, len(rows))
-            if len(rows) >= pg_bulk.COPY_MIN_ROWS and pg_bulk.try_copy(conn, schema, _TABLE, ids,
-                                                                        [_values(m, now) for m in rows]):
-                return ids
-            # Some keys are stored already (or the batch is small): answer those from a
-            # look-up, insert the rest (COPY, or ON CONFLICT DO NOTHING if raced again).
-            pairs = sorted({(m.serial_number, m.idempotency_key) for m in rows if m.idempotency_key})  # type: ignore[misc]
-            found: dict[tuple[str, str], Stored] = {}
-            if len(rows) >= pg_bulk.COPY_MIN_ROWS:
-                for chunk in _chunks(pairs, PG_LOOKUP_CHUNK):
-                    found.update(pg_bulk.existing(conn, schema, _TABLE, chunk))
-            fresh = [i for i, m in enumerate(rows) if (m.serial_number, m.idempotency_key) not in found]
-            inserted = pg_bulk.insert_many(conn, schema, _TABLE, [ids[i] for i in fresh],
-                                           [_values(rows[i], now) for i in fresh])
-            got = [None] * len(rows)
-            for i, mid in zip(fresh, inserted):
-                got[i] = mid
-            for i, m in enumerate(rows):
-                if got[i] is None and (m.serial_number, m.idempotency_key) in found:
-                    got[i] = _same_or_conflict(m, found[(m.serial_number, m.idempotency_key)])  # type: ignore[index]
+            got = self._insert_pg_batch(conn, rows, now)
         skipped = [i for i, mid in enumerate(got) if mid is None]
         if skipped:
             # Skipped by ON CONFLICT: another producer holds the key. Use its row if it matches.
@@ -135,6 +116,36 @@ class EnqueueRepository(Repository):
                     raise RuntimeError("a message without a conflicting idempotency key was not inserted")
                 got[i] = _same_or_conflict(rows[i], stored)
         return got  # type: ignore[return-value]
+
+    def _insert_pg_batch(self, conn: Any, rows: Sequence[NewMessage], now: datetime) -> list[int | None]:
+        from oaksend.models.repository import pg_bulk  # noqa: PLC0415
+
+        schema = self.schema
+        large = len(rows) >= pg_bulk.COPY_MIN_ROWS
+        pairs = sorted({(m.serial_number, m.idempotency_key) for m in rows if m.idempotency_key})  # type: ignore[misc]
+        # A batch sent again (a campaign tick, a retried job) holds stored keys: a probe of
+        # about 100 of them says so in one query, and saves a COPY that would fail.
+        probe = pairs[:: max(1, len(pairs) // 100)]
+        if large and not (probe and pg_bulk.existing(conn, schema, _TABLE, probe)):
+            ids = pg_bulk.take_ids(conn, schema, _TABLE, len(rows))
+            if pg_bulk.try_copy(conn, schema, _TABLE, ids, [_values(m, now) for m in rows]):
+                return list(ids)
+        # Some keys are stored already (or the batch is small): answer those from a
+        # look-up, insert the rest (COPY, or ON CONFLICT DO NOTHING if raced again).
+        found: dict[tuple[str, str], Stored] = {}
+        if large:
+            for chunk in _chunks(pairs, PG_LOOKUP_CHUNK):
+                found.update(pg_bulk.existing(conn, schema, _TABLE, chunk))
+        fresh = [i for i, m in enumerate(rows) if (m.serial_number, m.idempotency_key) not in found]
+        ids = pg_bulk.take_ids(conn, schema, _TABLE, len(fresh)) if fresh else []
+        inserted = pg_bulk.insert_many(conn, schema, _TABLE, ids, [_values(rows[i], now) for i in fresh])
+        got: list[int | None] = [None] * len(rows)
+        for i, mid in zip(fresh, inserted):
+            got[i] = mid
+        for i, m in enumerate(rows):
+            if got[i] is None and (m.serial_number, m.idempotency_key) in found:
+                got[i] = _same_or_conflict(m, found[(m.serial_number, m.idempotency_key)])  # type: ignore[index]
+        return got
 
     # -- SQLite (and any other backend): look up, then one multi-row INSERT per chunk --------
     def _insert_portable(self, session: Session, rows: Sequence[NewMessage], now: datetime,
