@@ -1,7 +1,7 @@
 """idempotency keys scoped per chatbot: unique (serial_number, idempotency_key)
 
 Revision ID: 0005
-Revises: 0006
+Revises: 0003
 Create Date: 2026-11-27 20:00:00.000000
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 
 
 revision: str = '0005'
-down_revision: str | None = '0006'
+down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
