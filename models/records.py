@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+#: Message priorities, most urgent first; a message stores its position here (0, 1, 2).
+#: A chatbot's due messages are dispatched in this order, then by due time.
+PRIORITIES = ("high", "normal", "bulk")
+NORMAL = PRIORITIES.index("normal")
+
 #: Pause used for "until an operator resumes" (401/403): far enough to mean never.
 INDEFINITE = timedelta(days=3650)
 
@@ -26,6 +31,8 @@ class NewMessage:
     deadline_at: datetime | None
     idempotency_key: str | None
     meta: dict[str, Any] | None
+    #: Position in PRIORITIES: 0 high, 1 normal, 2 bulk.
+    priority: int = NORMAL
 
     def same_content(self, row: Any) -> bool:
         return (
@@ -92,4 +99,4 @@ class Transition:
 
 
 
-__all__ = ["INDEFINITE", "AttemptRecord", "NewMessage", "Transition", "Work"]
+__all__ = ["INDEFINITE", "NORMAL", "PRIORITIES", "AttemptRecord", "NewMessage", "Transition", "Work"]

@@ -20,11 +20,13 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     MetaData,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -85,6 +87,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: Partial-index predicates; queries that should use an index repeat them word for word
+#: (SQLite matches a partial index by the text of its WHERE).
+PENDING = "state = 'pending'"
+WAITING = "state = 'pending' AND NOT ready"
+READY = "state = 'pending' AND ready"
+LEASED = "state IN ('dispatched', 'sending')"
+
+
 def _states_check(column: str, states: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(s) for s in states)})"
 
@@ -100,6 +110,13 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     segments: Mapped[int] = mapped_column(Integer, default=1)
     state: Mapped[str] = mapped_column(String(16), default="pending")
+    #: 0 high, 1 normal, 2 bulk (models.records.PRIORITIES): a chatbot's due messages are leased in this order.
+    priority: Mapped[int] = mapped_column(SmallInteger, default=1, server_default=text("1"))
+    #: A pending message whose time has come: only these are in the dispatcher's due index.
+    #: Set when a message is written already due, or by the dispatcher's staging step once
+    #: `next_attempt_at` passes; cleared when it is leased. Code that makes a row pending
+    #: again may leave it false: the next pass stages it (one write, one pass later).
+    ready: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: Calls made to the API for this message (every one has an attempts row).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: Failures counted against max_attempts (throttling does not count).
@@ -130,19 +147,23 @@ class Message(Base):
     __table_args__ = (
         CheckConstraint(_states_check("state", STATES), name="state"),
         Index("ix_oaksend_messages_campaign", "campaign_id", "state"),
-        Index("ix_oaksend_messages_due", "state", "next_attempt_at"),
-        Index("ix_oaksend_messages_chatbot_due", "serial_number", "state", "next_attempt_at"),
-        Index("ix_oaksend_messages_lease", "state", "lease_until"),
-        Index("ix_oaksend_messages_deadline", "state", "deadline_at"),
+        CheckConstraint("priority IN (0, 1, 2)", name="priority"),
+        # Hot indexes are partial: a row is in each only while the dispatcher may need it there,
+        # so a sent message leaves them all, and a state change writes few entries.
+        # Waiting rows whose time has not come: staging and the dispatcher's next wake-up.
+        Index("ix_oaksend_messages_waiting", "next_attempt_at",
+              postgresql_where=text(WAITING), sqlite_where=text(WAITING)),
+        # Due rows: chatbots with due work (a loose scan, one probe per chatbot) and the
+        # lease of one chatbot's rows in priority, then due-time order.
+        Index("ix_oaksend_messages_ready", "serial_number", "priority", "next_attempt_at", "id",
+              postgresql_where=text(READY), sqlite_where=text(READY)),
+        # Leased rows: rescue of lost leases, and messages in flight per chatbot.
+        Index("ix_oaksend_messages_leased", "state", "lease_until", "serial_number",
+              postgresql_where=text(LEASED), sqlite_where=text(LEASED)),
+        # Pending rows with a deadline: expiry.
+        Index("ix_oaksend_messages_deadline", "deadline_at",
+              postgresql_where=text(PENDING), sqlite_where=text(PENDING)),
         Index("ix_oaksend_messages_phone", "to_phone", "state"),
-        # Only waiting rows: the dispatcher walks chatbots with pending work through it,
-        # so a 100,000-message backlog costs one index probe per chatbot, not a scan.
-        Index("ix_oaksend_messages_pending",
-            "serial_number",
-            "next_attempt_at",
-            postgresql_where=text("state = 'pending'"),
-            sqlite_where=text("state = 'pending'"),
-        ),
         Index("ix_oaksend_messages_created", "created_at"),
         # Producers insert with ON CONFLICT (serial_number, idempotency_key) DO NOTHING.
         Index("uq_oaksend_messages_chatbot_key", "serial_number", "idempotency_key", unique=True),

@@ -9,13 +9,18 @@ Each pass:
 1. rescue: dispatched rows whose lease ran out go back to pending; rows left
    `sending` by a dead worker are recorded as ambiguous (see Outbox.rescue);
    pending rows past their deadline are expired;
-2. for each chatbot with due messages, in round-robin order, lease at most what
-   its rate allows for the next `dispatch_lookahead_s` (minus what is already
-   in flight), so the broker holds only a second or two of work;
-3. publish one task per batch, interleaving chatbots, so a chatbot with a huge
+2. stage: waiting messages whose time has come are marked ready, each once, in
+   due-time order (messages written already due are ready from the start);
+3. for each chatbot with ready messages (one index probe per such chatbot, at
+   most CHATBOTS_PER_PASS per pass, round-robin), lease at most what its rate
+   allows for the next `dispatch_lookahead_s` (minus what is already in
+   flight), most urgent priority first, so the broker holds only a second or
+   two of work;
+4. publish one task per batch, interleaving chatbots, so a chatbot with a huge
    backlog delays another's messages by at most one pass.
 Then it sleeps until the next message is due, a producer wakes it, or
-`dispatch_interval_s` passes.
+`dispatch_interval_s` passes. Nothing in a pass costs anything per chatbot or
+per message that is only waiting for its time.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +58,12 @@ RESCUE_EVERY_S = 0.5
 MIRROR_PAUSE_S = 2.0
 #: The lock lives this long without renewal; a standby takes over after it.
 LOCK_TTL_S = 5.0
+#: Most chatbots with due work served in one pass; more are served by the next passes.
+CHATBOTS_PER_PASS = 500
+#: Most waiting messages marked ready in one pass (more: the next pass follows at once).
+STAGE_PER_PASS = 5000
+#: While the broker is full, sleep for this share of the time workers need to drain it.
+DRAIN_SHARE = 0.25
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -69,9 +81,15 @@ class PassStats:
     tasks: int = 0
     rescued: dict[str, int] = field(default_factory=dict)
     expired: int = 0
-    capped: bool = False  # more due work than the broker has room for: come back at once
+    staged: int = 0
+    #: More due work than the broker has room for: come back once workers have taken some.
+    capped: bool = False
+    #: Work left that the next pass can do at once (more to stage, more chatbots to serve).
+    more: bool = False
     #: A rate-limited chatbot has more due work: come back within this many seconds.
     wait_s: float = float("inf")
+    #: Messages dispatched and not yet claimed, all chatbots, after this pass.
+    inflight: int = 0
 
 
 def allowance(rate_per_s: float, burst: int, inflight: int, *, lookahead_s: float, max_per_pass: int,
@@ -101,6 +119,18 @@ def interleave(batches_by_chatbot: list[list[list[int]]]) -> list[int]:
     return order
 
 
+def capped_wait(inflight: int, drain_per_s: float, *, longest_s: float, shortest_s: float = 0.01) -> float:
+    """Pure: how long to sleep while the broker is full (no busy loop, no idle workers).
+
+    The workers need `inflight / drain_per_s` seconds for what is queued; sleeping
+    a quarter of that leaves them three quarters in reserve. With no estimate yet,
+    the longest wait.
+    """
+    if drain_per_s <= 0 or inflight <= 0:
+        return longest_s
+    return max(shortest_s, min(longest_s, DRAIN_SHARE * inflight / drain_per_s))
+
+
 class Dispatcher:
     """Moves due outbox rows into Celery, fairly and within each chatbot's rate."""
 
@@ -115,8 +145,10 @@ class Dispatcher:
         self.limits = LimitBook(outbox, settings, ttl_s=1.0)
         self.limiter = RateLimiter(redis_client)
         self._renew = redis_client.register_script(_RENEW)
-        self._rr_offset = 0
+        self._cursor = ""  # round-robin over chatbots with due work: the next pass starts after it
         self._last_rescue: datetime | None = None
+        self._drain_per_s = 0.0  # how fast workers claim dispatched messages (smoothed)
+        self._last_inflight: tuple[float, int] | None = None  # (monotonic time, in flight after a pass)
         self.active = False
 
     # -- leadership -----------------------------------------------------------------------
@@ -149,15 +181,16 @@ class Dispatcher:
             stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}")
             stats.expired = self.outbox.expire_overdue(now)
             self._last_rescue = now
-        due = self.outbox.due_chatbots(now)
-        if not due:
-            return stats
-        # Rotate the starting chatbot each pass, so no one is always first.
-        start = self._rr_offset % len(due)
-        due = due[start:] + due[:start]
-        self._rr_offset += 1
-        states = self.limits.get_many(due)
+        stats.staged = self.outbox.stage_due(now, STAGE_PER_PASS)
+        stats.more = stats.staged >= STAGE_PER_PASS
         inflight = self.outbox.inflight_counts()
+        self._observe_drain(sum(inflight.values()))
+        stats.inflight = sum(inflight.values())
+        due = self._due_chatbots(stats)
+        if not due:
+            self._last_inflight = (time.monotonic(), stats.inflight)
+            return stats
+        states = self.limits.get_many(due)
         lease_until = now + timedelta(seconds=self.settings.lease_s)
         leased: list[tuple[str, list[list[int]]]] = []
         # Workers wait for a rate slot at most max_token_wait_s: no use sending further ahead.
@@ -207,7 +240,37 @@ class Dispatcher:
                 continue
             stats.tasks += 1
             stats.dispatched += len(batch)
+        stats.inflight += stats.dispatched
+        self._last_inflight = (time.monotonic(), stats.inflight)
         return stats
+
+    def _due_chatbots(self, stats: PassStats) -> list[str]:
+        """This pass's chatbots with due work: a slice after the cursor, wrapping round.
+
+        When all fit in one pass the order rotates by one chatbot each pass, so no
+        one is always first; when there are more, each pass takes the next slice.
+        """
+        due = self.outbox.due_chatbots(after=self._cursor, limit=CHATBOTS_PER_PASS)
+        if len(due) >= CHATBOTS_PER_PASS:
+            stats.more = True
+            self._cursor = due[-1]
+            return due
+        if self._cursor:
+            seen = set(due)
+            due += [sn for sn in self.outbox.due_chatbots(limit=CHATBOTS_PER_PASS - len(due)) if sn not in seen]
+        self._cursor = due[0] if due else ""
+        return due
+
+    def _observe_drain(self, inflight_now: int) -> None:
+        """Learn how fast workers claim dispatched messages, from the in-flight count between passes."""
+        if self._last_inflight is None:
+            return
+        at, before = self._last_inflight
+        elapsed = time.monotonic() - at
+        if elapsed <= 0.001 or before <= 0:
+            return
+        rate = max(0, before - inflight_now) / elapsed
+        self._drain_per_s = rate if self._drain_per_s == 0 else 0.7 * self._drain_per_s + 0.3 * rate
 
     def _mirror_pause(self, serial_number: str, until: datetime, now: datetime) -> None:
         """Re-create a pause in Redis from the database (after Redis lost it).
@@ -227,8 +290,12 @@ class Dispatcher:
         Everything already due was handled by this pass (sent on, waiting for its
         rate, or paused), so only the next message that is not due yet matters.
         """
+        if stats.more:
+            return 0.0  # more chatbots or messages to handle now: the next pass is real work
+        horizon_s = min(self.settings.dispatch_lookahead_s, self.settings.max_token_wait_s)
         if stats.capped:
-            return 0.05
+            return capped_wait(stats.inflight, self._drain_per_s, longest_s=min(self.settings.dispatch_interval_s,
+                                                                                 horizon_s / 4))
         now = self.clock()
         wait_s = min(self.settings.dispatch_interval_s, max(0.05, stats.wait_s))
         nxt = self.outbox.next_due_at(after=now)
@@ -248,8 +315,8 @@ class Dispatcher:
                     continue
                 stats = self.run_pass()
                 if stats.dispatched or stats.expired or any(stats.rescued.values()):
-                    log.info("pass: dispatched %d in %d tasks, rescued %s, expired %d",
-                             stats.dispatched, stats.tasks, stats.rescued, stats.expired)
+                    log.info("pass: dispatched %d in %d tasks, rescued %s, expired %d, staged %d",
+                             stats.dispatched, stats.tasks, stats.rescued, stats.expired, stats.staged)
                 self._wait(self.sleep_for(stats), stop)
                 last_error = ""
             except (redis.RedisError, SQLAlchemyError, OSError) as exc:

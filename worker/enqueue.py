@@ -58,18 +58,21 @@ class Producer:
 
     def send(self, serial_number: str, to: str, text: str, *, idempotency_key: str | None = None,
              send_at: datetime | None = None, deadline: datetime | None = None,
-             metadata: dict[str, Any] | None = None, session: Session | None = None) -> int:
+             metadata: dict[str, Any] | None = None, priority: str = "normal",
+             session: Session | None = None) -> int:
         """Enqueue one message; return its id.
 
         serial_number: the chatbot ID. to: an E.164 number. text: at most 1600 characters.
         idempotency_key: the same key with the same content returns the existing id;
         with different content raises IdempotencyConflict. send_at: not before this
         time. deadline: never send after it (default: DEFAULT_DEADLINE_S after send_at).
-        metadata: a JSON object kept with the message. session: your SQLAlchemy
+        metadata: a JSON object kept with the message. priority: "high", "normal"
+        (the default) or "bulk": a chatbot's due messages go out most urgent first,
+        so a confirmation is not held behind a campaign. session: your SQLAlchemy
         Session, so the row commits (or rolls back) with your own data.
         Raises ValidationError naming the field; then nothing is written.
         """
-        request = SendRequest(serial_number, to, text, idempotency_key, send_at, deadline, metadata)
+        request = SendRequest(serial_number, to, text, idempotency_key, send_at, deadline, metadata, priority)
         now = utcnow()
         row = validate(request, now=now, default_deadline_s=self.settings.default_deadline_s)
         return self._write([row], now, session)[0]

@@ -14,7 +14,7 @@ from typing import Any
 
 import phonenumbers
 
-from oaksend.models.records import NewMessage
+from oaksend.models.records import PRIORITIES, NewMessage
 from oaksend.errors import ValidationError
 from oaksend.worker.logs import mask_phone
 from oaksend.worker.segments import count_segments
@@ -40,6 +40,8 @@ class SendRequest:
     send_at: datetime | None = None
     deadline: datetime | None = None
     metadata: dict[str, Any] | None = field(default=None)
+    #: "high", "normal" or "bulk": a chatbot's due messages go out in this order.
+    priority: str = "normal"
 
 
 def validate(req: SendRequest, *, now: datetime, default_deadline_s: float) -> NewMessage:
@@ -62,6 +64,7 @@ def validate(req: SendRequest, *, now: datetime, default_deadline_s: float) -> N
     else:
         deadline = max(send_at, now) + timedelta(seconds=default_deadline_s)
     meta = _metadata(req.metadata)
+    priority = _priority(req.priority)
     return NewMessage(
         serial_number=serial,
         to_phone=to,
@@ -71,7 +74,14 @@ def validate(req: SendRequest, *, now: datetime, default_deadline_s: float) -> N
         deadline_at=deadline,
         idempotency_key=key,
         meta=meta,
+        priority=priority,
     )
+
+
+def _priority(value: object) -> int:
+    if not isinstance(value, str) or value not in PRIORITIES:
+        raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}")
+    return PRIORITIES.index(value)
 
 
 def _serial_number(value: object) -> str:

@@ -6,80 +6,102 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Integer, Select, String, bindparam, func, literal_column, select, text, update
 
 from oaksend.models.repository.base import Repository
 from oaksend.models.tables import (
+    LEASED,
+    PENDING,
+    READY,
+    WAITING,
     Attempt,
     Message,
 )
 
 
+def _due_chatbots_statement() -> Select[tuple[str]]:
+    """Chatbots with due work, by a loose index scan over the ready index.
+
+    One probe per chatbot that has DUE messages (never per chatbot that only
+    waits, never per message), starting after a cursor, so that a long list is
+    served a slice per pass, round-robin.
+    """
+    m = Message.__table__
+    first = (select(func.min(m.c.serial_number))
+             .where(text(READY), m.c.serial_number > bindparam("after", type_=String())).scalar_subquery())
+    bots = select(first.label("sn"), literal_column("1").label("n")).cte("oaksend_bots", recursive=True)
+    following = select(func.min(m.c.serial_number)).where(text(READY), m.c.serial_number > bots.c.sn).scalar_subquery()
+    bots = bots.union_all(
+        select(following, bots.c.n + 1).where(bots.c.sn.is_not(None), bots.c.n < bindparam("limit", type_=Integer()))
+    )
+    return select(bots.c.sn).where(bots.c.sn.is_not(None))
+
+
+_DUE_CHATBOTS = _due_chatbots_statement()
+
+
 class DispatchRepository(Repository):
     # -- dispatching ----------------------------------------------------------------------
-    def due_chatbots(self, now: datetime) -> list[str]:
-        """Chatbots with at least one due pending message, in a stable order.
+    def stage_due(self, now: datetime, limit: int) -> int:
+        """Mark up to `limit` waiting messages whose time has come ready; return how many.
 
-        A loose index scan over the partial index of pending rows: one probe per
-        chatbot with waiting messages, whatever the size of each backlog.
+        Each message is staged once, in due-time order, through the partial index of
+        waiting rows, so a million messages due tomorrow cost nothing today.
         """
-        # Core, not text: the schema translate map (OAKSEND_DB_SCHEMA) applies to it.
-        table = Message.__table__
-        bots = (
-            select(func.min(table.c.serial_number).label("sn")).where(table.c.state == "pending")
-            .cte("bots", recursive=True)
-        )
-        m = table.alias("m")
-        following = (
-            select(func.min(m.c.serial_number)).where(m.c.state == "pending", m.c.serial_number > bots.c.sn)
-            .scalar_subquery()
-        )
-        bots = bots.union_all(select(following).where(bots.c.sn.is_not(None)))
-        walk = select(bots.c.sn).where(bots.c.sn.is_not(None))
-        earliest = (
-            select(func.min(Message.next_attempt_at))
-            .where(Message.state == "pending", Message.serial_number == bindparam("sn"))
-            .scalar_subquery()
-        )
         with self.session() as s:
-            bots = [row[0] for row in s.execute(walk)]
-            due: list[str] = []
-            for sn in bots:
-                first = s.scalar(select(earliest), {"sn": sn})
-                if first is not None and first <= now:
-                    due.append(sn)
-            return due
+            candidates = (
+                select(Message.id)
+                .where(text(WAITING), Message.next_attempt_at <= now)
+                .order_by(Message.next_attempt_at)
+                .limit(limit)
+            )
+            if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+                candidates = candidates.with_for_update(skip_locked=True)
+            ids = list(s.scalars(candidates))
+            if not ids:
+                return 0
+            return s.execute(
+                update(Message)
+                .where(Message.id.in_(ids), text(WAITING), Message.next_attempt_at <= now)
+                .values(ready=True)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+
+    def due_chatbots(self, *, after: str = "", limit: int = 1000) -> list[str]:
+        """Up to `limit` chatbots with ready (due) messages, in serial-number order after `after`."""
+        with self.session() as s:
+            return list(s.scalars(_DUE_CHATBOTS, {"after": after, "limit": limit}))
 
     def inflight_counts(self) -> dict[str, int]:
         """Messages per chatbot dispatched but not yet claimed (those claimed hold a rate slot)."""
         with self.session() as s:
             rows = s.execute(
                 select(Message.serial_number, func.count())
-                .where(Message.state == "dispatched")
+                .where(text("state = 'dispatched'"))
                 .group_by(Message.serial_number)
             )
             return {sn: n for sn, n in rows}
 
     def next_due_at(self, after: datetime | None = None) -> datetime | None:
-        """When the earliest pending message (due after `after`, if given) becomes due."""
-        q = select(func.min(Message.next_attempt_at)).where(Message.state == "pending")
+        """When the earliest waiting message (due after `after`, if given) becomes due."""
+        q = select(func.min(Message.next_attempt_at)).where(text(WAITING))
         if after is not None:
             q = q.where(Message.next_attempt_at > after)
         with self.session() as s:
             return s.scalar(q)
 
     def lease_due(self, serial_number: str, now: datetime, limit: int, lease_until: datetime) -> tuple[str, list[int]]:
-        """Mark up to `limit` due messages of one chatbot dispatched under a new lease token."""
+        """Mark up to `limit` due messages of one chatbot dispatched under a new lease token.
+
+        Most urgent priority first, then the earliest due. The lease clears `ready`, so
+        whatever makes the message pending again later needs no knowledge of it.
+        """
         token = str(uuid.uuid4())
         with self.session() as s:
             candidates = (
                 select(Message.id)
-                .where(
-                    Message.serial_number == serial_number,
-                    Message.state == "pending",
-                    Message.next_attempt_at <= now,
-                )
-                .order_by(Message.next_attempt_at, Message.id)
+                .where(text(READY), Message.serial_number == serial_number, Message.next_attempt_at <= now)
+                .order_by(Message.priority, Message.next_attempt_at, Message.id)
                 .limit(limit)
             )
             if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
@@ -87,18 +109,17 @@ class DispatchRepository(Repository):
             ids = list(s.scalars(candidates))
             if not ids:
                 return token, []
-            s.execute(
-                update(Message)
-                .where(Message.id.in_(ids), Message.state == "pending")
-                .values(state="dispatched", lease_token=token, lease_until=lease_until, updated_at=now)
-            )
-            # Re-read: only rows that really changed under this token count.
             leased = list(
                 s.scalars(
-                    select(Message.id).where(Message.id.in_(ids), Message.lease_token == token).order_by(Message.id)
+                    update(Message)
+                    .where(Message.id.in_(ids), text(READY))
+                    .values(state="dispatched", ready=False, lease_token=token, lease_until=lease_until,
+                            updated_at=now)
+                    .returning(Message.id)
+                    .execution_options(synchronize_session=False)
                 )
             )
-        return token, leased
+        return token, sorted(leased)
 
     def release(self, ids: Sequence[int], token: str, now: datetime) -> int:
         """Give dispatched messages back (publishing to the broker failed)."""
@@ -106,7 +127,7 @@ class DispatchRepository(Repository):
             res = s.execute(
                 update(Message)
                 .where(Message.id.in_(list(ids)), Message.state == "dispatched", Message.lease_token == token)
-                .values(state="pending", lease_token=None, lease_until=None, updated_at=now)
+                .values(state="pending", ready=True, lease_token=None, lease_until=None, updated_at=now)
             )
             return res.rowcount
 
@@ -121,14 +142,15 @@ class DispatchRepository(Repository):
         with self.session() as s:
             res = s.execute(
                 update(Message)
-                .where(Message.state == "dispatched", Message.lease_until < now)
-                .values(state="pending", lease_token=None, lease_until=None, next_attempt_at=now, updated_at=now)
+                .where(text(LEASED), Message.state == "dispatched", Message.lease_until < now)
+                .values(state="pending", ready=True, lease_token=None, lease_until=None, next_attempt_at=now,
+                        updated_at=now)
             )
             counts["dispatched"] = res.rowcount
             lost = list(
                 s.execute(
                     select(Message.id, Message.attempts, Message.lease_token)
-                    .where(Message.state == "sending", Message.lease_until < now)
+                    .where(text(LEASED), Message.state == "sending", Message.lease_until < now)
                     .with_for_update()
                 )
             )
@@ -170,7 +192,7 @@ class DispatchRepository(Repository):
         with self.session() as s:
             return s.execute(
                 update(Message)
-                .where(Message.state == "pending", Message.deadline_at.is_not(None), Message.deadline_at <= now)
+                .where(text(PENDING), Message.deadline_at <= now)
                 .values(state="expired", last_outcome="expired", last_reason="deadline passed before sending",
                         lease_token=None, lease_until=None, updated_at=now)
             ).rowcount

@@ -277,6 +277,9 @@ def _values(m: NewMessage, now: datetime) -> dict[str, Any]:
         "body": m.body,
         "segments": m.segments,
         "state": "pending",
+        "priority": m.priority,
+        # Already due: straight into the dispatcher's ready index, no staging write.
+        "ready": m.next_attempt_at <= now,
         "attempts": 0,
         "failures": 0,
         "ambiguous": 0,
