@@ -15,6 +15,11 @@ from typing import Any
 PRIORITIES = ("high", "normal", "bulk")
 NORMAL = PRIORITIES.index("normal")
 
+
+def priority_name(value: int | None) -> str:
+    """A stored priority (0, 1, 2) as its name; anything else reads as normal."""
+    return PRIORITIES[value if value is not None and 0 <= value < len(PRIORITIES) else NORMAL]
+
 #: Pause used for "until an operator resumes" (401/403): far enough to mean never.
 INDEFINITE = timedelta(days=3650)
 
@@ -99,4 +104,4 @@ class Transition:
 
 
 
-__all__ = ["INDEFINITE", "NORMAL", "PRIORITIES", "AttemptRecord", "NewMessage", "Transition", "Work"]
+__all__ = ["INDEFINITE", "NORMAL", "PRIORITIES", "priority_name", "AttemptRecord", "NewMessage", "Transition", "Work"]

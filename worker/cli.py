@@ -127,7 +127,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         mid = producer.send(args.chatbot, args.to, args.text, idempotency_key=args.key,
                             send_at=_when(args.send_at, "send_at"), deadline=_when(args.deadline, "deadline"),
-                            metadata=metadata)
+                            metadata=metadata, priority=args.priority)
     finally:
         producer.close()
     if args.json:
@@ -155,7 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return EXIT_OK
-    for k in ("id", "chatbot", "to", "state", "attempts", "failures", "ambiguous", "session_id", "session_id_text",
+    for k in ("id", "chatbot", "to", "state", "priority", "attempts", "failures", "ambiguous", "session_id", "session_id_text",
               "last_outcome", "last_reason", "next_attempt_at", "deadline_at", "idempotency_key", "created_at",
               "sent_at"):
         if k == "session_id_text" and data[k] is None:
@@ -192,7 +192,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = [{**message_dict(m), "to": mask_phone(m.to), "created_at": m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
              "last_reason": (m.last_reason or "")[:50]} for m in page.messages]
-    table(rows, ["id", "chatbot", "to", "state", "attempts", "session_id", "created_at", "last_reason"])
+    table(rows, ["id", "chatbot", "to", "state", "priority", "attempts", "session_id", "created_at", "last_reason"])
     if page.next_cursor:
         print(f"(more: --cursor {page.next_cursor})")
     return EXIT_OK
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--send-at", help="not before this time (ISO 8601, or +10m)")
     p.add_argument("--deadline", help="never after this time (ISO 8601, or +2h)")
     p.add_argument("--metadata", help="a JSON object kept with the message")
+    p.add_argument("--priority", default="normal", choices=["high", "normal", "bulk"],
+                   help="a chatbot's due messages go out most urgent first (default normal)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_send)
 

@@ -39,6 +39,7 @@ def message_dict(m: Any) -> dict[str, Any]:
         "text": m.text,
         "segments": m.segments,
         "state": m.state,
+        "priority": m.priority,
         "attempts": m.attempts,
         "failures": m.failures,
         "ambiguous": m.ambiguous,

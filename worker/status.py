@@ -25,6 +25,7 @@ from typing import Any
 
 from oaksend.errors import NotFound, ValidationError
 from oaksend.models.db import make_engine
+from oaksend.models.records import priority_name
 from oaksend.models.repository import Outbox
 from oaksend.models.tables import STATES
 from oaksend.worker.clock import utcnow
@@ -80,6 +81,8 @@ class MessageStatus:
     text: str
     segments: int
     state: str
+    #: "high", "normal" or "bulk": a chatbot's due messages go out most urgent first.
+    priority: str
     attempts: int
     failures: int
     ambiguous: int
@@ -267,7 +270,8 @@ def _message(row: Any, attempts: tuple[AttemptStatus, ...] | None = None,
              actions: tuple[OperatorActionStatus, ...] | None = None) -> MessageStatus:
     return MessageStatus(
         id=row.id, chatbot=row.serial_number, to=row.to_phone, text=row.body, segments=row.segments,
-        state=row.state, attempts=row.attempts, failures=row.failures, ambiguous=row.ambiguous,
+        state=row.state, priority=priority_name(row.priority), attempts=row.attempts, failures=row.failures,
+        ambiguous=row.ambiguous,
         next_attempt_at=row.next_attempt_at, deadline_at=row.deadline_at, idempotency_key=row.idempotency_key,
         last_outcome=row.last_outcome, last_reason=row.last_reason, session_id=row.session_id,
         session_id_text=row.session_id_text, metadata=row.meta,
