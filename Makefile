@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast chaos bench bench-limits bench-campaign bench-enqueue compose-check clean
+.PHONY: install demo test test-fast chaos bench bench-limits bench-campaign bench-enqueue bench-scale compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,8 @@ bench-limits: $(STAMP)  ## per-chatbot limits held by 4 workers, and fairness la
 
 bench-campaign: $(STAMP)  ## 100,000 recipients from CSV: seconds to schedule, peak memory, latency meanwhile
 	$(BIN)/python -m bench.campaign
+bench-scale: $(STAMP)  ## the dispatcher with 50,000 chatbots holding 1,000,000 future messages (prints figures)
+	$(BIN)/python -m bench.scale
 
 bench-enqueue: $(STAMP)  ## send_many of 100,000 and Producer.send p99 on PostgreSQL vs raw INSERT/COPY (prints figures)
 	$(BIN)/python -m bench.enqueue

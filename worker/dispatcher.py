@@ -290,12 +290,13 @@ class Dispatcher:
         Everything already due was handled by this pass (sent on, waiting for its
         rate, or paused), so only the next message that is not due yet matters.
         """
-        if stats.more:
-            return 0.0  # more chatbots or messages to handle now: the next pass is real work
         horizon_s = min(self.settings.dispatch_lookahead_s, self.settings.max_token_wait_s)
         if stats.capped:
+            # The broker is full: more chatbots or staging cannot help until workers take some.
             return capped_wait(stats.inflight, self._drain_per_s, longest_s=min(self.settings.dispatch_interval_s,
                                                                                  horizon_s / 4))
+        if stats.more:
+            return 0.0  # more chatbots or messages to handle now: the next pass is real work
         now = self.clock()
         wait_s = min(self.settings.dispatch_interval_s, max(0.05, stats.wait_s))
         nxt = self.outbox.next_due_at(after=now)
