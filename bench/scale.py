@@ -70,10 +70,10 @@ WARMUP_PROBES = 10
 _FILL = """
 INSERT INTO oaksend_messages (serial_number, to_phone, body, segments, state, priority, ready, attempts,
     failures, ambiguous, next_attempt_at, deadline_at, created_at, updated_at)
-SELECT :prefix || lpad((g % :chatbots)::text, 6, '0'), '+1415' || lpad((g % 10000000)::text, 7, '0'),
+SELECT CAST(:prefix AS text) || lpad((g % CAST(:chatbots AS integer))::text, 6, '0'), '+1415' || lpad((g % 10000000)::text, 7, '0'),
        'Reminder: your appointment is tomorrow at 10:00. Reply C to confirm.', 1, 'pending', 2, false, 0, 0, 0,
        :now + interval '1 day' + (g % 3600) * interval '1 second', :now + interval '1 day 3 hours', :now, :now
-FROM generate_series(:lo, :hi) g
+FROM generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) g
 """
 
 

@@ -77,7 +77,7 @@ class DispatchRepository(Repository):
         with self.session() as s:
             rows = s.execute(
                 select(Message.serial_number, func.count())
-                .where(text("state = 'dispatched'"))
+                .where(text(LEASED), Message.state == "dispatched")
                 .group_by(Message.serial_number)
             )
             return {sn: n for sn, n in rows}

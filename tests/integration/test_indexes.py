@@ -220,3 +220,31 @@ def test_rescue_reads_only_leased_rows(million: tuple[Outbox, datetime]) -> None
 def test_expiry_reads_only_pending_rows_past_their_deadline(million: tuple[Outbox, datetime]) -> None:
     outbox, now = million
     check(outbox, lambda: outbox.expire_overdue(now), "ix_oaksend_messages_deadline")
+
+
+def test_on_sqlite_too_no_hot_query_scans_the_messages(tmp_path: Any) -> None:
+    """SQLite matches a partial index by the text of its WHERE: the queries repeat it word for word."""
+    from oaksend.worker.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path}/plans.db"
+    upgrade(url)
+    outbox = Outbox(make_engine(url))
+    now = utcnow()
+    try:
+        calls: list[Callable[[], Any]] = [
+            lambda: outbox.stage_due(now, 10), lambda: outbox.due_chatbots(), lambda: outbox.inflight_counts(),
+            lambda: outbox.next_due_at(after=now), lambda: outbox.lease_due(BACKLOG_BOT, now, 5, now),
+            lambda: outbox.rescue(now, "retry", worker="test"), lambda: outbox.expire_overdue(now),
+        ]
+        raw = outbox.engine.raw_connection()
+        try:
+            for call in calls:
+                for statement, parameters in captured(outbox, call):
+                    plan = [row[-1] for row in raw.cursor().execute("EXPLAIN QUERY PLAN " + statement, parameters)]
+                    touching = [step for step in plan if "oaksend_messages" in step]
+                    assert touching and all(" USING " in step and "ix_oaksend_messages_" in step
+                                            for step in touching), (statement, plan)
+        finally:
+            raw.close()
+    finally:
+        outbox.engine.dispose()
