@@ -6,18 +6,19 @@ active at once (Redis lost the lock), nothing is sent twice: leasing a row is a
 conditional UPDATE, and a worker only claims a row under its lease token.
 
 Each pass:
-1. rescue: dispatched rows whose lease ran out go back to pending; rows left
-   `sending` by a dead worker are recorded as ambiguous (see Outbox.rescue);
-   pending rows past their deadline are expired;
-2. stage: waiting messages whose time has come are marked ready, each once, in
+1. stage: waiting messages whose time has come are marked ready, each once, in
    due-time order (messages written already due are ready from the start);
-3. for each chatbot with ready messages (one index probe per such chatbot, at
+2. for each chatbot with ready messages (one index probe per such chatbot, at
    most CHATBOTS_PER_PASS per pass, round-robin), lease at most what its rate
    allows for the next `dispatch_lookahead_s` (minus what is already in
    flight), most urgent priority first, so the broker holds only a second or
    two of work;
-4. publish one task per batch, interleaving chatbots, so a chatbot with a huge
-   backlog delays another's messages by at most one pass.
+3. publish one task per batch, interleaving chatbots, so a chatbot with a huge
+   backlog delays another's messages by at most one pass;
+4. rescue (at most every RESCUE_EVERY_S, after the new work went out):
+   dispatched rows whose lease ran out go back to pending; rows left `sending`
+   by a dead worker are recorded as ambiguous (see Outbox.rescue); pending rows
+   past their deadline are expired.
 Then it sleeps until the next message is due, a producer wakes it, or
 `dispatch_interval_s` passes. Nothing in a pass costs anything per chatbot or
 per message that is only waiting for its time.
@@ -173,14 +174,23 @@ class Dispatcher:
 
     # -- one pass -------------------------------------------------------------------------
     def run_pass(self) -> PassStats:
-        """Rescue, then lease and publish due work. Call only while holding the lock."""
+        """Lease and publish due work, then rescue. Call only while holding the lock."""
         stats = PassStats()
         now = self.clock()
+        self._dispatch(stats, now)
         if self._last_rescue is None or now - self._last_rescue >= timedelta(seconds=RESCUE_EVERY_S):
-            # Leases last seconds: looking for lost ones on every (fast) pass is wasted work.
+            # After the new work went out, so that it does not wait for this. Leases last seconds:
+            # looking for lost ones on every (fast) pass is wasted work.
             stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}")
             stats.expired = self.outbox.expire_overdue(now)
             self._last_rescue = now
+            if stats.rescued.get("dispatched") or (stats.rescued.get("sending")
+                                                  and self.settings.ambiguous_policy == "retry"):
+                stats.more = True  # rescued messages are due again: lease them in the next pass
+        return stats
+
+    def _dispatch(self, stats: PassStats, now: datetime) -> None:
+        """Stage, then lease and publish what is due."""
         stats.staged = self.outbox.stage_due(now, STAGE_PER_PASS)
         stats.more = stats.staged >= STAGE_PER_PASS
         inflight = self.outbox.inflight_counts()
@@ -189,7 +199,7 @@ class Dispatcher:
         due = self._due_chatbots(stats)
         if not due:
             self._last_inflight = (time.monotonic(), stats.inflight)
-            return stats
+            return
         states = self.limits.get_many(due)
         lease_until = now + timedelta(seconds=self.settings.lease_s)
         leased: list[tuple[str, list[list[int]]]] = []
@@ -242,7 +252,6 @@ class Dispatcher:
             stats.dispatched += len(batch)
         stats.inflight += stats.dispatched
         self._last_inflight = (time.monotonic(), stats.inflight)
-        return stats
 
     def _due_chatbots(self, stats: PassStats) -> list[str]:
         """This pass's chatbots with due work: a slice after the cursor, wrapping round.
