@@ -115,7 +115,9 @@ class Message(Base):
     #: A pending message whose time has come: only these are in the dispatcher's due index.
     #: Set when a message is written already due, or by the dispatcher's staging step once
     #: `next_attempt_at` passes; cleared when it is leased. Code that makes a row pending
-    #: again may leave it false: the next pass stages it (one write, one pass later).
+    #: again may leave it false: the next pass stages it (one write, one pass later). Code
+    #: that moves a pending message's time later should clear it (else the dispatcher does,
+    #: the next time it finds nothing due for that chatbot).
     ready: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: Calls made to the API for this message (every one has an attempts row).
     attempts: Mapped[int] = mapped_column(Integer, default=0)

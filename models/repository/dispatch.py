@@ -108,6 +108,14 @@ class DispatchRepository(Repository):
                 candidates = candidates.with_for_update(skip_locked=True)
             ids = list(s.scalars(candidates))
             if not ids:
+                # Listed as due, yet nothing due: code that moved a ready message's time later
+                # left it ready. Back to waiting, so that it is staged again when its time comes.
+                s.execute(
+                    update(Message)
+                    .where(text(READY), Message.serial_number == serial_number, Message.next_attempt_at > now)
+                    .values(ready=False)
+                    .execution_options(synchronize_session=False)
+                )
                 return token, []
             leased = list(
                 s.scalars(

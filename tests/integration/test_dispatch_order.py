@@ -118,3 +118,17 @@ def test_a_full_broker_makes_the_dispatcher_wait_not_spin(settings: Any, outbox:
     finally:
         client.delete(tuned.queue_name)
         client.close()
+
+
+def test_a_ready_message_moved_later_by_other_code_waits_again(outbox: Any, producer: Any) -> None:
+    mid = producer.send(BOT, phone(1), "moved")
+    later = utcnow() + timedelta(hours=1)
+    # Code that knows nothing of `ready` reschedules the message (e.g. its appointment moved).
+    with outbox.session() as s:
+        s.execute(update(Message).where(Message.id == mid).values(next_attempt_at=later))
+    assert outbox.due_chatbots() == [BOT]  # still listed, once
+    assert lease_one(outbox, BOT, utcnow()) == []  # nothing due: it goes back to waiting
+    assert outbox.due_chatbots() == []
+    assert outbox.next_due_at(after=utcnow()) == later
+    assert outbox.stage_due(later, 10) == 1
+    assert lease_one(outbox, BOT, later) == [mid]
