@@ -191,12 +191,17 @@ class Dispatcher:
 
     def _dispatch(self, stats: PassStats, now: datetime) -> None:
         """Stage, then lease and publish what is due."""
-        stats.staged = self.outbox.stage_due(now, STAGE_PER_PASS)
-        stats.more = stats.staged >= STAGE_PER_PASS
-        inflight = self.outbox.inflight_counts()
+        survey = self.outbox.survey(now, stage_limit=STAGE_PER_PASS, after=self._cursor, limit=CHATBOTS_PER_PASS)
+        stats.staged = survey.staged
+        # More to stage, or more chatbots after this slice: the next pass follows at once.
+        stats.more = survey.staged >= STAGE_PER_PASS or survey.full
+        inflight = survey.inflight
         self._observe_drain(sum(inflight.values()))
         stats.inflight = sum(inflight.values())
-        due = self._due_chatbots(stats)
+        due = survey.due
+        # Round-robin: a full slice moves the cursor past it; otherwise the order rotates by
+        # one chatbot each pass, so no one is always first.
+        self._cursor = due[-1] if survey.full else due[0] if due else ""
         if not due:
             self._last_inflight = (time.monotonic(), stats.inflight)
             return
@@ -252,23 +257,6 @@ class Dispatcher:
             stats.dispatched += len(batch)
         stats.inflight += stats.dispatched
         self._last_inflight = (time.monotonic(), stats.inflight)
-
-    def _due_chatbots(self, stats: PassStats) -> list[str]:
-        """This pass's chatbots with due work: a slice after the cursor, wrapping round.
-
-        When all fit in one pass the order rotates by one chatbot each pass, so no
-        one is always first; when there are more, each pass takes the next slice.
-        """
-        due = self.outbox.due_chatbots(after=self._cursor, limit=CHATBOTS_PER_PASS)
-        if len(due) >= CHATBOTS_PER_PASS:
-            stats.more = True
-            self._cursor = due[-1]
-            return due
-        if self._cursor:
-            seen = set(due)
-            due += [sn for sn in self.outbox.due_chatbots(limit=CHATBOTS_PER_PASS - len(due)) if sn not in seen]
-        self._cursor = due[0] if due else ""
-        return due
 
     def _observe_drain(self, inflight_now: int) -> None:
         """Learn how fast workers claim dispatched messages, from the in-flight count between passes."""

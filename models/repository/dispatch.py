@@ -5,8 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import Integer, Select, String, bindparam, func, literal_column, select, text, update
+
+from sqlalchemy.orm import Session
 
 from oaksend.models.repository.base import Repository
 from oaksend.models.tables import (
@@ -40,8 +43,37 @@ def _due_chatbots_statement() -> Select[tuple[str]]:
 _DUE_CHATBOTS = _due_chatbots_statement()
 
 
+class Survey(NamedTuple):
+    """What a dispatch pass starts from, read in one transaction (see DispatchRepository.survey)."""
+
+    #: Waiting messages just marked ready.
+    staged: int
+    #: Messages dispatched and not yet claimed, per chatbot.
+    inflight: dict[str, int]
+    #: Chatbots with due messages: those after the cursor, then from the start, at most `limit`.
+    due: list[str]
+    #: The slice after the cursor was full: more chatbots may have due work.
+    full: bool
+
+
 class DispatchRepository(Repository):
     # -- dispatching ----------------------------------------------------------------------
+    def survey(self, now: datetime, *, stage_limit: int, after: str, limit: int) -> Survey:
+        """Stage what has come due, count what is in flight, list due chatbots: one transaction.
+
+        The due chatbots are those after `after` in serial-number order; when fewer
+        than `limit`, the list wraps round to the start (round-robin from a cursor).
+        """
+        with self.session() as s:
+            staged = self._stage_due(s, now, stage_limit)
+            inflight = self._inflight_counts(s)
+            due = self._due_chatbots(s, after, limit)
+            full = len(due) >= limit
+            if not full and after:
+                seen = set(due)
+                due += [sn for sn in self._due_chatbots(s, "", limit - len(due)) if sn not in seen]
+            return Survey(staged, inflight, due, full)
+
     def stage_due(self, now: datetime, limit: int) -> int:
         """Mark up to `limit` waiting messages whose time has come ready; return how many.
 
@@ -49,38 +81,50 @@ class DispatchRepository(Repository):
         waiting rows, so a million messages due tomorrow cost nothing today.
         """
         with self.session() as s:
-            candidates = (
-                select(Message.id)
-                .where(text(WAITING), Message.next_attempt_at <= now)
-                .order_by(Message.next_attempt_at)
-                .limit(limit)
-            )
-            if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-                candidates = candidates.with_for_update(skip_locked=True)
-            ids = list(s.scalars(candidates))
-            if not ids:
-                return 0
-            return s.execute(
-                update(Message)
-                .where(Message.id.in_(ids), text(WAITING), Message.next_attempt_at <= now)
-                .values(ready=True)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+            return self._stage_due(s, now, limit)
 
     def due_chatbots(self, *, after: str = "", limit: int = 1000) -> list[str]:
         """Up to `limit` chatbots with ready (due) messages, in serial-number order after `after`."""
         with self.session() as s:
-            return list(s.scalars(_DUE_CHATBOTS, {"after": after, "limit": limit}))
+            return self._due_chatbots(s, after, limit)
 
     def inflight_counts(self) -> dict[str, int]:
         """Messages per chatbot dispatched but not yet claimed (those claimed hold a rate slot)."""
         with self.session() as s:
-            rows = s.execute(
-                select(Message.serial_number, func.count())
-                .where(text(LEASED), Message.state == "dispatched")
-                .group_by(Message.serial_number)
-            )
-            return {sn: n for sn, n in rows}
+            return self._inflight_counts(s)
+
+    @staticmethod
+    def _stage_due(s: Session, now: datetime, limit: int) -> int:
+        candidates = (
+            select(Message.id)
+            .where(text(WAITING), Message.next_attempt_at <= now)
+            .order_by(Message.next_attempt_at)
+            .limit(limit)
+        )
+        if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            candidates = candidates.with_for_update(skip_locked=True)
+        ids = list(s.scalars(candidates))
+        if not ids:
+            return 0
+        return s.execute(
+            update(Message)
+            .where(Message.id.in_(ids), text(WAITING), Message.next_attempt_at <= now)
+            .values(ready=True)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+
+    @staticmethod
+    def _due_chatbots(s: Session, after: str, limit: int) -> list[str]:
+        return list(s.scalars(_DUE_CHATBOTS, {"after": after, "limit": limit}))
+
+    @staticmethod
+    def _inflight_counts(s: Session) -> dict[str, int]:
+        rows = s.execute(
+            select(Message.serial_number, func.count())
+            .where(text(LEASED), Message.state == "dispatched")
+            .group_by(Message.serial_number)
+        )
+        return {sn: n for sn, n in rows}
 
     def next_due_at(self, after: datetime | None = None) -> datetime | None:
         """When the earliest waiting message (due after `after`, if given) becomes due."""

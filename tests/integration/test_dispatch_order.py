@@ -85,6 +85,13 @@ def test_due_chatbots_are_served_in_slices_after_a_cursor(outbox: Any, producer:
     assert outbox.due_chatbots(after=bots[2], limit=3) == bots[3:6]
     assert outbox.due_chatbots(after=bots[5], limit=3) == bots[6:]
     assert outbox.due_chatbots(after=bots[6]) == []
+    # A pass's survey wraps round to the start when the slice after the cursor is not full.
+    now = utcnow()
+    assert outbox.survey(now, stage_limit=10, after="", limit=3).due == bots[:3]
+    assert outbox.survey(now, stage_limit=10, after="", limit=3).full
+    wrapped = outbox.survey(now, stage_limit=10, after=bots[5], limit=3)
+    assert wrapped.due == [bots[6], bots[0], bots[1]] and not wrapped.full
+    assert outbox.survey(now, stage_limit=10, after=bots[1], limit=50).due == bots[2:] + bots[:2]
 
 
 def test_inflight_counts_only_dispatched_messages(outbox: Any, producer: Any) -> None:

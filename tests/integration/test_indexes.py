@@ -198,6 +198,14 @@ def test_lease_takes_the_most_urgent_without_scanning_the_backlog(million: tuple
     assert len(got[0][1]) == 10
 
 
+def test_a_pass_survey_runs_the_same_indexed_queries(million: tuple[Outbox, datetime]) -> None:
+    outbox, now = million
+    got: list[Any] = []
+    check(outbox, lambda: got.append(outbox.survey(now, stage_limit=5000, after="bot-", limit=500)),
+          "ix_oaksend_messages_ready", lambda: len(got[0].due))
+    assert got[0].full and len(got[0].due) == 500 and sum(got[0].inflight.values()) >= IN_FLIGHT
+
+
 def test_next_due_is_one_probe(million: tuple[Outbox, datetime]) -> None:
     outbox, now = million
     got: list[Any] = []
