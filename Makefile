@@ -34,6 +34,7 @@ bench-limits: $(STAMP)  ## per-chatbot limits held by 4 workers, and fairness la
 
 bench-campaign: $(STAMP)  ## 100,000 recipients from CSV: seconds to schedule, peak memory, latency meanwhile
 	$(BIN)/python -m bench.campaign
+
 bench-scale: $(STAMP)  ## the dispatcher with 50,000 chatbots holding 1,000,000 future messages (prints figures)
 	$(BIN)/python -m bench.scale
 

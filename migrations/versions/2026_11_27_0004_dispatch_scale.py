@@ -30,12 +30,18 @@ READY = "state = 'pending' AND ready"
 LEASED = "state IN ('dispatched', 'sending')"
 
 
+def _schema() -> str | None:
+    # ALTER TABLE is not rewritten by the engine's schema translate map (OAKSEND_DB_SCHEMA),
+    # so name the schema that env.py configured.
+    return op.get_context().version_table_schema
+
+
 def _where(predicate: str) -> dict[str, object]:
     return {"postgresql_where": sa.text(predicate), "sqlite_where": sa.text(predicate)}
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+    with op.batch_alter_table('oaksend_messages', schema=_schema()) as batch_op:
         batch_op.add_column(sa.Column('priority', sa.SmallInteger(), server_default=sa.text('1'), nullable=False))
         batch_op.add_column(sa.Column('ready', sa.Boolean(), server_default=sa.false(), nullable=False))
         batch_op.create_check_constraint('priority', 'priority IN (0, 1, 2)')
@@ -54,7 +60,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('oaksend_messages', schema=None) as batch_op:
+    with op.batch_alter_table('oaksend_messages', schema=_schema()) as batch_op:
         batch_op.drop_index('ix_oaksend_messages_deadline', **_where(PENDING))
         batch_op.drop_index('ix_oaksend_messages_leased', **_where(LEASED))
         batch_op.drop_index('ix_oaksend_messages_ready', **_where(READY))
