@@ -139,3 +139,25 @@ def test_a_ready_message_moved_later_by_other_code_waits_again(outbox: Any, prod
     assert outbox.next_due_at(after=utcnow()) == later
     assert outbox.stage_due(later, 10) == 1
     assert lease_one(outbox, BOT, later) == [mid]
+
+
+def test_campaign_messages_are_bulk_and_wait_behind_a_confirmation(settings: Any, outbox: Any, producer: Any) -> None:
+    from tests.integration.test_campaigns import messages, people, spec
+
+    from oaksend.worker.campaigns import Campaigns
+
+    service = Campaigns(settings, outbox=outbox)
+    try:
+        created = service.create(spec(), people(utcnow()))
+    finally:
+        service.redis.close()
+    reminders = messages(outbox, created.id)
+    assert reminders and {m.priority for m in reminders} == {2}
+    # Due at once: the confirmation, sent later, is still leased first.
+    sn = reminders[0].serial_number
+    with outbox.session() as s:
+        s.execute(update(Message).where(Message.campaign_id == created.id).values(next_attempt_at=utcnow()))
+    confirmation = producer.send(sn, phone(9), "Your appointment is confirmed")
+    now = utcnow()
+    assert outbox.stage_due(now, 100) >= len(reminders)
+    assert lease_one(outbox, sn, now) == [confirmation]
