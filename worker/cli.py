@@ -155,9 +155,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return EXIT_OK
-    for k in ("id", "chatbot", "to", "state", "priority", "attempts", "failures", "ambiguous", "session_id", "session_id_text",
-              "last_outcome", "last_reason", "next_attempt_at", "deadline_at", "idempotency_key", "created_at",
-              "sent_at"):
+    for k in ("id", "chatbot", "to", "state", "priority", "attempts", "failures", "ambiguous", "session_id",
+              "session_id_text", "last_outcome", "last_reason", "next_attempt_at", "deadline_at", "idempotency_key",
+              "created_at", "sent_at"):
         if k == "session_id_text" and data[k] is None:
             continue  # only for a SessionID that is not a 64-bit integer
         print(f"{k:16} {'' if data[k] is None else data[k]}")
