@@ -1,7 +1,7 @@
 """message priorities; a ready flag and partial indexes that scale with chatbots
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0005
 Create Date: 2026-11-27 20:00:00
 
 The dispatcher used to walk every chatbot with pending messages on each pass.
@@ -20,7 +20,7 @@ from alembic import op
 
 
 revision: str = '0004'
-down_revision: str | None = '0003'
+down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

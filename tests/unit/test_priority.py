@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 
 from oaksend.errors import ValidationError
-from oaksend.models.records import NORMAL, PRIORITIES
+from oaksend.models.records import NORMAL, PRIORITIES, priority_name
 from oaksend.worker.dispatcher import capped_wait
-from oaksend.worker.render import priority_name
 from oaksend.worker.validation import SendRequest, validate
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
