@@ -298,3 +298,22 @@ class CampaignRecipient(Base):
     data: Mapped[dict[str, str]] = mapped_column(JSON)
 
     __table_args__ = (UniqueConstraint("campaign_id", "key"),)
+class OperatorAudit(Base):
+    """One operator command over a selection of messages (retry, cancel, resolve, purge).
+
+    Per-message effects stay in `oaksend_operator_actions`; this row says who ran
+    what, when, on which selection, and how many messages it touched. Purge keeps it.
+    """
+
+    __tablename__ = PREFIX + "operator_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    command: Mapped[str] = mapped_column(String(32))
+    #: The selection as given: ids, or the filters (state, chatbot, since, until, older_than, ...).
+    selection: Mapped[dict[str, Any]] = mapped_column(JSON)
+    count: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_oaksend_operator_audit_at", "at"),)

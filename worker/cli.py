@@ -86,12 +86,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from oaksend.worker import cli_ops
     from oaksend.worker.app import make_app
-    from oaksend.worker.logs import configure_logging
 
     settings = _settings(args)
     key = settings.api_key()  # refuses to start without a usable key, without printing it
-    configure_logging(args.log_level, secrets=(key, *settings.secrets()))
+    cli_ops.start_worker_services(settings, args, secrets=(key, *settings.secrets()))
     app = make_app(settings)
     argv = ["worker", "--loglevel", args.log_level, "-Q", settings.queue_name,
             "--pool", args.pool, "--concurrency", str(args.concurrency), "--without-gossip",
@@ -101,12 +101,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
+    from oaksend.worker import cli_ops
     from oaksend.worker.dispatcher import run
-    from oaksend.worker.logs import configure_logging
 
     settings = _settings(args)
-    configure_logging(args.log_level, secrets=settings.secrets())
     stop = threading.Event()
+    cli_ops.start_dispatcher_services(settings, args, stop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     run(settings, stop)
@@ -215,6 +215,8 @@ def _selected_ids(args: argparse.Namespace, status: Any) -> list[int]:
 
 
 def _apply(args: argparse.Namespace, verb: str) -> int:
+    from oaksend.worker import cli_ops
+
     settings = _settings(args)
     deadline = _when(getattr(args, "deadline", None), "deadline")
     with _status(settings) as status:
@@ -222,6 +224,8 @@ def _apply(args: argparse.Namespace, verb: str) -> int:
         if not ids:
             print("no message matches", file=sys.stderr)
             return EXIT_NOT_FOUND
+        if (stop_with := cli_ops.guard_bulk(args, ids, status.outbox, verb)) is not None:  # --dry-run, confirm
+            return stop_with
         done = "retried" if verb == "retry" else "cancelled"
         results: dict[int, str] = {}
         show_progress = len(ids) > BULK_CHUNK and (sys.stderr.isatty() or args.progress)
@@ -233,6 +237,7 @@ def _apply(args: argparse.Namespace, verb: str) -> int:
                 results.update(status.cancel(chunk, actor=args.actor))
             if show_progress:
                 print(f"{verb}: {min(start + BULK_CHUNK, len(ids))}/{len(ids)} messages", file=sys.stderr, flush=True)
+        cli_ops.audit_bulk(args, status.outbox, verb, results)
     if args.json:
         print_json([{"id": k, "result": v} for k, v in results.items()])
     elif len(results) > 50:
@@ -254,15 +259,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     return _apply(args, "cancel")
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    counts = _outbox(_settings(args)).counts()
-    if args.json:
-        print_json(counts)
-    else:
-        table([{"state": k, "messages": v} for k, v in sorted(counts.items())], ["state", "messages"])
-    return EXIT_OK
 
 
 def cmd_chatbot(args: argparse.Namespace) -> int:
@@ -396,10 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("stats", help="messages per state")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_stats)
-
     p = sub.add_parser("chatbot", help="a chatbot's rate limit and pause (no restart needed)")
     p.add_argument("action", choices=["show", "set-limit", "pause", "resume"])
     p.add_argument("serial_number", nargs="?", help="the chatbot (all configured ones for `show` when omitted)")
@@ -414,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sandbox", help="run the fake NewOaks API (see `oaksend sandbox --help`)", add_help=False)
     p.set_defaults(func=cmd_sandbox)
     __import__("oaksend.worker.cli_campaign", fromlist=["add_commands"]).add_commands(sub)  # campaign, scheduler
+    __import__("oaksend.worker.cli_ops", fromlist=["add_commands"]).add_commands(sub)  # health, stats, audit, run, ...
     return parser
 
 

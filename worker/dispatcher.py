@@ -43,6 +43,7 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
 from oaksend.models.repository import Outbox
+from oaksend.worker import heartbeat, metrics
 from oaksend.worker.tasks import SEND_TASK
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import WAKE_KEY
@@ -311,7 +312,10 @@ class Dispatcher:
                 if not self.hold_lock():
                     stop.wait(LOCK_TTL_S / 5)
                     continue
+                heartbeat.beat_dispatcher(self.redis, self.name, time.time())
+                started = time.perf_counter()
                 stats = self.run_pass()
+                metrics.observe_pass(stats, time.perf_counter() - started)
                 if stats.dispatched or stats.expired or any(stats.rescued.values()):
                     log.info("pass: dispatched %d in %d tasks, rescued %s, expired %d, staged %d",
                              stats.dispatched, stats.tasks, stats.rescued, stats.expired, stats.staged)

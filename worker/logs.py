@@ -92,7 +92,45 @@ def install_redaction(secrets: tuple[str, ...] = ()) -> None:
             handler.addFilter(flt)
 
 
-def configure_logging(level: str = "INFO", secrets: tuple[str, ...] = ()) -> None:
-    """Plain one-line logs on stderr with redaction installed."""
+#: The fields a log record may carry beyond its message (`extra=send_fields(...)`); nothing else is shipped.
+FIELDS = ("message_id", "chatbot", "to", "verdict", "attempt")
+
+
+def send_fields(message_id: int, chatbot: str, to_phone: str, verdict: object, attempt: int | None) -> dict[str, object]:
+    """The structured fields of a send's log line: the number masked, never the text or the key."""
+    return {"message_id": message_id, "chatbot": chatbot, "to": mask_phone(to_phone),
+            "verdict": str(getattr(verdict, "value", verdict)), "attempt": attempt}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, msg, and the send fields when present.
+
+    Runs after the redacting filter, so `msg` is already masked; `to` is masked again here.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import datetime, timezone
+
+        out: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                out[name] = redact(str(value)) if name == "to" else value
+        if record.exc_text:
+            out["exc"] = record.exc_text
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO", secrets: tuple[str, ...] = (), fmt: str = "text") -> None:
+    """One-line logs on stderr (`text`, or `json` objects) with redaction installed."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if fmt == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     install_redaction(secrets)

@@ -82,6 +82,26 @@ class Settings(BaseSettings):
     max_inflight: int = Field(1000, ge=1, validation_alias=_env("MAX_INFLIGHT"))
     queue_name: str = Field("oaksend", validation_alias=_env("QUEUE_NAME"))
 
+    # -- operations: health, metrics, logs, retention ---------------------------------------
+    #: A worker is alive while its last beat (every second) is younger than this.
+    worker_heartbeat_ttl_s: float = Field(5.0, gt=0, validation_alias=_env("WORKER_HEARTBEAT_TTL_S"))
+    #: `oaksend health` fails when the active dispatcher's heartbeat is older than this.
+    health_dispatcher_max_age_s: float = Field(5.0, gt=0, validation_alias=_env("HEALTH_DISPATCHER_MAX_AGE_S"))
+    #: `oaksend health` fails when the oldest due message has waited longer than this.
+    health_max_due_age_s: float = Field(300.0, gt=0, validation_alias=_env("HEALTH_MAX_DUE_AGE_S"))
+    #: Serve Prometheus metrics on this port (workers and dispatchers; unset: no exporter).
+    metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
+    #: The address the exporter binds (0.0.0.0 inside a container).
+    metrics_host: str = Field("127.0.0.1", validation_alias=_env("METRICS_HOST"))
+    #: `text` (one line each) or `json` (one object each, for log shippers).
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("LOG_FORMAT"))
+    #: Purge terminal messages created more than this many days ago (unset: keep everything).
+    retention_days: float | None = Field(None, gt=0, validation_alias=_env("RETENTION_DAYS"))
+    #: With retention: blank phone and text instead of deleting the rows.
+    retention_anonymize: bool = Field(False, validation_alias=_env("RETENTION_ANONYMIZE"))
+    #: How often the dispatcher runs that purge.
+    purge_interval_s: float = Field(3600.0, gt=0, validation_alias=_env("PURGE_INTERVAL_S"))
+
     @field_validator("code_overrides", mode="before")
     @classmethod
     def _parse_overrides(cls, value: object) -> object:
@@ -97,7 +117,7 @@ class Settings(BaseSettings):
             return {int(k): str(v).lower() for k, v in value.items()}
         return value
 
-    @field_validator("newoaks_base_url", "db_schema", mode="before")
+    @field_validator("newoaks_base_url", "db_schema", "metrics_port", "retention_days", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -29,7 +29,8 @@ from oaksend.worker.classify import Verdict, classify
 from oaksend.worker.client import NewOaksClient
 from oaksend.worker.clock import utcnow
 from oaksend.worker.limits import LimitBook
-from oaksend.worker.logs import mask_phone
+from oaksend.worker import metrics
+from oaksend.worker.logs import mask_phone, send_fields
 from oaksend.worker.ratelimit import Admission, RateLimiter
 from oaksend.worker.settings import Settings
 from oaksend.worker.transition import RetryPolicy, attempt_record, plan
@@ -112,6 +113,7 @@ class Sender:
         if state.paused(now):
             self.outbox.give_back(work.id, token, now, None, f"chatbot paused: {state.pause_reason}")
             result.throttled += 1
+            metrics.observe_throttle(work.serial_number)
             return
         # Claim first, so that nothing but the HTTP call stands between the rate slot and
         # the request reaching the API (the API sees our pacing, not our database's).
@@ -130,6 +132,7 @@ class Sender:
                 due = self.clock() + timedelta(seconds=max(admission.wait_s, 0.001))
                 self.outbox.give_back(work.id, token, self.clock(), due, "throttled: waiting for the chatbot's rate limit")
             result.throttled += 1
+            metrics.observe_throttle(work.serial_number)
             return
         now = self.clock()
         if self._expired(work, token, now, result):
@@ -141,6 +144,7 @@ class Sender:
         result.calls += 1
         decision = classify(outcome, overrides=self.overrides, retry_after_cap_s=self.settings.retry_after_cap_s,
                             retry_later_floor_s=self.settings.retry_later_floor_s)
+        metrics.observe_send(decision.verdict, work.serial_number, latency_ms / 1000.0)
         now = self.clock()
         session_id = getattr(outcome, "session_id", None)
         change = plan(decision, failures=work.failures, deadline_at=work.deadline_at, now=now,
@@ -152,7 +156,8 @@ class Sender:
             self._pause(work.serial_number, change.pause_until, now)
         result.count(change.state)
         log.info("message %s to %s: %s (%s) -> %s", work.id, mask_phone(work.to_phone), decision.verdict,
-                 decision.reason, change.state)
+                 decision.reason, change.state,
+                 extra=send_fields(work.id, work.serial_number, work.to_phone, decision.verdict, record.number))
 
     def _expired(self, work: Work, token: str, now: datetime, result: BatchResult) -> bool:
         """Past its deadline: expired without a call (never sent late)."""
@@ -207,6 +212,7 @@ class Sender:
                 delay = min(delay * 2, 5.0)
 
     def _pause(self, serial_number: str, until: datetime, now: datetime) -> None:
+        metrics.observe_pause(serial_number)
         try:
             self.limiter.pause(serial_number, until, now)
         except redis.RedisError:

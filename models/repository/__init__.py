@@ -12,10 +12,12 @@ from oaksend.models.repository.campaigns import CampaignRepository
 from oaksend.models.repository.dispatch import DispatchRepository
 from oaksend.models.repository.enqueue import EnqueueRepository
 from oaksend.models.repository.operator import OperatorRepository
+from oaksend.models.repository.ops import OpsRepository
 from oaksend.models.repository.send import SendRepository
 
 
-class Outbox(EnqueueRepository, DispatchRepository, SendRepository, OperatorRepository, CampaignRepository):
+class Outbox(EnqueueRepository, DispatchRepository, SendRepository, OperatorRepository, CampaignRepository,
+             OpsRepository):
     """The outbox repository, handed its engine: `Outbox(make_engine(url))`."""
 
 

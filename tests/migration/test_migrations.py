@@ -18,7 +18,8 @@ from tests.support import reset_pg
 from oaksend.worker.migrate import alembic_config, downgrade, upgrade
 
 TABLES = {"oaksend_messages", "oaksend_attempts", "oaksend_chatbots", "oaksend_operator_actions",
-          "oaksend_suppressed_numbers", "oaksend_campaigns", "oaksend_campaign_recipients"}
+          "oaksend_suppressed_numbers", "oaksend_campaigns", "oaksend_campaign_recipients",
+          "oaksend_operator_audit"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,0 +1,98 @@
+"""Retention: delete (or anonymize) terminal messages older than a cutoff, in short batches, audited.
+
+Only terminal messages (sent, failed, unknown, expired, cancelled) created
+before the cutoff are touched; open ones never are. Deleting removes their
+attempts and per-message operator actions with them; `anonymize` blanks the
+phone number, the text and the metadata and keeps every attempt. Each batch
+is its own short transaction (row locks on at most `batch` rows, skipped when
+another transaction holds them), so sending goes on during a purge. The
+operator audit (`oaksend_operator_audit`) and suppressed numbers are kept.
+
+`OAKSEND_RETENTION_DAYS` makes every dispatcher process run it every
+`OAKSEND_PURGE_INTERVAL_S`; a Redis lock lets only one of them do so per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Messages per transaction.
+BATCH = 500
+#: Pause between batches, so a large purge leaves room for the send path.
+PAUSE_S = 0.05
+LOCK_KEY = "oaksend:purge:lock"
+
+_AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(value: str) -> timedelta:
+    """Pure: '90d', '12h', '2w', '30m', '45s' -> timedelta; ValueError naming the format otherwise."""
+    match = _AGE_RE.match(value or "")
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not an age (use a positive number and a unit: 90d, 12h, 2w, 30m)")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+
+
+def purge(outbox: Any, cutoff: datetime, *, anonymize: bool, clock: Callable[[], datetime], actor: str | None,
+          command: str, batch: int = BATCH, pause_s: float = PAUSE_S,
+          progress: Callable[[int], None] | None = None) -> int:
+    """Purge in batches until nothing is left; audit the total once. Returns the messages changed."""
+    total = 0
+    while True:
+        n = outbox.purge_batch(cutoff, anonymize, batch, clock())
+        total += n
+        if progress is not None and n:
+            progress(total)
+        if n < batch:
+            break
+        if pause_s:
+            time.sleep(pause_s)
+    selection = {"created_before": cutoff.isoformat(), "states": "terminal",
+                 "action": "anonymize" if anonymize else "delete"}
+    outbox.record_audit(command, selection, total, actor, clock())
+    return total
+
+
+class PeriodicPurge:
+    """A daemon thread in the dispatcher process that applies the retention setting."""
+
+    def __init__(self, settings: Any, outbox: Any, redis_client: Any, stop: threading.Event,
+                 clock: Callable[[], datetime]) -> None:
+        self.settings, self.outbox, self.redis, self.stop, self.clock = settings, outbox, redis_client, stop, clock
+        self.thread = threading.Thread(target=self._run, name="oaksend-retention", daemon=True)
+
+    def start(self) -> PeriodicPurge:
+        self.thread.start()
+        return self
+
+    def run_once(self) -> int | None:
+        """Purge if no other process did within the interval; None when another holds the turn."""
+        interval_ms = int(self.settings.purge_interval_s * 1000)
+        if not self.redis.set(LOCK_KEY, "1", nx=True, px=interval_ms):
+            return None
+        days = self.settings.retention_days
+        cutoff = self.clock() - timedelta(days=days)
+        n = purge(self.outbox, cutoff, anonymize=self.settings.retention_anonymize, clock=self.clock,
+                  actor="retention", command=f"purge --older-than {days:g}d (OAKSEND_RETENTION_DAYS)")
+        if n:
+            log.info("retention: %s %d messages created before %s",
+                     "anonymized" if self.settings.retention_anonymize else "deleted", n, cutoff.isoformat())
+        return n
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:  # noqa: BLE001 - an outage waits for the next turn
+                log.warning("retention: purge failed (%s); next try in %.0fs", type(exc).__name__,
+                            self.settings.purge_interval_s)
+            self.stop.wait(min(self.settings.purge_interval_s, 60.0))
