@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ def serve(port: int | None, host: str = "127.0.0.1") -> int | None:
     """Start this process's exporter on `port` (0 picks a free one); returns the port, or None when unset."""
     if port is None:
         return None
+    disable_created_metrics()  # the `_created` series double every counter for no alert's use
     server, _thread = start_http_server(port, addr=host)
     bound = int(server.server_address[1])
     log.info("metrics on http://%s:%d/metrics", host, bound)
