@@ -13,7 +13,8 @@ import sys
 import threading
 from typing import Any
 
-from oaksend.worker.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_PARTIAL, CliError, _outbox, _settings, _when
+from oaksend.errors import ValidationError
+from oaksend.worker.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_PARTIAL, _outbox, _settings, _when
 from oaksend.worker.render import iso, print_json, table
 
 #: Above this many messages, a selection needs `--yes` (or a "y" at the prompt).
@@ -51,7 +52,7 @@ def confirm(args: argparse.Namespace, verb: str, count: int) -> bool:
     if count <= CONFIRM_ABOVE or getattr(args, "yes", False):
         return True
     if not sys.stdin.isatty():
-        raise CliError(f"yes: {verb} would change {count} messages (more than {CONFIRM_ABOVE}); "
+        raise ValidationError("yes", f"{verb} would change {count} messages (more than {CONFIRM_ABOVE}); "
                        f"pass --yes to confirm, or --dry-run to see them first")
     print(f"{verb} {count} messages? [y/N] ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline().strip().lower()
@@ -111,7 +112,7 @@ def start_worker_services(settings: Any, args: argparse.Namespace, secrets: tupl
     configure_logging(args.log_level, secrets=secrets, fmt=_log_format(args, settings))
     port = _metrics_port(args, settings)
     if port is not None and getattr(args, "pool", "threads") not in ("threads", "solo"):
-        raise CliError(f"metrics-port: needs --pool threads (or solo); a {args.pool} pool's children "
+        raise ValidationError("metrics-port", f"needs --pool threads (or solo); a {args.pool} pool's children "
                        f"would not be counted")
     metrics.serve(port, settings.metrics_host)
     heartbeat.attach_worker_beat(settings.redis_url)
@@ -144,7 +145,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     parts = [p.strip() for p in args.only.split(",")] if args.only else list(PARTS)
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        raise CliError(f"only: unknown part {unknown[0]!r} (choose from {', '.join(PARTS)})")
+        raise ValidationError("only", f"unknown part {unknown[0]!r} (choose from {', '.join(PARTS)})")
     checks = check(_settings(args), parts=parts, this_host=args.this_host)
     ok = healthy(checks)
     if args.json:
@@ -167,7 +168,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         window = parse_age(args.window)
     except ValueError as exc:
-        raise CliError(f"window: {exc}") from None
+        raise ValidationError("window", f"{exc}") from None
     data = gather(_outbox(_settings(args)), utcnow(), window)
     if args.json:
         print_json(data)
@@ -211,7 +212,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
     note = (args.note or "").strip()
     if not note:
-        raise CliError("note: say what the check by hand found (e.g. --note 'carrier log shows delivered')")
+        raise ValidationError("note", "say what the check by hand found (e.g. --note 'carrier log shows delivered')")
     outcome = "sent" if args.sent else "failed"
     results = _outbox(_settings(args)).resolve(list(args.ids), outcome, note, args.actor, utcnow())
     if args.json:
@@ -231,9 +232,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     try:
         age = parse_age(args.older_than)
     except ValueError as exc:
-        raise CliError(f"older-than: {exc}") from None
+        raise ValidationError("older-than", f"{exc}") from None
     if args.batch < 1:
-        raise CliError("batch: must be at least 1")
+        raise ValidationError("batch", "must be at least 1")
     outbox = _outbox(_settings(args))
     cutoff = utcnow() - age
     verb = "anonymize" if args.anonymize else "purge"
@@ -273,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.api_key()  # refuse now rather than restart workers that refuse forever
     if args.workers < 1:
-        raise CliError("workers: must be at least 1")
+        raise ValidationError("workers", "must be at least 1")
     configure_logging(args.log_level, secrets=settings.secrets(), fmt=_log_format(args, settings))
     scheduler = not args.no_scheduler and "scheduler" in _subcommands()
     global_args = []
