@@ -310,7 +310,7 @@ class OperatorAudit(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
-    command: Mapped[str] = mapped_column(String(32))
+    command: Mapped[str] = mapped_column(String(200))
     #: The selection as given: ids, or the filters (state, chatbot, since, until, older_than, ...).
     selection: Mapped[dict[str, Any]] = mapped_column(JSON)
     count: Mapped[int] = mapped_column(Integer)

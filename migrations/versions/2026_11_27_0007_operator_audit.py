@@ -25,7 +25,7 @@ def upgrade() -> None:
         sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
         sa.Column('actor', sa.String(length=200), nullable=True),
         sa.Column('at', sa.DateTime(timezone=True), nullable=False),
-        sa.Column('command', sa.String(length=32), nullable=False),
+        sa.Column('command', sa.String(length=200), nullable=False),
         sa.Column('selection', sa.JSON(), nullable=False),
         sa.Column('count', sa.Integer(), nullable=False),
         sa.Column('note', sa.Text(), nullable=True),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, null, select, update
 
 from oaksend.models.repository.base import Repository
 from oaksend.models.tables import (
@@ -181,7 +181,7 @@ class OpsRepository(Repository):
             if anonymize:
                 return s.execute(
                     update(Message).where(*still)
-                    .values(to_phone="", body="", meta=None, updated_at=now)
+                    .values(to_phone="", body="", meta=null(), updated_at=now)
                 ).rowcount
             doomed = select(Message.id).where(*still)
             s.execute(delete(Attempt).where(Attempt.message_id.in_(doomed)))
