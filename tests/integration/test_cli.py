@@ -298,7 +298,7 @@ def test_stats_json_counts_states(cli: Cli) -> None:
     assert result.code == 0, result.err
     with closing(sqlite3.connect(cli.db_path)) as conn:
         expected = dict(conn.execute("SELECT state, count(*) FROM oaksend_messages GROUP BY state").fetchall())
-    assert result.json() == expected
+    assert result.json()["by_state"] == expected
     assert expected["cancelled"] >= 1 and expected["pending"] >= 1
 
 
@@ -367,7 +367,7 @@ def test_bulk_retry_by_state_shows_progress_and_keeps_history(tmp_path: Path) ->
         ids = outbox.add(rows, now)
         with outbox.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE oaksend_messages SET state = 'failed' WHERE id <= ?", (ids[1199],))
-        out = own("retry", "--state", "failed", "--since=-1h", "--progress")
+        out = own("retry", "--state", "failed", "--since=-1h", "--progress", "--yes")
         assert out.code == 0, out.err
         assert "retry: 500/1200 messages" in out.err and "retry: 1200/1200 messages" in out.err
         assert "retried" in out.out and "1200" in out.out
