@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,19 @@ def test_metrics_move_after_real_sends_and_logs_are_json(database_url: str, sand
         assert value(d, "oaksend_dispatcher_pass_seconds_count") > 0
         assert value(d, "oaksend_oldest_due_age_seconds") == 0
         assert value(d, "oaksend_messages", state="pending") == 0
+
+        # `oaksend stats` tells the same story from the database.
+        stats = subprocess.run([sys.executable, "-m", "oaksend.worker.cli", "stats", "--json"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert stats.returncode == 0, stats.stderr
+        data = json.loads(stats.stdout)
+        assert data["by_state"] == {"sent": 4, "failed": 1}
+        assert data["by_chatbot"] == {CHATBOT: {"sent": 4, "failed": 1}}
+        assert {(a["verdict"], a["code"]): a["attempts"] for a in data["attempts"]} == {
+            ("sent", 200): 4, ("retry", 503): 1, ("final", 400): 1}
+        assert all(data["latency_ms"][p] > 0 for p in ("p50", "p95", "p99"))
+        assert data["sent_last_hour"] == 4 and len(data["sent_per_minute"]) >= 60
+        assert data["oldest_due_age_s"] is None
     finally:
         stack.stop()
 
