@@ -151,3 +151,16 @@ def test_throttles_and_pauses_are_counted(pg_database: str, sandbox: Sandbox, tm
         assert value(s, "oaksend_throttles_total", chatbot=CHATBOT) >= 1
     finally:
         stack.stop()
+
+
+def test_a_forking_pool_refuses_a_metrics_port(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OAKSEND_", "NEWOAKS_"))}
+    env.update(NEWOAKS_API_KEY=API_KEY, DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
+    out = subprocess.run([sys.executable, "-m", "oaksend.worker.cli", "worker", "--pool", "prefork", "--metrics-port",
+                          str(free_port())], env=env, capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("oaksend: metrics-port: needs --pool threads")
+    assert API_KEY not in out.stdout + out.stderr
