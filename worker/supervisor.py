@@ -52,7 +52,7 @@ def child_commands(*, workers: int, concurrency: int, metrics_port: int | None, 
         out.append((f"worker{i}", [*global_args, "worker", "--concurrency", str(concurrency), *common, *port,
                                    "-n", f"worker{i}@%h"]))
     if scheduler:
-        out.append(("scheduler", [*global_args, "scheduler"]))
+        out.append(("scheduler", [*global_args, "scheduler", "--log-level", log_level]))
     return out
 
 

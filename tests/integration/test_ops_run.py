@@ -1,4 +1,5 @@
-"""`oaksend run` supervises real processes: they send, a dead child is restarted, SIGTERM stops all cleanly."""
+"""`oaksend run` supervises real processes (dispatcher, workers, scheduler): they send, a dead child is restarted,
+SIGTERM stops all cleanly."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_run_supervises_restarts_and_stops_cleanly(pg_database: str, sandbox: Sa
                     OAKSEND_WORKER_HEARTBEAT_TTL_S="3")
     log = open(tmp_path / "run.log", "wb")
     run = subprocess.Popen([sys.executable, "-m", "oaksend.worker.cli", "run", "--workers", "2", "--concurrency", "2",
-                            "--no-scheduler", "--grace", "20"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                            "--grace", "20"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         def healthy() -> bool:
             result = oaksend(env, "health", "--json", "--only", "database,redis,dispatcher,workers")
@@ -65,6 +66,7 @@ def test_run_supervises_restarts_and_stops_cleanly(pg_database: str, sandbox: Sa
         kids = children(run.pid)
         assert sum(" worker " in c for c in kids.values()) == 2
         assert sum(" dispatcher" in c for c in kids.values()) == 1
+        assert sum(" scheduler" in c for c in kids.values()) == 1  # this oaksend has the command
 
         sent = oaksend(env, "send", "--chatbot", CHATBOT, "--to", "+14155550191", "--text", "via run")
         assert sent.returncode == 0, sent.stderr

@@ -43,6 +43,7 @@ def test_child_commands() -> None:
     assert cmds[1][1][2:] == ["worker", "--concurrency", "4", "--log-level", "INFO", "--log-format", "json",
                               "--metrics-port", "9101", "-n", "worker0@%h"]
     assert cmds[2][1][-4:] == ["--metrics-port", "9102", "-n", "worker1@%h"]
+    assert cmds[3][1] == ["--database-url", "sqlite:///x.db", "scheduler", "--log-level", "INFO"]
     bare = child_commands(workers=1, concurrency=8, metrics_port=None, log_format=None, log_level="INFO",
                           scheduler=False, global_args=[])
     assert bare == [("dispatcher", ["dispatcher", "--log-level", "INFO"]),
