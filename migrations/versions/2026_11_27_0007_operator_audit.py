@@ -1,7 +1,7 @@
 """operator audit: one row per operator command over a selection
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0004
 Create Date: 2026-11-27 20:10:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 
 
 revision: str = '0007'
-down_revision: str | None = '0005'
+down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
