@@ -113,6 +113,7 @@ class Transport:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         per_shard = min(SHARD_CONNECTIONS, self._max_connections)
+        tls = httpx.create_ssl_context()  # one for all shards: each costs milliseconds and memory
         for _ in range(max(1, -(-self._max_connections // per_shard))):
             self._shards.append(httpx.AsyncClient(
                 headers={"Authorization": self._api_key, "Content-Type": "application/json",
@@ -122,6 +123,7 @@ class Transport:
                 limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
                                     keepalive_expiry=_KEEPALIVE_EXPIRY_S),
                 follow_redirects=False,
+                verify=tls,
             ))
             self._slots.append(asyncio.Semaphore(per_shard))
             self._busy.append(0)
@@ -159,6 +161,8 @@ class Transport:
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     # -- on the loop ----------------------------------------------------------------------
     async def _call(self, call: Call) -> CallResult:
