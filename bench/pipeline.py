@@ -824,14 +824,17 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _single_run_lock(opts: argparse.Namespace) -> IO[str]:
-    """One benchmark at a time per set of stores: two would flush each other's Redis dbs and database."""
+def _single_run_lock(opts: argparse.Namespace | None = None) -> IO[str]:
+    """One benchmark at a time per set of stores: two would flush each other's Redis dbs and database.
+
+    Without `opts` (the other benchmarks), or with the default stores: the machine-wide lock."""
     import fcntl
     import hashlib
 
-    stores = f"{opts.redis_url}|{opts.baseline_redis_url}|{opts.pg_database}|{opts.database}"
-    default = opts.redis_url == "redis://127.0.0.1:6379/13" and opts.pg_database == PG_DATABASE
-    suffix = "" if default else "-" + hashlib.sha1(stores.encode()).hexdigest()[:8]
+    suffix = ""
+    if opts is not None and not (opts.redis_url == "redis://127.0.0.1:6379/13" and opts.pg_database == PG_DATABASE):
+        stores = f"{opts.redis_url}|{opts.baseline_redis_url}|{opts.pg_database}|{opts.database}"
+        suffix = "-" + hashlib.sha1(stores.encode()).hexdigest()[:8]
     path = Path(tempfile.gettempdir()) / f"oaksend-bench{suffix}.lock"
     handle = open(path, "a+")
     try:
