@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast chaos bench bench-limits bench-campaign bench-enqueue bench-scale compose-check clean
+.PHONY: install demo test test-fast chaos bench bench-latency bench-memory bench-limits bench-campaign bench-enqueue bench-scale compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +20,20 @@ demo: $(STAMP)  ## run the whole path on SQLite, a local or embedded Redis and t
 test: $(STAMP)  ## the whole suite against real Redis, PostgreSQL and SQLite
 	$(BIN)/pytest
 
-chaos: $(STAMP)  ## the long fault runs: a 2,000-message fault storm, a 20 s database outage
+chaos: $(STAMP)  ## the long fault runs: a 2,000-message fault storm, 20 s and 75 s database outages
 	$(BIN)/pytest -m chaos tests/faults
 
 test-fast: $(STAMP)  ## pure functions only: no services needed
 	$(BIN)/pytest tests/unit
 
-bench: $(STAMP)  ## end-to-end throughput vs bare Celery, and latency (prints figures)
-	$(BIN)/python -m bench.pipeline
+bench: $(STAMP)  ## end-to-end throughput vs bare Celery and a raw httpx loop, and latency (prints figures)
+	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
+
+bench-latency: $(STAMP)  ## throughput of 2 default workers against an API answering in 200 ms
+	$(BIN)/python -m bench.pipeline --skip-baseline --latency-ms 200 --messages 20000 $(BENCH_ARGS)
+
+bench-memory: $(STAMP)  ## worker and dispatcher RSS growth over 200,000 messages (long)
+	$(BIN)/python -m bench.pipeline --skip-baseline --rss-messages 200000 $(BENCH_ARGS)
 
 bench-limits: $(STAMP)  ## per-chatbot limits held by 4 workers, and fairness latency (prints figures)
 	$(BIN)/python -m bench.limits

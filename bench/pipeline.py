@@ -1,6 +1,6 @@
 """`python -m bench.pipeline` (`make bench`): throughput and latency of the whole pipeline, as figures.
 
-Three measurements in one run, on the real services of this machine:
+Four measurements in one run, on the real services of this machine:
 
 1. baseline: a bare Celery no-op task (bench/noop.py) on the same Redis broker
    (its own db, flushed), drained by worker processes with oaksend's pool and
@@ -10,8 +10,15 @@ Three measurements in one run, on the real services of this machine:
    limit set far above what is measured; N messages bulk-enqueued with
    Producer.send_many; messages/s from the first enqueue to the last `sent`
    (messages.sent_at), checked against the database and the sandbox's records;
-3. latency at low load: with the stack idle, messages sent one at a time at a
+3. a raw httpx POST loop: one process, one keep-alive httpx.Client, N POSTs one
+   after the other to the same sandbox (at zero API latency only): what one process
+   can push through the API with nothing else;
+4. latency at low load: with the stack idle, messages sent one at a time at a
    steady rate with Producer.send; enqueue-to-sent (sent_at - created_at) p50/p99.
+
+`--latency-ms` makes the sandbox answer that late (200 ms is a realistic relay to
+Twilio); `--chatbots` spreads the messages over that many chatbots; `--rss-messages`
+adds a long run and prints how much the worker and dispatcher RSS grew over it.
 
 It asserts no speed. It exits 1 when a correctness check fails (not every
 message sent, or the sandbox did not see each exactly once), 4 when Redis or
@@ -19,7 +26,11 @@ PostgreSQL is unreachable, 130 when interrupted. Every process it starts is
 stopped on the way out, Ctrl-C and errors included.
 
     python -m bench.pipeline [--messages N] [--database sqlite|postgresql]
-                             [--workers N] [--concurrency N] [--keep-logs]
+                             [--workers N] [--concurrency N] [--latency-ms MS] [--chatbots N]
+                             [--rss-messages N] [--redis-url URL] [--baseline-redis-url URL]
+                             [--pg-database NAME] [--keep-logs]
+
+Without --concurrency the workers run with `oaksend worker`'s default.
 
 The stack reads OAKSEND_* tuning variables from the environment as usual (e.g.
 OAKSEND_DISPATCH_BATCH_SIZE=100 python -m bench.pipeline); the stores, the
@@ -48,6 +59,8 @@ CHATBOT = "0be4c0a4c5e6f708192a3b4c5d6e7f80"
 API_KEY = "bench-key-5e1f09a2"
 QUEUE = "oaksend-bench"
 PG_DATABASE = "oaksend_bench"
+#: `oaksend worker`'s default --concurrency (for the warm-up and the baseline's shape).
+DEFAULT_CONCURRENCY = 16
 #: Warm-up messages use numbers from here; the measured ones count from 0.
 WARMUP_BASE = 7_000_000
 TERMINAL = ("sent", "failed", "unknown", "expired", "cancelled")
@@ -72,6 +85,11 @@ def say(text: str = "") -> None:
 def phone(i: int) -> str:
     """A distinct, valid US number per message (+1 415 200 0000 onwards)."""
     return f"+1415{2000000 + i:07d}"
+
+
+def chatbots(n: int) -> list[str]:
+    """n chatbot serial numbers, the first one CHATBOT."""
+    return [CHATBOT] + [f"{i:032x}" for i in range(1, n)]
 
 
 def text_of(i: int) -> str:
@@ -315,7 +333,8 @@ def run_baseline(opts: argparse.Namespace, procs: Processes) -> dict[str, float]
     for i in range(opts.workers):
         name = f"baseline-worker{i}"
         procs.start(name, [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "--loglevel", opts.log_level,
-                           "-Q", noop.QUEUE, "--pool", "threads", "--concurrency", str(opts.concurrency),
+                           "-Q", noop.QUEUE, "--pool", "threads",
+                           "--concurrency", str(opts.concurrency or DEFAULT_CONCURRENCY),
                            "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"noop{i}@%h"], env)
         names.append(name)
     if opts.log_level in ("DEBUG", "INFO"):
@@ -327,9 +346,10 @@ def run_baseline(opts: argparse.Namespace, procs: Processes) -> dict[str, float]
     try:
         # Warm up: every connection made, every thread started, before the clock runs.
         with app.producer_or_acquire() as producer:
-            for _ in range(opts.workers * opts.concurrency):
+            for _ in range(opts.workers * (opts.concurrency or DEFAULT_CONCURRENCY)):
                 app.send_task(noop.TASK, queue=noop.QUEUE, producer=producer)
-        _wait_counter(client, noop.DONE_KEY, opts.workers * opts.concurrency, procs, "baseline warm-up")
+        _wait_counter(client, noop.DONE_KEY, opts.workers * (opts.concurrency or DEFAULT_CONCURRENCY), procs,
+                      "baseline warm-up")
         client.delete(noop.DONE_KEY, noop.LAST_KEY)
 
         say(f"baseline: publishing {n:,} no-op tasks one by one ...")
@@ -394,11 +414,12 @@ class Stack:
         self.producer: Any = None
         self.reader: Any = None
         self.control: Any = None
+        self.serials = chatbots(opts.chatbots)
 
     def start(self) -> None:
         opts = self.opts
         if opts.database == "postgresql":
-            self.database_url = fresh_postgres(opts.pg_admin_url, PG_DATABASE)
+            self.database_url = fresh_postgres(opts.pg_admin_url, opts.pg_database)
         else:
             self.database_url = f"sqlite:///{self.procs.logdir / 'oaksend_bench.db'}"
         flush_redis(opts.redis_url)
@@ -412,7 +433,9 @@ class Stack:
         self.env.setdefault("OAKSEND_DEFAULT_BURST", str(opts.burst))
         say(f"oaksend: {opts.database} database {self._shown_db()}, migrating ...")
         oaksend_cli(["migrate"], self.env)
-        oaksend_cli(["chatbot", "set-limit", CHATBOT, "--rate", f"{opts.rate:g}", "--burst", str(opts.burst)], self.env)
+        for serial in chatbots(opts.chatbots):
+            oaksend_cli(["chatbot", "set-limit", serial, "--rate", f"{opts.rate:g}", "--burst", str(opts.burst)],
+                        self.env)
 
         from oaksend.models.db import make_engine
         from oaksend.worker.enqueue import Producer
@@ -434,15 +457,15 @@ class Stack:
         workers = []
         for i in range(opts.workers):
             name = f"worker{i}"
-            self.procs.start(name, [sys.executable, "-m", "oaksend.worker.cli", "worker", "--pool", "threads",
-                                    "--concurrency", str(opts.concurrency), "--log-level", opts.log_level,
-                                    "-n", f"bench{i}@%h"], self.env)
+            shape = ["--concurrency", str(opts.concurrency)] if opts.concurrency else []
+            self.procs.start(name, [sys.executable, "-m", "oaksend.worker.cli", "worker", *shape,
+                                    "--log-level", opts.log_level, "-n", f"bench{i}@%h"], self.env)
             workers.append(name)
         if opts.log_level in ("DEBUG", "INFO"):
             self.procs.wait_for_log(workers, " ready.", 60)
             self.procs.wait_for_log(["dispatcher"], "is now active", 30)
         # Warm up: one message per worker thread, then forget them at the sandbox.
-        warm = opts.workers * opts.concurrency
+        warm = opts.workers * (opts.concurrency or DEFAULT_CONCURRENCY)
         ids = self.producer.send_many(
             [self._request(WARMUP_BASE + i) for i in range(warm)]
         )
@@ -455,12 +478,13 @@ class Stack:
         self.control.reset()
 
     def _shown_db(self) -> str:
-        return PG_DATABASE if self.opts.database == "postgresql" else self.database_url.removeprefix("sqlite:///")
+        return self.opts.pg_database if self.opts.database == "postgresql" else self.database_url.removeprefix("sqlite:///")
 
     def _start_sandbox(self) -> None:
         env = _child_env()
+        latency = ["--latency", f"{self.opts.latency_ms:g}"] if self.opts.latency_ms > 0 else []
         proc = self.procs.start("sandbox", [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key", API_KEY,
-                                            "--seed", "1"], env, stdout_pipe=True)
+                                            "--seed", "1", *latency], env, stdout_pipe=True)
         assert proc.stdout is not None
         first: list[bytes] = []
         reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
@@ -484,7 +508,7 @@ class Stack:
     def _request(self, i: int) -> Any:
         from oaksend.worker.validation import SendRequest
 
-        return SendRequest(CHATBOT, phone(i), text_of(i))
+        return SendRequest(self.serials[i % len(self.serials)], phone(i), text_of(i))
 
     # -- reading the outbox -----------------------------------------------------------------
     def counts(self, lo: int, hi: int) -> dict[str, int]:
@@ -618,12 +642,9 @@ def run_throughput(opts: argparse.Namespace, stack: Stack, checks: list[tuple[st
     checks.append(("one attempt per message", len(latencies) == n, f"{len(latencies):,} attempts"))
 
     # Where the time goes, roughly: worker-thread time per message vs the HTTP call inside it.
-    threads = opts.workers * opts.concurrency
     if latencies and sent:
-        per_msg_ms = elapsed * threads * 1000.0 / len(sent)
         say(f"  HTTP call (attempts.latency_ms): mean {sum(latencies) / len(latencies):.1f} ms, "
-            f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms; "
-            f"worker-thread time per message {per_msg_ms:.1f} ms ({threads} threads)")
+            f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms")
     if cpu:
         say(f"  CPU (% of one core; * = machine-wide): {cpu}")
         say(f"  worker CPU per message: {worker_cpu_s * 1000.0 / n:.2f} ms (one process holds one GIL: "
@@ -648,7 +669,77 @@ def dispatcher_churn(log: str) -> dict[str, int]:
     return out if out["tasks"] else {}
 
 
-# -- 3. latency at low load -------------------------------------------------------------------
+# -- 3. a raw httpx POST loop -----------------------------------------------------------------
+RAW_BASE = 6_000_000  #: phone numbers of the raw loop (distinct from every measured message)
+
+
+def run_raw_loop(opts: argparse.Namespace, stack: Stack) -> dict[str, float]:
+    """N POSTs one after the other from this process, one keep-alive client: the API's bare pace."""
+    import httpx
+
+    from oaksend.worker.client import SEND_PATH
+
+    n = opts.messages
+    say(f"raw httpx: {n:,} POSTs one after the other from one process ...")
+    with httpx.Client(headers={"Authorization": API_KEY, "Content-Type": "application/json"}) as client:
+        url = stack.sandbox_url.rstrip("/") + SEND_PATH
+        for i in range(50):  # warm-up
+            client.post(url, json={"SerialNumber": CHATBOT, "ToPhoneNumber": phone(RAW_BASE + n + i), "Message": "w"})
+        t0 = time.monotonic()
+        bad = 0
+        for i in range(n):
+            r = client.post(url, json={"SerialNumber": CHATBOT, "ToPhoneNumber": phone(RAW_BASE + i),
+                                       "Message": text_of(i)})
+            bad += r.status_code != 200
+        elapsed = time.monotonic() - t0
+    stack.control.reset()
+    rate = n / elapsed
+    say(f"raw httpx: {n:,} POSTs in {elapsed:.2f} s: {rate:,.0f} requests/s ({bad} not 200)")
+    return {"rate": rate}
+
+
+# -- memory over a long run -------------------------------------------------------------------
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_rss(opts: argparse.Namespace, stack: Stack, checks: list[tuple[str, bool, str]]) -> dict[str, float]:
+    """RSS of the worker and dispatcher processes after the first tenth of a long run and at its end."""
+    total = opts.rss_messages
+    chunk = 10_000
+    names = [name for name, _, _ in stack.procs.procs if name.startswith(("worker", "dispatcher"))]
+    pids = {name: proc.pid for name, proc, _ in stack.procs.procs if name in names}
+    say(f"memory: {total:,} more messages in rounds of {chunk:,}; RSS of {', '.join(names)} ...")
+    base = opts.messages + opts.latency_messages + 100
+    first: dict[str, int] = {}
+    done = 0
+    t0 = time.monotonic()
+    while done < total:
+        k = min(chunk, total - done)
+        ids: list[int] = []
+        for i in range(0, k, opts.chunk):
+            ids += stack.producer.send_many([stack._request(base + done + j) for j in range(i, min(k, i + opts.chunk))])
+        stack.wait_sent(min(ids), max(ids), k, "memory", progress=False)
+        done += k
+        if not first and done >= total // 10:
+            first = {name: rss_kb(pid) for name, pid in pids.items()}
+            say("  RSS after " + f"{done:,}: " + ", ".join(f"{n} {v / 1024:.1f} MiB" for n, v in first.items()))
+    last = {name: rss_kb(pid) for name, pid in pids.items()}
+    elapsed = time.monotonic() - t0
+    growth = {name: (last[name] - first[name]) / first[name] * 100.0 if first.get(name) else math.nan
+              for name in names}
+    say(f"  RSS after {total:,} ({elapsed:.0f} s, {total / elapsed:,.0f} msgs/s): " + ", ".join(
+        f"{n} {last[n] / 1024:.1f} MiB ({growth[n]:+.1f}%)" for n in names))
+    return {"max_growth_pct": max(growth.values()) if growth else math.nan, "messages": total}
+
+
+# -- 4. latency at low load -------------------------------------------------------------------
 def run_latency(opts: argparse.Namespace, stack: Stack, checks: list[tuple[str, bool, str]]) -> dict[str, float]:
     k, per_s = opts.latency_messages, opts.latency_rate
     time.sleep(1.5)  # let the dispatcher settle into its idle wait
@@ -686,8 +777,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      description="Throughput and latency of oaksend against a bare Celery baseline.")
     parser.add_argument("--messages", type=int, default=10_000, help="messages (and baseline tasks) per run (10,000)")
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes, for oaksend and the baseline (1)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker process (8)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes, for oaksend and the baseline (2)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help=f"batches in flight per worker process (default: the worker's, {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="the sandbox answers this late (0)")
+    parser.add_argument("--chatbots", type=int, default=1, help="messages spread over this many chatbots (1)")
+    parser.add_argument("--rss-messages", type=int, default=0,
+                        help="a long run of this many more messages, printing worker/dispatcher RSS growth (0: none)")
+    parser.add_argument("--pg-database", default=os.environ.get("BENCH_PG_DATABASE", PG_DATABASE),
+                        help=f"the benchmark's own PostgreSQL database, dropped and created ({PG_DATABASE})")
     parser.add_argument("--chunk", type=int, default=1_000, help="messages per Producer.send_many call (1,000)")
     parser.add_argument("--latency-messages", type=int, default=200, help="messages of the latency run (200)")
     parser.add_argument("--latency-rate", type=float, default=10.0, help="messages/s of the latency run (10)")
@@ -706,11 +804,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"an existing database to connect to for dropping/creating {PG_DATABASE}")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs even when all went well")
     opts = parser.parse_args(argv)
-    for name in ("messages", "workers", "concurrency", "chunk", "latency_messages", "burst"):
+    for name in ("messages", "workers", "chunk", "latency_messages", "burst", "chatbots"):
         if getattr(opts, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if opts.messages + opts.latency_messages > WARMUP_BASE:
         parser.error(f"--messages plus --latency-messages must be at most {WARMUP_BASE:,} (one phone number each)")
+    if opts.concurrency is not None and opts.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    if opts.latency_ms < 0 or opts.rss_messages < 0:
+        parser.error("--latency-ms and --rss-messages must not be negative")
     if opts.latency_rate <= 0 or opts.rate <= 0:
         parser.error("rates must be greater than 0")
     if opts.redis_url.rstrip("/") == opts.baseline_redis_url.rstrip("/"):
@@ -722,11 +824,18 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _single_run_lock() -> IO[str]:
-    """One benchmark at a time on this machine: two would flush each other's Redis dbs and database."""
-    import fcntl
+def _single_run_lock(opts: argparse.Namespace | None = None) -> IO[str]:
+    """One benchmark at a time per set of stores: two would flush each other's Redis dbs and database.
 
-    path = Path(tempfile.gettempdir()) / "oaksend-bench.lock"
+    Without `opts` (the other benchmarks), or with the default stores: the machine-wide lock."""
+    import fcntl
+    import hashlib
+
+    suffix = ""
+    if opts is not None and not (opts.redis_url == "redis://127.0.0.1:6379/13" and opts.pg_database == PG_DATABASE):
+        stores = f"{opts.redis_url}|{opts.baseline_redis_url}|{opts.pg_database}|{opts.database}"
+        suffix = "-" + hashlib.sha1(stores.encode()).hexdigest()[:8]
+    path = Path(tempfile.gettempdir()) / f"oaksend-bench{suffix}.lock"
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -744,7 +853,7 @@ def _single_run_lock() -> IO[str]:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
-        lock = _single_run_lock()  # noqa: F841 - held until the process exits
+        lock = _single_run_lock(opts)  # noqa: F841 - held until the process exits
         check_redis(opts.redis_url)
         check_redis(opts.baseline_redis_url)
         if opts.database == "postgresql":
@@ -761,30 +870,42 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[tuple[str, bool, str]] = []
     ok = False
     try:
-        say(f"bench: {opts.messages:,} messages, {opts.database}, {opts.workers} worker process(es) x "
-            f"--pool threads --concurrency {opts.concurrency}, {os.cpu_count()} CPUs; logs in {logdir}")
+        shape_ = f"--concurrency {opts.concurrency}" if opts.concurrency else "default settings"
+        say(f"bench: {opts.messages:,} messages, {opts.database}, {opts.workers} worker process(es) with "
+            f"{shape_}, API latency {opts.latency_ms:g} ms, {opts.chatbots} chatbot(s), {os.cpu_count()} CPUs; "
+            f"logs in {logdir}")
         baseline = run_baseline(opts, procs) if not opts.skip_baseline else None
         stack = Stack(opts, procs)
         stack.start()
         s = stack.settings
         say(f"  stack: dispatch batch {s.dispatch_batch_size}, max/pass {s.dispatch_max_per_pass}, lookahead "
             f"{s.dispatch_lookahead_s:g} s, chatbot limit {opts.rate:g}/s burst {opts.burst}, sandbox {stack.sandbox_url}")
+        raw = run_raw_loop(opts, stack) if not opts.skip_baseline and opts.latency_ms == 0 else None
         through = run_throughput(opts, stack, checks)
         latency = run_latency(opts, stack, checks)
+        rss = run_rss(opts, stack, checks) if opts.rss_messages else None
 
         say()
         say("== results ==")
-        shape = f"{opts.workers} worker x threads {opts.concurrency}"
+        shape = f"{opts.workers} worker x {opts.concurrency or 'default'} concurrency, {opts.latency_ms:g} ms API"
         if baseline:
             say(f"baseline, bare Celery no-op ({shape}):  {baseline['rate']:8,.0f} tasks/s drained  "
                 f"(published at {baseline['publish_rate']:,.0f}/s)")
         say(f"oaksend end to end ({opts.database}, {shape}):  {through['rate']:8,.0f} msgs/s sent  "
             f"(enqueued at {through['enqueue_rate']:,.0f}/s, {opts.messages:,} in {through['elapsed_s']:.1f} s)")
         if baseline:
-            say(f"ratio oaksend / baseline:  {through['rate'] / baseline['rate']:.2f}")
+            say(f"ratio oaksend / baseline:  {through['rate'] / baseline['rate']:.2f}  (goal >= 1.0)")
+        if raw:
+            say(f"raw httpx POST loop, one process:  {raw['rate']:8,.0f} requests/s")
+            say(f"ratio oaksend / raw httpx loop:  {through['rate'] / raw['rate']:.2f}  (goal >= 0.8)")
         say(f"latency at {opts.latency_rate:g} msgs/s, enqueue -> sent:  p50 {latency['p50_ms']:.1f} ms,  "
             f"p99 {latency['p99_ms']:.1f} ms  ({opts.latency_messages} messages)")
-        return report_checks(checks, logdir)
+        if rss:
+            say(f"memory over {rss['messages']:,} messages: largest RSS growth {rss['max_growth_pct']:+.1f}% "
+                "(goal < 10%)")
+        code = report_checks(checks, logdir)
+        ok = code == EXIT_OK
+        return code
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr, flush=True)
         return exc.code

@@ -130,6 +130,13 @@ class Message(Base):
     #: Set while dispatched or sending: who holds the row, and until when.
     lease_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: While sending: the worker process ("host:pid") holding the row, for the heartbeat rescue.
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: Set just before the request may leave; None while sending means the API was certainly
+    #: not called under this claim, so a rescue hands the row back without an attempt.
+    calling_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Claims taken back from dead workers before any call (bounded by max_attempts).
+    lost: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     #: Unique per chatbot (see uq_oaksend_messages_chatbot_key): two chatbots may use one key.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     last_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)

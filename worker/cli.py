@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Celery worker of oaksend's app (extra args go to Celery)")
     p.add_argument("--pool", default="threads", help="Celery pool (default threads)")
-    p.add_argument("--concurrency", type=int, default=8, help="sends in flight per worker process (default 8)")
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="batches in flight per worker process; each batch's sends run concurrently (default 16)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=cmd_worker)
 

@@ -105,8 +105,8 @@ def _metrics_port(args: argparse.Namespace, settings: Any) -> int | None:
 
 
 def start_worker_services(settings: Any, args: argparse.Namespace, secrets: tuple[str, ...]) -> None:
-    """In a worker process: logs in the chosen format, the metrics exporter, the liveness beat."""
-    from oaksend.worker import heartbeat, metrics
+    """In a worker process: logs in the chosen format and the metrics exporter."""
+    from oaksend.worker import metrics
     from oaksend.worker.logs import configure_logging
 
     configure_logging(args.log_level, secrets=secrets, fmt=_log_format(args, settings))
@@ -115,7 +115,7 @@ def start_worker_services(settings: Any, args: argparse.Namespace, secrets: tupl
         raise ValidationError("metrics-port", f"needs --pool threads (or solo); a {args.pool} pool's children "
                        f"would not be counted")
     metrics.serve(port, settings.metrics_host)
-    heartbeat.attach_worker_beat(settings.redis_url)
+    # The liveness beat starts with the send path (oaksend.worker.tasks) when the worker is ready.
 
 
 def start_dispatcher_services(settings: Any, args: argparse.Namespace, stop: threading.Event) -> None:

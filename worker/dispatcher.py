@@ -43,10 +43,11 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
 from oaksend.models.repository import Outbox
-from oaksend.worker import heartbeat, metrics
+from oaksend.worker import metrics
 from oaksend.worker.tasks import SEND_TASK
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import WAKE_KEY
+from oaksend.worker.heartbeat import LivenessView, write_dispatcher_heartbeat
 from oaksend.worker.limits import LimitBook
 from oaksend.worker.ratelimit import RateLimiter
 from oaksend.worker.settings import Settings
@@ -58,6 +59,9 @@ LOCK_KEY = "oaksend:dispatcher:lock"
 RESCUE_EVERY_S = 0.5
 #: How long a pause copied from the database into Redis lasts before it is renewed.
 MIRROR_PAUSE_S = 2.0
+#: A claimed row not marked calling within the rate wait plus this is taken back (its
+#: worker failed to mark it or hand it back: the database was away).
+UNMARKED_GRACE_S = 15.0
 #: The lock lives this long without renewal; a standby takes over after it.
 LOCK_TTL_S = 5.0
 #: Most chatbots with due work served in one pass; more are served by the next passes.
@@ -151,6 +155,7 @@ class Dispatcher:
         self._last_rescue: datetime | None = None
         self._drain_per_s = 0.0  # how fast workers claim dispatched messages (smoothed)
         self._last_inflight: tuple[float, int] | None = None  # (monotonic time, in flight after a pass)
+        self.liveness = LivenessView(settings.worker_heartbeat_ttl_s)
         self.active = False
 
     # -- leadership -----------------------------------------------------------------------
@@ -160,6 +165,8 @@ class Dispatcher:
         if self.active and self._renew(keys=[LOCK_KEY], args=[self.name, ttl_ms]):
             return True
         got = bool(self.redis.set(LOCK_KEY, self.name, nx=True, px=ttl_ms))
+        if got and not self.active:
+            self.liveness.interrupted()  # judge workers only after watching them a whole TTL
         if got != self.active:
             log.info("dispatcher %s is now %s", self.name, "active" if got else "standby")
         self.active = got
@@ -182,7 +189,15 @@ class Dispatcher:
         if self._last_rescue is None or now - self._last_rescue >= timedelta(seconds=RESCUE_EVERY_S):
             # After the new work went out, so that it does not wait for this. Leases last seconds:
             # looking for lost ones on every (fast) pass is wasted work.
-            stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}")
+            self.liveness.observe(self.redis)
+            owners = self.outbox.sending_owners()
+            dead = self.liveness.dead(owners) if owners else []
+            stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}",
+                                               max_attempts=self.settings.max_attempts, dead_workers=dead,
+                                               unmarked_after=now - timedelta(seconds=self.settings.max_token_wait_s
+                                                                              + UNMARKED_GRACE_S))
+            if dead:
+                log.warning("workers %s stopped beating: their messages are taken back", dead)
             stats.expired = self.outbox.expire_overdue(now)
             self._last_rescue = now
             if stats.rescued.get("dispatched") or (stats.rescued.get("sending")
@@ -312,7 +327,7 @@ class Dispatcher:
                 if not self.hold_lock():
                     stop.wait(LOCK_TTL_S / 5)
                     continue
-                heartbeat.beat_dispatcher(self.redis, self.name, time.time())
+                write_dispatcher_heartbeat(self.redis, self.name, time.time())
                 started = time.perf_counter()
                 stats = self.run_pass()
                 metrics.observe_pass(stats, time.perf_counter() - started)
@@ -322,6 +337,8 @@ class Dispatcher:
                 self._wait(self.sleep_for(stats), stop)
                 last_error = ""
             except (redis.RedisError, SQLAlchemyError, OSError) as exc:
+                if isinstance(exc, redis.RedisError):
+                    self.liveness.interrupted()  # Redis may come back empty: watch again first
                 text = f"{type(exc).__name__}"
                 if text != last_error:
                     log.warning("dispatcher: %s unavailable (%s); retrying", _which(exc), text)
@@ -348,6 +365,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     from oaksend.models.db import make_engine
     from oaksend.worker.app import make_app
 
+    settings.check_timeouts()
     outbox = Outbox(make_engine(settings.database_url, schema=settings.db_schema))
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     app = make_app(settings)

@@ -1,12 +1,15 @@
-"""Liveness in Redis: worker beats and the active dispatcher's heartbeat (see the shared contract).
+"""Liveness in Redis: worker processes and the active dispatcher say they are alive.
 
-- Each worker process beats every second: `ZADD oaksend:workers <unix_s> <hostname>:<pid>`,
-  and removes itself on a clean shutdown. It is alive while its score is younger
-  than `OAKSEND_WORKER_HEARTBEAT_TTL_S`.
-- The active dispatcher writes `oaksend:dispatcher:heartbeat` = `{"name", "at"}` with a
-  10 s expiry on every loop iteration; standbys do not.
+Keys (see the shared contract):
+- `oaksend:workers`, a sorted set: member "<hostname>:<pid>" per worker process, score
+  the unix time (seconds, float) of its last beat. Beats every second; a clean
+  shutdown removes the member. Alive = score younger than the TTL.
+- `oaksend:dispatcher:heartbeat`: `{"name": ..., "at": <unix seconds>}` with a 10 s
+  expiry, written by the active dispatcher on every loop iteration.
 
-Minimal writer and reader; the send path's owner may extend it.
+The dispatcher's rescue uses `LivenessView` to tell a dead worker from a Redis that
+just lost its keys: a worker counts as dead only after the view has watched the set
+without interruption for a whole TTL and not seen it beat.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -25,43 +29,34 @@ log = logging.getLogger(__name__)
 
 WORKERS_KEY = "oaksend:workers"
 DISPATCHER_KEY = "oaksend:dispatcher:heartbeat"
-#: Worker beat period.
 BEAT_EVERY_S = 1.0
-#: The dispatcher heartbeat key expires this long after its last write.
-DISPATCHER_KEY_TTL_MS = 10_000
-#: Entries of workers gone for this long are dropped from the sorted set.
-FORGET_AFTER_S = 3600.0
+DISPATCHER_TTL_MS = 10_000
+#: Members that have not beaten for a day are removed from the set by the dispatcher.
+STALE_MEMBER_S = 86400.0
 
 
 def worker_id() -> str:
-    """This process's id in `oaksend:workers`."""
+    """This process's worker id: "<hostname>:<pid>"."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def beat_worker(client: redis.Redis, wid: str, now_s: float) -> None:
-    pipe = client.pipeline(transaction=False)
-    pipe.zadd(WORKERS_KEY, {wid: now_s})
-    pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_s - FORGET_AFTER_S)
-    pipe.execute()
+def beat(client: redis.Redis, member: str, now_s: float) -> None:
+    client.zadd(WORKERS_KEY, {member: now_s})
 
 
-def remove_worker(client: redis.Redis, wid: str) -> None:
-    client.zrem(WORKERS_KEY, wid)
+def alive_workers(redis_client: redis.Redis, now_s: float, ttl_s: float) -> list[str]:
+    """Workers whose last beat is younger than `ttl_s`."""
+    members = redis_client.zrangebyscore(WORKERS_KEY, now_s - ttl_s, "+inf")
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
 
-def beat_dispatcher(client: redis.Redis, name: str, now_s: float) -> None:
-    client.set(DISPATCHER_KEY, json.dumps({"name": name, "at": now_s}), px=DISPATCHER_KEY_TTL_MS)
+def write_dispatcher_heartbeat(redis_client: redis.Redis, name: str, now_s: float) -> None:
+    redis_client.set(DISPATCHER_KEY, json.dumps({"name": name, "at": now_s}), px=DISPATCHER_TTL_MS)
 
 
-def alive_workers(client: redis.Redis, now_s: float, ttl_s: float) -> list[str]:
-    """Ids of workers that beat within the last `ttl_s` seconds."""
-    return [m.decode() if isinstance(m, bytes) else str(m)
-            for m in client.zrangebyscore(WORKERS_KEY, now_s - ttl_s, "+inf")]
-
-
-def dispatcher_heartbeat(client: redis.Redis) -> dict[str, Any] | None:
-    """The active dispatcher's last heartbeat ({"name", "at"}), or None."""
-    raw = client.get(DISPATCHER_KEY)
+def dispatcher_heartbeat(redis_client: redis.Redis) -> dict[str, Any] | None:
+    """The active dispatcher's last heartbeat, or None when no dispatcher is active."""
+    raw = redis_client.get(DISPATCHER_KEY)
     if raw is None:
         return None
     try:
@@ -71,41 +66,105 @@ def dispatcher_heartbeat(client: redis.Redis) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-class WorkerBeat:
-    """A daemon thread that beats for this worker process until stopped."""
+class WorkerHeartbeat:
+    """A daemon thread that beats for this worker process every second until stopped."""
 
-    def __init__(self, redis_url: str, wid: str | None = None) -> None:
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-        self.wid = wid or worker_id()
+    def __init__(self, client: redis.Redis, member: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = client
+        self.member = member or worker_id()
+        self.clock = clock
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="oaksend-heartbeat", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._beat_once()  # alive before the first message is claimed
+        self._thread = threading.Thread(target=self._run, name="oaksend-heartbeat", daemon=True)
         self._thread.start()
 
+    def _beat_once(self) -> bool:
+        try:
+            beat(self.redis, self.member, self.clock())
+            return True
+        except redis.RedisError:
+            return False
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                beat_worker(self.client, self.wid, time.time())
-            except redis.RedisError:
-                pass  # health reports the outage; beats resume when Redis does
-            self._stop.wait(BEAT_EVERY_S)
+        failing = False
+        while not self._stop.wait(BEAT_EVERY_S):
+            ok = self._beat_once()
+            if ok == failing:
+                log.log(logging.INFO if ok else logging.WARNING,
+                        "heartbeat %s", "restored" if ok else "failing: Redis unavailable")
+            failing = not ok
 
     def stop(self) -> None:
+        """Stop beating and leave the set (a clean shutdown)."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
         try:
-            remove_worker(self.client, self.wid)
+            self.redis.zrem(WORKERS_KEY, self.member)
         except redis.RedisError:
             pass
-        self.client.close()
 
 
-def attach_worker_beat(redis_url: str) -> None:
-    """Beat from the moment the Celery worker is ready until it shuts down."""
-    from celery.signals import worker_ready, worker_shutdown
+class LivenessView:
+    """The dispatcher's view of which workers are alive, robust to Redis losing its keys.
 
-    beat = WorkerBeat(redis_url)
-    worker_ready.connect(lambda **_: beat.start(), weak=False)
-    worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
+    Nothing is judged until the view has read the set without an error for a whole
+    TTL (a Redis restart or a FLUSHALL empties it; workers re-add themselves within
+    a second). After that a worker is dead when its last beat is older than the TTL,
+    or, if it is absent from the set, when the view has not seen it beat for a TTL.
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.wall = wall
+        self._since: float | None = None
+        self._seen: dict[str, float] = {}  # member -> our monotonic time it was last seen alive
+        self._scores: dict[str, float] = {}  # member -> its last beat (unix seconds)
+        self._pruned = 0.0
+
+    def interrupted(self) -> None:
+        """Redis failed or this dispatcher just became active: watch again before judging."""
+        self._since = None
+
+    def observe(self, client: redis.Redis) -> None:
+        now, wall = self.clock(), self.wall()
+        if now - self._pruned > 60:
+            client.zremrangebyscore(WORKERS_KEY, "-inf", wall - STALE_MEMBER_S)
+            self._pruned = now
+        pairs = client.zrange(WORKERS_KEY, 0, -1, withscores=True)
+        if self._since is None:
+            self._since = now
+            self._seen.clear()
+        self._scores = {(m.decode() if isinstance(m, bytes) else str(m)): float(score) for m, score in pairs}
+        for member, score in self._scores.items():
+            if wall - score < self.ttl_s:
+                self._seen[member] = now
+        if len(self._seen) > 1000:
+            cutoff = now - 10 * self.ttl_s
+            self._seen = {m: t for m, t in self._seen.items() if t >= cutoff}
+
+    def dead(self, owners: list[str]) -> list[str]:
+        """Those of `owners` certainly not beating (none until the view has watched a TTL)."""
+        if self._since is None:
+            return []
+        now, wall = self.clock(), self.wall()
+        if now - self._since < self.ttl_s:
+            return []
+        out = []
+        for owner in owners:
+            score = self._scores.get(owner)
+            if score is not None:
+                if wall - score >= self.ttl_s:
+                    out.append(owner)
+            elif now - self._seen.get(owner, self._since) >= self.ttl_s:
+                out.append(owner)
+        return out

@@ -71,8 +71,8 @@ def observe_send(verdict: Any, chatbot: str, latency_s: float | None) -> None:
         API_LATENCY.observe(latency_s)
 
 
-def observe_throttle(chatbot: str) -> None:
-    THROTTLES.labels(chatbot).inc()
+def observe_throttle(chatbot: str, count: int = 1) -> None:
+    THROTTLES.labels(chatbot).inc(count)
 
 
 def observe_pause(chatbot: str) -> None:

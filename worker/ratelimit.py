@@ -74,6 +74,63 @@ return {math.floor(ahead), redis.call('PTTL', KEYS[2])}
 """
 
 
+#: The same GCRA for a group of one chatbot's messages in ONE round trip: slots are
+#: reserved in order while each is at most max_wait_ms away.
+#: KEYS: message tat, segment tat, pause. ARGV: T_msg_ms, burst, T_seg_ms, max_wait_ms, lead_ms, cost_1..cost_n.
+#: The requests will leave `lead_ms` after now at the earliest (the caller marks them first):
+#: the slots are computed for that time, so every caller shifts by the same lead and the
+#: spacing the API sees is the limit's.
+#: Returns {paused, wait_ms of the first refused (-1: none refused), wait_ms of each admitted...},
+#: waits counted from now + lead_ms.
+_GCRA_MANY = """
+local pause_ms = redis.call('PTTL', KEYS[3])
+if pause_ms and pause_ms > 0 then
+  return {1, pause_ms}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 + tonumber(ARGV[5])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local seg_interval = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local seg_tat = now
+if seg_interval > 0 then
+  seg_tat = tonumber(redis.call('GET', KEYS[2]) or now)
+  if seg_tat < now then seg_tat = now end
+end
+local out = {0, -1}
+for i = 6, #ARGV do
+  local segments = tonumber(ARGV[i])
+  local new_tat = tat + interval
+  local wait = new_tat - burst * interval - now
+  local seg_new_tat = seg_tat
+  if seg_interval > 0 then
+    seg_new_tat = seg_tat + seg_interval * segments
+    local allowance = math.max(burst, segments) * seg_interval
+    local seg_wait = seg_new_tat - allowance - now
+    if seg_wait > wait then wait = seg_wait end
+  end
+  if wait > max_wait then
+    out[2] = math.ceil(wait)
+    break
+  end
+  tat = new_tat
+  seg_tat = seg_new_tat
+  if wait < 0 then wait = 0 end
+  out[#out + 1] = math.ceil(wait)
+end
+if #out > 2 then
+  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+  if seg_interval > 0 then
+    redis.call('SET', KEYS[2], string.format('%.3f', seg_tat), 'PX', math.ceil(seg_tat - now) + 1000)
+  end
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Limit:
     """A chatbot's limit: `rate_per_s` messages per second with a burst, and optionally segments per second."""
@@ -81,6 +138,16 @@ class Limit:
     rate_per_s: float
     burst: int = 1
     segments_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class GroupAdmission:
+    """Slots reserved for the first `len(waits_s)` messages of a group, each to be sent
+    after its wait; the rest were refused (`retry_in_s`: when to come back)."""
+
+    waits_s: list[float]
+    retry_in_s: float = 0.0
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +172,7 @@ class RateLimiter:
         self.redis = client
         self._script = client.register_script(_GCRA)
         self._ahead = client.register_script(_AHEAD)
+        self._many = client.register_script(_GCRA_MANY)
 
     def admit(self, serial_number: str, limit: Limit, segments: int = 1) -> Admission:
         """Take one token for `serial_number` if its limit allows it now (else: how long to wait)."""
@@ -124,6 +192,25 @@ class RateLimiter:
                   int(max_wait_s * 1000)],
         )
         return Admission(bool(allowed), float(wait_ms) / 1000.0, bool(paused))
+
+    def reserve_many(self, serial_number: str, limit: Limit, segments: list[int], *,
+                     max_wait_s: float, lead_s: float = 0.0) -> GroupAdmission:
+        """Reserve consecutive slots for a group of messages, in order, while each is at
+        most `max_wait_s` away: one round trip for the whole group. The waits count
+        from `lead_s` after now (see _GCRA_MANY)."""
+        if not segments:
+            return GroupAdmission([])
+        interval_ms = 1000.0 / limit.rate_per_s
+        seg_interval_ms = 1000.0 / limit.segments_per_s if limit.segments_per_s else 0
+        out = self._many(
+            keys=_keys(serial_number)[:3],
+            args=[f"{interval_ms:.6f}", max(1, limit.burst), f"{seg_interval_ms:.6f}", int(max_wait_s * 1000),
+                  int(lead_s * 1000), *[max(1, int(s)) for s in segments]],
+        )
+        if int(out[0]):
+            return GroupAdmission([], float(out[1]) / 1000.0, True)
+        waits = [float(w) / 1000.0 for w in out[2:]]
+        return GroupAdmission(waits, max(0.0, float(out[1]) / 1000.0))
 
     def paused(self, serial_number: str) -> bool:
         """Whether the chatbot is paused right now (an API 429 or an operator)."""

@@ -20,6 +20,10 @@ _PLACEHOLDER_KEYS = {"", "<your-secret-key>", "your-secret-key", "changeme", "xx
 
 _VERDICTS = {"sent", "retry", "final", "ambiguous"}
 
+#: Slack between a worker's last possible outcome write and the end of its call lease
+#: (clock differences between the worker and the dispatcher, a slow commit).
+CALL_LEASE_MARGIN_S = 30.0
+
 
 def _env(name: str) -> AliasChoices:
     """Accept both the bare name the README documents and the OAKSEND_ one."""
@@ -83,8 +87,6 @@ class Settings(BaseSettings):
     queue_name: str = Field("oaksend", validation_alias=_env("QUEUE_NAME"))
 
     # -- operations: health, metrics, logs, retention ---------------------------------------
-    #: A worker is alive while its last beat (every second) is younger than this.
-    worker_heartbeat_ttl_s: float = Field(5.0, gt=0, validation_alias=_env("WORKER_HEARTBEAT_TTL_S"))
     #: `oaksend health` fails when the active dispatcher's heartbeat is older than this.
     health_dispatcher_max_age_s: float = Field(5.0, gt=0, validation_alias=_env("HEALTH_DISPATCHER_MAX_AGE_S"))
     #: `oaksend health` fails when the oldest due message has waited longer than this.
@@ -102,6 +104,14 @@ class Settings(BaseSettings):
     #: How often the dispatcher runs that purge.
     purge_interval_s: float = Field(3600.0, gt=0, validation_alias=_env("PURGE_INTERVAL_S"))
 
+    # -- workers: liveness, outcome writes, the call lease ----------------------------------
+    #: A worker process is dead when it has not beaten (every second) for this long.
+    worker_heartbeat_ttl_s: float = Field(5.0, gt=1, validation_alias=_env("WORKER_HEARTBEAT_TTL_S"))
+    #: How long a worker keeps retrying to write an outcome while the database is away.
+    record_retry_s: float = Field(300.0, gt=0, validation_alias=_env("RECORD_RETRY_S"))
+    #: How long a claimed (sending) row stays its worker's. Unset: derived (see `call_lease`).
+    call_lease_s: float | None = Field(None, gt=0, validation_alias=_env("CALL_LEASE_S"))
+
     @field_validator("code_overrides", mode="before")
     @classmethod
     def _parse_overrides(cls, value: object) -> object:
@@ -117,7 +127,8 @@ class Settings(BaseSettings):
             return {int(k): str(v).lower() for k, v in value.items()}
         return value
 
-    @field_validator("newoaks_base_url", "db_schema", "metrics_port", "retention_days", mode="before")
+    @field_validator("newoaks_base_url", "db_schema", "metrics_port", "retention_days", "call_lease_s",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -158,6 +169,39 @@ class Settings(BaseSettings):
         key = self.newoaks_api_key.get_secret_value() if self.newoaks_api_key else ""
         found = [key.strip(), url_password(self.database_url), url_password(self.redis_url)]
         return tuple(s for s in found if s and len(s) >= 4)
+
+    @property
+    def response_deadline_s(self) -> float:
+        """The whole exchange of one call (connect, send, headers, body) ends within this."""
+        return self.connect_timeout_s + self.read_timeout_s
+
+    @property
+    def call_lease_floor_s(self) -> float:
+        """The shortest call lease that is safe: the wait for a rate slot, the whole
+        response, and the outcome's write retries all fit inside it, with a margin."""
+        return self.max_token_wait_s + self.response_deadline_s + self.record_retry_s + CALL_LEASE_MARGIN_S
+
+    @property
+    def call_lease(self) -> float:
+        """How long a claimed row stays its worker's (seconds)."""
+        return self.call_lease_s if self.call_lease_s is not None else self.call_lease_floor_s
+
+    def check_timeouts(self) -> None:
+        """Raise ConfigError (naming the settings) when the timeouts do not nest.
+
+        A worker gives up writing an outcome before its call lease ends, so the
+        rescue never takes a row whose outcome may still be written (which would
+        leave two attempts for one call, or an invented one, or a resend of a
+        sent message).
+        """
+        if self.call_lease_s is not None and self.call_lease_s < self.call_lease_floor_s:
+            raise ConfigError(
+                f"OAKSEND_CALL_LEASE_S ({self.call_lease_s:g}) must be at least OAKSEND_MAX_TOKEN_WAIT_S + "
+                f"OAKSEND_CONNECT_TIMEOUT_S + OAKSEND_READ_TIMEOUT_S + OAKSEND_RECORD_RETRY_S + "
+                f"{CALL_LEASE_MARGIN_S:g} = {self.call_lease_floor_s:g}")
+        if self.worker_heartbeat_ttl_s >= self.call_lease:
+            raise ConfigError("OAKSEND_WORKER_HEARTBEAT_TTL_S must be shorter than the call lease "
+                              "(OAKSEND_CALL_LEASE_S)")
 
     def api_key(self) -> str:
         """The secret key, checked; raises ConfigError (without the value) when unusable."""

@@ -1,9 +1,16 @@
-"""The send task: claim, send, record. It applies decisions; it makes none of its own.
+"""The send task: claim a group, take its rate slots, call, record the group.
 
-For each id of a batch (all of one chatbot): expire it if its deadline passed,
-take a rate token (or hand it back to the database to wait), claim it
-atomically, call the API, classify, plan, and write the attempt and the new
-state in one transaction.
+A task carries the ids of one chatbot's messages and their lease token. For the
+whole group at once: claim (one conditional UPDATE ... RETURNING), reserve rate
+slots (one Lua call), mark "calling" just before the requests leave (one UPDATE),
+make the calls concurrently on the process's event loop (`worker.transport`),
+then write every attempt and new state in one transaction. It applies decisions;
+it makes none of its own.
+
+"Was it called?" stays exact per message: a message is marked calling (in the
+same window as its rate slot) only right before its request leaves; a message
+claimed but never marked goes back to pending without an attempt, whoever
+notices (this worker, or the dispatcher's rescue after this worker died).
 """
 
 from __future__ import annotations
@@ -11,37 +18,60 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 import redis
 from celery import Celery
-from sqlalchemy.exc import SQLAlchemyError
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from oaksend.models.db import make_engine
-from oaksend.models.records import Work
+from oaksend.models.records import AttemptRecord, Transition, Work
 from oaksend.models.repository import Outbox
 from oaksend.worker.classify import Verdict, classify
-from oaksend.worker.client import NewOaksClient
 from oaksend.worker.clock import utcnow
-from oaksend.worker.limits import LimitBook
+from oaksend.worker.heartbeat import WorkerHeartbeat, worker_id
+from oaksend.worker.limits import ChatbotState, LimitBook
 from oaksend.worker import metrics
 from oaksend.worker.logs import mask_phone, send_fields
-from oaksend.worker.ratelimit import Admission, RateLimiter
+from oaksend.worker.ratelimit import RateLimiter
 from oaksend.worker.settings import Settings
 from oaksend.worker.transition import RetryPolicy, attempt_record, plan
+from oaksend.worker.transport import Call, CallResult, Transport
 
 log = logging.getLogger(__name__)
 
 #: The name the dispatcher publishes and the worker consumes.
 SEND_TASK = "oaksend.send_batch"
 
-#: How long a worker keeps trying to write an outcome while the database is away.
-RECORD_RETRY_S = 120.0
+#: Messages whose slots fall within this much of each other are marked calling together.
+MARK_WINDOW_S = 0.1
+#: A window is marked a lead before its first slot, so the database write happens
+#: while waiting and the requests leave at their slots (a late request would arrive
+#: closer to the next one than the chatbot's rate allows); slots are reserved this far
+#: ahead of now (RateLimiter.reserve_many). The lead is twice the recent time a mark
+#: takes, within these bounds: it adds to every message's latency. A worker killed
+#: earlier in its wait leaves its messages unmarked: they go back without an attempt.
+MARK_LEAD_MIN_S = 0.02
+#: An auth failure holds the chatbot's other calls this long until its database pause lands.
+PAUSE_HOLD_S = 5.0
+MARK_LEAD_MAX_S = 0.1
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Connection-class database errors: the database is away, the write may succeed later.
+
+    Anything else (a constraint, a value the column refuses) would fail the same way
+    again: it is not retried as an outage.
+    """
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 @dataclass
@@ -53,8 +83,9 @@ class BatchResult:
     calls: int = 0
     by_state: dict[str, int] = field(default_factory=dict)
 
-    def count(self, state: str) -> None:
-        self.by_state[state] = self.by_state.get(state, 0) + 1
+    def count(self, state: str, n: int = 1) -> None:
+        if n:
+            self.by_state[state] = self.by_state.get(state, 0) + n
 
 
 class Sender:
@@ -62,7 +93,9 @@ class Sender:
 
     def __init__(self, settings: Settings, *, outbox: Outbox | None = None,
                  redis_client: redis.Redis | None = None, clock: Callable[[], datetime] = utcnow,
-                 rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep,
+                 heartbeat: bool = True) -> None:
+        settings.check_timeouts()
         self.settings = settings
         self._api_key = settings.api_key()  # fail fast, before any message is claimed
         self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema))
@@ -75,139 +108,232 @@ class Sender:
         self.policy = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s,
                                   settings.ambiguous_policy)
         self.overrides = {code: Verdict(v) for code, v in settings.code_overrides.items()}
-        self._local = threading.local()
-        self._host = socket.gethostname()
+        self.name = worker_id()
+        self.transport = Transport(settings.base_url, self._api_key, connect_timeout_s=settings.connect_timeout_s,
+                                   read_timeout_s=settings.read_timeout_s,
+                                   response_deadline_s=settings.response_deadline_s,
+                                   pause_rule=self._pause_rule, pause_setter=self._pause_elsewhere,
+                                   pause_probe=self.limiter.paused)
+        self._mark_s = MARK_LEAD_MIN_S / 2  # a moving average of how long marking takes
+        self.heartbeat = WorkerHeartbeat(self.redis, self.name) if heartbeat else None
+        if self.heartbeat is not None:
+            self.heartbeat.start()
 
-    # -- per thread -----------------------------------------------------------------------
-    def _client(self) -> NewOaksClient:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = NewOaksClient(self.settings.base_url, self._api_key,
-                                   connect_timeout_s=self.settings.connect_timeout_s,
-                                   read_timeout_s=self.settings.read_timeout_s)
-            self._local.client = client
-        return client
+    def _pause_rule(self, outcome: Any) -> float | None:
+        """Seconds a chatbot pauses after this outcome (the same decision `plan` makes)."""
+        decision = classify(outcome, overrides=self.overrides, retry_after_cap_s=self.settings.retry_after_cap_s,
+                            retry_later_floor_s=self.settings.retry_later_floor_s)
+        if not decision.pause_chatbot:
+            return None
+        if decision.verdict is Verdict.FINAL:
+            return PAUSE_HOLD_S  # an auth failure: the database pause (until resumed) takes over
+        return decision.retry_after_s or decision.min_delay_s or 1.0
+
+    def _pause_elsewhere(self, serial_number: str, seconds: float) -> None:
+        now = self.clock()
+        self.limiter.pause(serial_number, now + timedelta(seconds=seconds), now)
 
     @property
-    def name(self) -> str:
-        return f"{self._host}:{os.getpid()}:{threading.current_thread().name}"
+    def mark_lead_s(self) -> float:
+        return min(MARK_LEAD_MAX_S, max(MARK_LEAD_MIN_S, 2 * self._mark_s))
 
     # -- the batch ------------------------------------------------------------------------
     def process(self, ids: list[int], token: str) -> BatchResult:
         """Send the messages of one task. Rows no longer dispatched under `token` are skipped."""
         result = BatchResult()
-        works = self.outbox.load_dispatched(ids, token)
-        result.skipped = len(ids) - len(works)
+        now = self.clock()
+        lease_until = now + timedelta(seconds=self.settings.call_lease)
+        works, stopped = self.outbox.claim_group(ids, token, now, lease_until, self.name)
+        result.count("failed", stopped)
+        result.skipped = len(ids) - len(works) - stopped
+        by_bot: dict[str, list[Work]] = {}
         for work in works:
-            self._one(work, token, result)
+            by_bot.setdefault(work.serial_number, []).append(work)
+        for serial_number, group in by_bot.items():
+            try:
+                self._group(serial_number, group, token, result)
+            except redis.RedisError as exc:
+                # Before any request left (Redis is only used before the calls): hand back.
+                self._give_back_quietly([w.id for w in group], token, f"Redis unavailable ({type(exc).__name__})")
+                result.throttled += len(group)
         return result
 
-    def _one(self, work: Work, token: str, result: BatchResult) -> None:
+    def _give_back_quietly(self, ids: list[int], token: str, reason: str, *, called: bool | None = None) -> None:
+        """Hand claimed, uncalled messages back; if the database is away too, the rescue will.
+
+        `called=False`: marked calling, but this worker knows the request never started."""
+        try:
+            self.outbox.give_back_group(ids, token, self.clock(), None, reason, unmark=called is False)
+        except Exception as exc:  # noqa: BLE001 - not called: the rescue returns them without an attempt
+            log.warning("could not hand %d messages back (%s); the rescue will", len(ids), type(exc).__name__)
+
+    def _group(self, serial_number: str, group: list[Work], token: str, result: BatchResult) -> None:
         now = self.clock()
-        if self._expired(work, token, now, result):
+        group = self._drop_too_late(group, token, now, 0.0, result)
+        if not group:
             return
         # Campaigns: quiet hours hold when the message is SENT, not only when it was scheduled.
-        if work.quiet and self._quiet(work, token, now, result):
+        group = self._quiet(group, token, now, result)
+        if not group:
             return
-        state = self.limits.get(work.serial_number)
+        state = self.limits.get(serial_number)
         if state.paused(now):
-            self.outbox.give_back(work.id, token, now, None, f"chatbot paused: {state.pause_reason}")
-            result.throttled += 1
-            metrics.observe_throttle(work.serial_number)
+            self.outbox.give_back_group([w.id for w in group], token, now, None,
+                                        f"chatbot paused: {state.pause_reason}")
+            result.throttled += len(group)
+            metrics.observe_throttle(serial_number, len(group))
             return
-        # Claim first, so that nothing but the HTTP call stands between the rate slot and
-        # the request reaching the API (the API sees our pacing, not our database's).
-        call_lease = timedelta(seconds=self.settings.max_token_wait_s + self.settings.connect_timeout_s
-                               + self.settings.read_timeout_s + 30)
-        if not self.outbox.claim(work.id, token, now, now + call_lease):
-            result.skipped += 1
-            return
-        client = self._client()  # built before the slot: creating one takes tens of ms
-        admission = self._admit(work, state)
-        if not admission.allowed:
+        lead_s = self.mark_lead_s
+        start = time.monotonic() + lead_s
+        admission = self.limiter.reserve_many(serial_number, state.limit, [w.segments for w in group],
+                                              max_wait_s=self.settings.max_token_wait_s, lead_s=lead_s)
+        admitted = group[: len(admission.waits_s)]
+        refused = group[len(admission.waits_s):]
+        if refused:
             if admission.paused:
-                self.outbox.give_back(work.id, token, self.clock(), None, "chatbot paused")
+                self.outbox.give_back_group([w.id for w in refused], token, self.clock(), None, "chatbot paused")
             else:
-                self.limiter.hold(work.serial_number, admission.wait_s)
-                due = self.clock() + timedelta(seconds=max(admission.wait_s, 0.001))
-                self.outbox.give_back(work.id, token, self.clock(), due, "throttled: waiting for the chatbot's rate limit")
-            result.throttled += 1
-            metrics.observe_throttle(work.serial_number)
+                self.limiter.hold(serial_number, admission.retry_in_s)
+                due = self.clock() + timedelta(seconds=max(admission.retry_in_s, 0.001))
+                self.outbox.give_back_group([w.id for w in refused], token, self.clock(), due,
+                                            "throttled: waiting for the chatbot's rate limit")
+            result.throttled += len(refused)
+            metrics.observe_throttle(serial_number, len(refused))
+        if not admitted:
             return
-        now = self.clock()
-        if self._expired(work, token, now, result):
-            return
-        started = self.clock()
-        t0 = time.perf_counter()
-        outcome = client.send(work.serial_number, work.to_phone, work.body)
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        result.calls += 1
-        decision = classify(outcome, overrides=self.overrides, retry_after_cap_s=self.settings.retry_after_cap_s,
-                            retry_later_floor_s=self.settings.retry_later_floor_s)
-        metrics.observe_send(decision.verdict, work.serial_number, latency_ms / 1000.0)
-        now = self.clock()
-        session_id = getattr(outcome, "session_id", None)
-        change = plan(decision, failures=work.failures, deadline_at=work.deadline_at, now=now,
-                      policy=self.policy, rng=self.rng, session_id=session_id)
-        record = attempt_record(outcome, decision, number=work.attempts + 1, started_at=started,
-                                latency_ms=latency_ms, worker=self.name)
-        self._record(work, token, record, change, now)
-        if change.pause_until is not None:
-            self._pause(work.serial_number, change.pause_until, now)
-        result.count(change.state)
-        log.info("message %s to %s: %s (%s) -> %s", work.id, mask_phone(work.to_phone), decision.verdict,
-                 decision.reason, change.state,
-                 extra=send_fields(work.id, work.serial_number, work.to_phone, decision.verdict, record.number))
+        calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s)]
+        pending: list[tuple[Work, Any]] = []
+        try:
+            self._call_windows(serial_number, calls, token, pending, result, lead_s)
+        finally:
+            # Whatever stopped the later windows (Redis or the database away), the calls
+            # already made are waited for and recorded; the unmarked rest is handed back
+            # by the caller, or by the rescue.
+            if pending:
+                self._finish(state, token, pending, result)
 
-    def _expired(self, work: Work, token: str, now: datetime, result: BatchResult) -> bool:
-        """Past its deadline: expired without a call (never sent late)."""
-        if work.deadline_at is None or work.deadline_at > now:
-            return False
-        if self.outbox.expire(work.id, token, now):
-            result.count("expired")
-        return True
+    def _call_windows(self, serial_number: str, calls: list[tuple[Work, float]], token: str,
+                      pending: list[tuple[Work, Any]], result: BatchResult, lead_s: float) -> None:
+        """Mark each window of slots calling just before it, then hand its calls to the transport."""
+        i = 0
+        while i < len(calls):
+            window_start = calls[i][1]
+            j = i
+            while j < len(calls) and calls[j][1] <= window_start + MARK_WINDOW_S:
+                j += 1
+            window = calls[i:j]
+            i = j
+            delay = window_start - lead_s - time.monotonic()
+            if delay > 0:
+                self.sleep(delay)
+                if self.limiter.paused(serial_number):
+                    # Paused (a 429 elsewhere) while we waited: hand the rest back.
+                    rest = [w.id for w, _ in window] + [w.id for w, _ in calls[i:]]
+                    self.outbox.give_back_group(rest, token, self.clock(), None, "chatbot paused")
+                    result.throttled += len(rest)
+                    break
+            now = self.clock()
+            late_by = max(0.0, window[-1][1] - time.monotonic())
+            keep = self._drop_too_late([w for w, _ in window], token, now, late_by, result)
+            if not keep:
+                continue
+            t0 = time.monotonic()
+            marked, stopped = self.outbox.mark_calling([w.id for w in keep], token, now)
+            self._mark_s = 0.8 * self._mark_s + 0.2 * (time.monotonic() - t0)
+            result.count("failed", len(stopped))
+            ok = set(marked)
+            result.skipped += len(keep) - len(marked) - len(stopped)
+            chosen = [(w, at) for w, at in window if w.id in ok]
+            futures = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at) for w, at in chosen])
+            pending += [(w, f) for (w, _), f in zip(chosen, futures)]
 
-    def _quiet(self, work: Work, token: str, now: datetime, result: BatchResult) -> bool:
+    def _drop_too_late(self, group: list[Work], token: str, now: datetime, ahead_s: float,
+                       result: BatchResult) -> list[Work]:
+        """Expire those whose request could not start with the connect timeout left before the deadline."""
+        margin = timedelta(seconds=self.settings.connect_timeout_s + ahead_s)
+        late = [w for w in group if w.deadline_at is not None and w.deadline_at - margin <= now]
+        if late:
+            result.count("expired", self.outbox.expire_group(
+                [w.id for w in late], token, now, "deadline too close: the request would not start in time"))
+            gone = {w.id for w in late}
+            group = [w for w in group if w.id not in gone]
+        return group
+
+    def _quiet(self, group: list[Work], token: str, now: datetime, result: BatchResult) -> list[Work]:
         """Inside the recipient's quiet hours: wait for the next allowed time, or expire if that is too late."""
+        if not any(w.quiet for w in group):
+            return group
         from oaksend.worker.quiet import at_send
 
-        check = at_send(work.quiet, work.deadline_at, now)
-        if check.action == "send":
-            return False
-        if check.action == "wait":
-            self.outbox.give_back(work.id, token, now, check.at, check.reason)
-            result.throttled += 1
-        elif self.outbox.expire_with_reason(work.id, token, now, check.reason):
-            result.count("expired")
-        return True
+        keep = []
+        for work in group:
+            check = at_send(work.quiet, work.deadline_at, now)
+            if check.action == "send":
+                keep.append(work)
+            elif check.action == "wait":
+                self.outbox.give_back_group([work.id], token, now, check.at, check.reason)
+                result.throttled += 1
+            else:
+                result.count("expired", self.outbox.expire_group([work.id], token, now, check.reason))
+        return keep
 
-    def _admit(self, work: Work, state: Any) -> Admission:
-        """Reserve a rate slot at most `max_token_wait_s` ahead and sleep until it (no busy loop)."""
-        admission = self.limiter.reserve(work.serial_number, state.limit, work.segments,
-                                         max_wait_s=self.settings.max_token_wait_s)
-        if admission.allowed and admission.wait_s > 0:
-            self.sleep(admission.wait_s)
-            if self.limiter.paused(work.serial_number):
-                # Paused (a 429 elsewhere) while we waited: hand the message back.
-                return Admission(False, 1.0, True)
-        return admission
+    def _finish(self, state: ChatbotState, token: str, pending: list[tuple[Work, Any]], result: BatchResult) -> None:
+        outcomes: list[tuple[Work, AttemptRecord, Transition]] = []
+        not_made: list[int] = []
+        for work, future in pending:
+            call: CallResult = future.result()
+            if call.outcome is None:
+                not_made.append(work.id)
+                continue
+            result.calls += 1
+            decision = classify(call.outcome, overrides=self.overrides,
+                                retry_after_cap_s=self.settings.retry_after_cap_s,
+                                retry_later_floor_s=self.settings.retry_later_floor_s)
+            metrics.observe_send(decision.verdict, work.serial_number, call.latency_ms / 1000.0)
+            now = self.clock()
+            session_id = getattr(call.outcome, "session_id", None)
+            change = plan(decision, failures=work.failures, deadline_at=work.deadline_at, now=now,
+                          policy=self.policy, rng=self.rng, session_id=session_id)
+            started = datetime.fromtimestamp(call.started_wall, tz=now.tzinfo)
+            record = attempt_record(call.outcome, decision, number=work.attempts + 1, started_at=started,
+                                    latency_ms=call.latency_ms, worker=self.name)
+            outcomes.append((work, record, change))
+            result.count(change.state)
+            if log.isEnabledFor(logging.INFO):
+                log.info("message %s to %s: %s (%s) -> %s", work.id, mask_phone(work.to_phone), decision.verdict,
+                         decision.reason, change.state,
+                         extra=send_fields(work.id, work.serial_number, work.to_phone, decision.verdict, record.number))
+        if not_made:
+            # Their chatbot was paused before they started: certainly not called.
+            self._give_back_quietly(not_made, token, "chatbot paused before the call", called=False)
+            result.throttled += len(not_made)
+        self._record(token, outcomes)
+        for work, _, change in outcomes:
+            if change.pause_until is not None:
+                self._pause(work.serial_number, change.pause_until, self.clock())
 
-    def _record(self, work: Work, token: str, record: Any, change: Any, now: datetime) -> None:
-        """Write the outcome; while the database is away, keep trying rather than lose it."""
-        deadline = time.monotonic() + RECORD_RETRY_S
+    def _record(self, token: str, outcomes: list[tuple[Work, AttemptRecord, Transition]]) -> None:
+        """Write the outcomes; while the database is away, keep trying (within the call lease)."""
+        give_up = time.monotonic() + self.settings.record_retry_s
         delay = 0.2
         while True:
             try:
-                self.outbox.record(work.id, work.serial_number, work.to_phone, token, record, change, now)
+                self.outbox.record_group(token, outcomes, self.clock())
                 return
-            except SQLAlchemyError as exc:
-                if time.monotonic() > deadline:
-                    # The row stays `sending`; the dispatcher's rescue will treat it as ambiguous.
-                    log.error("message %s: could not record the outcome (%s); left for rescue as ambiguous",
-                              work.id, type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - sorted below: outage or not
+                ids = [w.id for w, _, _ in outcomes]
+                if not is_outage(exc):
+                    # Not an outage: it would fail again. The rows stay `sending` and marked
+                    # calling, so the rescue records the ambiguous stand-in the call deserves.
+                    log.error("messages %s: could not record the outcome (%s); left for the rescue",
+                              ids, type(exc).__name__)
                     return
-                log.warning("message %s: database unavailable (%s); retrying the write in %.1fs",
-                            work.id, type(exc).__name__, delay)
+                if time.monotonic() + delay > give_up:
+                    log.error("messages %s: database away for %.0fs; outcome not recorded, left for the rescue",
+                              ids, self.settings.record_retry_s)
+                    return
+                log.warning("%d outcomes: database unavailable (%s); retrying the write in %.1fs",
+                            len(ids), type(exc).__name__, delay)
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -220,9 +346,9 @@ class Sender:
         self.limits.forget(serial_number)
 
     def close(self) -> None:
-        client = getattr(self._local, "client", None)
-        if client is not None:
-            client.close()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        self.transport.close()
         self.redis.close()
         self.outbox.engine.dispose()
 
@@ -232,7 +358,7 @@ def register(app: Celery, settings: Settings) -> None:
     lock = threading.Lock()
     holder: dict[str, Any] = {}
 
-    def sender() -> Sender:
+    def get_sender() -> Sender:
         pid = os.getpid()
         if holder.get("pid") != pid:
             with lock:
@@ -243,7 +369,29 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=SEND_TASK, ignore_result=True)
     def send_batch(ids: list[int], token: str) -> dict[str, int]:
-        result = sender().process([int(i) for i in ids], str(token))
+        try:
+            result = get_sender().process([int(i) for i in ids], str(token))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # The database is away: rows still dispatched come back with their lease, rows
+            # claimed but not called with the rescue's unmarked grace; nothing was called.
+            log.warning("batch of %d: database unavailable (%s); left for the rescue", len(ids),
+                        type(exc).__name__)
+            return {"outage": len(ids)}
         return {"calls": result.calls, "skipped": result.skipped, "throttled": result.throttled, **result.by_state}
 
-    app.oaksend_sender = sender  # type: ignore[attr-defined]
+    def _ready(sender: Any = None, **_: Any) -> None:
+        # Beat from the start, before the first task arrives.
+        if getattr(sender, "app", None) is app:
+            get_sender()
+
+    def _shutdown(sender: Any = None, **_: Any) -> None:
+        built = holder.get("sender")
+        if built is not None and holder.get("pid") == os.getpid():
+            built.close()
+            holder.clear()
+
+    worker_ready.connect(_ready, weak=False)
+    worker_shutdown.connect(_shutdown, weak=False)
+    app.oaksend_sender = get_sender  # type: ignore[attr-defined]

@@ -183,14 +183,32 @@ class DispatchRepository(Repository):
             )
             return res.rowcount
 
-    def rescue(self, now: datetime, ambiguous_policy: str, worker: str) -> dict[str, int]:
-        """Take back messages whose lease ran out.
+    def sending_owners(self) -> list[str]:
+        """The worker processes holding `sending` rows (for the heartbeat rescue)."""
+        with self.session() as s:
+            return [o for o in s.scalars(
+                select(Message.claimed_by).where(Message.state == "sending", Message.claimed_by.is_not(None))
+                .distinct()
+            )]
 
-        dispatched: the task never arrived or its worker died before claiming: due again.
-        sending: the worker died during the call, so the SMS may have gone out: an
-        ambiguous attempt is recorded and the policy decides (retry: due again; hold: unknown).
+    def rescue(self, now: datetime, ambiguous_policy: str, worker: str, *, max_attempts: int | None = None,
+               dead_workers: Sequence[str] = (), unmarked_after: datetime | None = None) -> dict[str, int]:
+        """Take back messages whose holder is gone.
+
+        dispatched, lease run out: the task never arrived or its worker died before
+        claiming: due again, nothing counted.
+        sending, lease run out or held by a dead worker (`dead_workers`, from heartbeats):
+        - not marked calling: the API was certainly not called under this claim: due
+          again without an attempt (`lost` counts it; at `max_attempts` it fails). This
+          also takes unmarked rows claimed before `unmarked_after` from live workers (a
+          worker marks or hands back within its rate wait, unless the database failed it):
+          the marker is a conditional UPDATE, so a row taken back can no longer be called;
+        - marked calling: the SMS may have gone out: an ambiguous "worker_lost" attempt
+          is recorded and the policy decides (retry: due again; hold: unknown); at
+          `max_attempts` it ends unknown.
         """
-        counts = {"dispatched": 0, "sending": 0}
+        counts = {"dispatched": 0, "sending": 0, "uncalled": 0}
+        limit = max_attempts if max_attempts is not None else 1 << 30
         with self.session() as s:
             res = s.execute(
                 update(Message)
@@ -199,28 +217,54 @@ class DispatchRepository(Repository):
                         updated_at=now)
             )
             counts["dispatched"] = res.rowcount
+            taken = Message.lease_until < now
+            if dead_workers:
+                taken = taken | Message.claimed_by.in_(list(dead_workers))
+            if unmarked_after is not None:
+                taken = taken | (Message.calling_at.is_(None) & (Message.updated_at < unmarked_after))
             lost = list(
                 s.execute(
-                    select(Message.id, Message.attempts, Message.lease_token)
-                    .where(text(LEASED), Message.state == "sending", Message.lease_until < now)
+                    select(Message.id, Message.attempts, Message.failures, Message.lost, Message.lease_token,
+                           Message.calling_at)
+                    .where(text(LEASED), Message.state == "sending", taken)
                     .with_for_update()
                 )
             )
-            for mid, attempts, token in lost:
-                new_state = "pending" if ambiguous_policy == "retry" else "unknown"
+            for mid, attempts, failures, lost_before, token, calling_at in lost:
+                held = (Message.id == mid, Message.state == "sending", Message.lease_token == token)
+                if calling_at is None:
+                    exhausted = lost_before + 1 >= limit
+                    values = {"state": "failed", "last_outcome": "final",
+                              "last_reason": f"its worker died {lost_before + 1} times before calling"
+                              } if exhausted else {"state": "pending", "ready": True, "next_attempt_at": now,
+                                                   "last_reason": "worker lost before calling; due again"}
+                    counts["uncalled"] += s.execute(
+                        update(Message).where(*held).values(
+                            lost=Message.lost + 1, lease_token=None, lease_until=None, claimed_by=None,
+                            updated_at=now, **values)
+                    ).rowcount
+                    continue
+                exhausted = failures + 1 >= limit
+                new_state = "pending" if ambiguous_policy == "retry" and not exhausted else "unknown"
+                reason = "worker lost during the call"
+                if exhausted:
+                    reason = f"attempts exhausted ({failures + 1}/{limit}); last: {reason}"
                 changed = s.execute(
                     update(Message)
-                    .where(Message.id == mid, Message.state == "sending", Message.lease_token == token)
+                    .where(*held)
                     .values(
                         state=new_state,
+                        ready=new_state == "pending",
                         attempts=Message.attempts + 1,
                         failures=Message.failures + 1,
                         ambiguous=Message.ambiguous + 1,
                         lease_token=None,
                         lease_until=None,
+                        claimed_by=None,
+                        calling_at=None,
                         next_attempt_at=now,
                         last_outcome="ambiguous",
-                        last_reason="worker lost during the call (lease expired)",
+                        last_reason=reason,
                         updated_at=now,
                     )
                 ).rowcount
@@ -229,10 +273,10 @@ class DispatchRepository(Repository):
                         Attempt(
                             message_id=mid,
                             number=attempts + 1,
-                            started_at=now,
+                            started_at=calling_at,
                             classification="ambiguous",
                             reason="worker_lost",
-                            error="the worker holding this message stopped before recording the outcome",
+                            error="the worker holding this message stopped after its call may have left",
                             worker=worker,
                         )
                     )

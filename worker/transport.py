@@ -1,0 +1,253 @@
+"""Asynchronous sending: one asyncio loop with one httpx.AsyncClient per worker process.
+
+Requests in flight are coroutines, not threads: a worker process keeps hundreds of
+calls open at 200 ms (or 2 s) of API latency. Celery's threads only hand groups of
+messages over (`Transport.send_group`) and wait for their outcomes.
+
+Parsing and error translation are `worker.client`'s (`parse_envelope`, the same
+transport-error kinds), so both clients report identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import httpx
+
+from oaksend.worker.client import (
+    _KEEPALIVE_EXPIRY_S,
+    SEND_PATH,
+    Envelope,
+    Outcome,
+    TransportError,
+    _check_api_key,
+    _check_base_url,
+    _reference_time,
+    _transport_error,
+    parse_envelope,
+    parse_retry_after,
+)
+
+
+#: Requests in flight per worker process (and connections kept). Calls beyond it wait
+#: for a free one before they start, outside httpx's pool (a wait inside it would count
+#: against the connect timeout). 512 in flight carry 250/s at 2 s of API latency per
+#: process, 2,500/s at 200 ms.
+MAX_CONNECTIONS = 512
+#: Connections per httpx client. httpcore checks every connection of its pool (a
+#: getpeername and a select each) for every request it places, so one pool of
+#: hundreds of connections costs more CPU than the request itself: the connections
+#: are spread over several small clients instead.
+SHARD_CONNECTIONS = 8
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request to make: at monotonic time `at` (not before)."""
+
+    serial_number: str
+    to_phone: str
+    body: str
+    at: float
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What a call did; `outcome` None: it was not made (its chatbot was paused meanwhile)."""
+
+    outcome: Outcome | None
+    started_wall: float  #: time.time() when the request started
+    latency_ms: float
+
+
+#: Given an outcome, how many seconds its chatbot must pause (None: no pause). Runs on the loop.
+PauseRule = Callable[[Outcome], float | None]
+#: (serial number, seconds): spread a pause to the other processes (Redis). Runs on the loop.
+PauseSetter = Callable[[str, float], None]
+#: serial number -> whether it is paused elsewhere (Redis). Runs on the loop.
+PauseProbe = Callable[[str], bool]
+#: A waiting call asks the probe at most this often per chatbot.
+PROBE_EVERY_S = 0.05
+
+
+class Transport:
+    """A background event loop that makes SendTwilioMessage calls for the whole process."""
+
+    def __init__(self, base_url: str, api_key: str, *, connect_timeout_s: float, read_timeout_s: float,
+                 response_deadline_s: float, max_connections: int = MAX_CONNECTIONS,
+                 max_body_bytes: int = 65536, pause_rule: PauseRule | None = None,
+                 pause_setter: PauseSetter | None = None, pause_probe: PauseProbe | None = None) -> None:
+        _check_base_url(base_url)
+        _check_api_key(api_key)
+        self._url = base_url.rstrip("/") + SEND_PATH
+        self._api_key = api_key
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._deadline_s = response_deadline_s
+        self._max_connections = max_connections
+        self._max_body_bytes = max_body_bytes
+        self._pause_rule = pause_rule
+        self._pause_setter = pause_setter
+        self._pause_probe = pause_probe
+        #: serial -> monotonic time until which its calls do not start (a 429 seen here or elsewhere)
+        self._paused: dict[str, float] = {}
+        self._probed: dict[str, float] = {}
+        self._loop = asyncio.new_event_loop()
+        self._shards: list[httpx.AsyncClient] = []
+        self._slots: list[asyncio.Semaphore] = []
+        self._busy: list[int] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="oaksend-transport", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def __repr__(self) -> str:
+        return f"Transport(url={self._url!r}, api_key='[redacted]')"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        per_shard = min(SHARD_CONNECTIONS, self._max_connections)
+        tls = httpx.create_ssl_context()  # one for all shards: each costs milliseconds and memory
+        for _ in range(max(1, -(-self._max_connections // per_shard))):
+            self._shards.append(httpx.AsyncClient(
+                headers={"Authorization": self._api_key, "Content-Type": "application/json",
+                         "Accept": "application/json", "User-Agent": "oaksend"},
+                timeout=httpx.Timeout(connect=self._connect_timeout_s, read=self._read_timeout_s,
+                                      write=self._read_timeout_s, pool=self._connect_timeout_s),
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
+                                    keepalive_expiry=_KEEPALIVE_EXPIRY_S),
+                follow_redirects=False,
+                verify=tls,
+            ))
+            self._slots.append(asyncio.Semaphore(per_shard))
+            self._busy.append(0)
+        # The first connection resolves the host on a helper thread that anyio starts on
+        # first use (tens of ms): do that now, so the first request leaves at its slot.
+        self._loop.run_until_complete(self._warm_up())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _warm_up(self) -> None:
+        url = httpx.URL(self._url)
+        try:
+            import anyio
+
+            await anyio.getaddrinfo(url.host, url.port or (443 if url.scheme == "https" else 80))
+        except Exception:  # noqa: BLE001 - only a warm-up: the real call reports any failure
+            pass
+
+    # -- from any thread ------------------------------------------------------------------
+    def submit(self, calls: Sequence[Call]) -> list[Future[CallResult]]:
+        """Schedule calls on the loop; each future holds its CallResult."""
+        return [asyncio.run_coroutine_threadsafe(self._call(c), self._loop) for c in calls]
+
+    def close(self) -> None:
+        if not self._loop.is_running():
+            return
+
+        async def _close() -> None:
+            for client in self._shards:
+                await client.aclose()
+
+        try:
+            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
+        except Exception:  # noqa: BLE001 - closing at shutdown: nothing left to save
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- on the loop ----------------------------------------------------------------------
+    async def _call(self, call: Call) -> CallResult:
+        delay = call.at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self._is_paused(call.serial_number, waited=delay > 0):
+            return CallResult(None, time.time(), 0.0)
+        payload = json.dumps({"SerialNumber": call.serial_number, "ToPhoneNumber": call.to_phone,
+                              "Message": call.body}, ensure_ascii=True).encode("ascii")
+        # The least busy shard first, so connections are reused rather than opened.
+        shard = min(range(len(self._shards)), key=self._busy.__getitem__)
+        self._busy[shard] += 1
+        try:
+            async with self._slots[shard]:
+                started_wall = time.time()
+                t0 = time.perf_counter()
+                outcome = await self._post(self._shards[shard], payload)
+        finally:
+            self._busy[shard] -= 1
+        if self._pause_rule is not None:
+            self._note_pause(call.serial_number, outcome)
+        return CallResult(outcome, started_wall, (time.perf_counter() - t0) * 1000.0)
+
+    def _is_paused(self, serial_number: str, *, waited: bool) -> bool:
+        """Whether a call of this chatbot must not start now: paused here, or (for a call
+        that waited for its slot) paused by another process."""
+        now = time.monotonic()
+        if self._paused.get(serial_number, 0.0) > now:
+            return True
+        if waited and self._pause_probe is not None and self._probed.get(serial_number, 0.0) <= now:
+            self._probed[serial_number] = now + PROBE_EVERY_S
+            try:
+                if self._pause_probe(serial_number):
+                    self._paused[serial_number] = now + PROBE_EVERY_S
+                    return True
+            except Exception:  # noqa: BLE001 - Redis away: the slot was granted, go ahead
+                return False
+        return False
+
+    def _note_pause(self, serial_number: str, outcome: Outcome) -> None:
+        """A 429 (or an auth failure): hold this chatbot's later calls here at once, and elsewhere."""
+        assert self._pause_rule is not None
+        seconds = self._pause_rule(outcome)
+        if not seconds:
+            return
+        self._paused[serial_number] = max(self._paused.get(serial_number, 0.0), time.monotonic() + seconds)
+        if self._pause_setter is not None:
+            try:
+                self._pause_setter(serial_number, seconds)
+            except Exception:  # noqa: BLE001 - the worker writes the pause to the database too
+                pass
+
+    async def _post(self, client: httpx.AsyncClient, payload: bytes) -> Outcome:
+        head: list[httpx.Response] = []
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                async with client.stream("POST", self._url, content=payload) as response:
+                    head.append(response)
+                    return await self._receive(response)
+        except TimeoutError:
+            # The whole-response deadline passed: the request may have reached the server.
+            if head:  # the status line arrived: keep it (a 429 or 503 is still safe to retry)
+                retry_after_s = parse_retry_after(head[0].headers.get("Retry-After"),
+                                                  now=_reference_time(head[0]))
+                return parse_envelope(head[0].status_code, b"", retry_after_s=retry_after_s,
+                                      incomplete="body read failed: read_timeout", secret=self._api_key)
+            return TransportError("read_timeout", True, "response deadline passed")
+        except (httpx.HTTPError, OSError) as exc:
+            return _transport_error(exc, self._api_key)
+
+    async def _receive(self, response: httpx.Response) -> Envelope:
+        retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now=_reference_time(response))
+        chunks: list[bytes] = []
+        size = 0
+        incomplete: str | None = None
+        try:
+            async for chunk in response.aiter_bytes():
+                if size + len(chunk) > self._max_body_bytes:
+                    chunks.append(chunk[: self._max_body_bytes - size])
+                    incomplete = "body too large"
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except (httpx.HTTPError, OSError) as exc:
+            incomplete = f"body read failed: {_transport_error(exc, self._api_key).kind}"
+        return parse_envelope(response.status_code, b"".join(chunks), retry_after_s=retry_after_s,
+                              incomplete=incomplete, secret=self._api_key)
