@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Text, bindparam, exists, func, select, update
+from sqlalchemy import BigInteger, Integer, Text, bindparam, exists, func, update
 from sqlalchemy.orm import Session
 
 from oaksend.models.fit import fit_attempt, fits_int64
@@ -100,19 +100,6 @@ _RECORD_LATE_SENT_REPLACED = (
 
 class SendRepository(Repository):
     # -- working --------------------------------------------------------------------------
-    def load_dispatched(self, ids: Sequence[int], token: str) -> list[Work]:
-        """The messages of a task that are still dispatched under its token."""
-        with self.engine.begin() as s:
-            rows = s.execute(
-                select(
-                    Message.id, Message.serial_number, Message.to_phone, Message.body, Message.segments,
-                    Message.attempts, Message.failures, Message.deadline_at, Message.quiet,
-                )
-                .where(Message.id.in_(list(ids)), Message.state == "dispatched", Message.lease_token == token)
-                .order_by(Message.id)
-            )
-            return [Work(*r) for r in rows]
-
     # -- groups: one round trip for the messages of a task --------------------------------
     def claim_group(self, ids: Sequence[int], token: str, now: datetime, lease_until: datetime,
                     worker: str) -> tuple[list[Work], int]:
@@ -218,35 +205,6 @@ class SendRepository(Repository):
         with self.engine.begin() as conn:
             params = {"b_id": message_id, "b_token": token, "b_lease": lease_until, "b_now": now}
             return bool(conn.execute(_CLAIM, params).rowcount)
-
-    def give_back(self, message_id: int, token: str, now: datetime, due_at: datetime | None, reason: str) -> bool:
-        """Throttled or paused: pending again without using an attempt.
-
-        `due_at` None keeps the message's time: a paused chatbot is skipped by the
-        dispatcher as a whole, and its messages are due the moment it resumes.
-        """
-        values: dict[str, Any] = {"state": "pending", "lease_token": None, "lease_until": None,
-                                  "last_reason": reason, "updated_at": now}
-        if due_at is not None:
-            values["next_attempt_at"] = due_at
-        return self._update_held(message_id, token, ("dispatched", "sending"), values)
-
-    def expire(self, message_id: int, token: str, now: datetime) -> bool:
-        """A claimed message whose deadline passed: expired, and no call is made."""
-        return self._update_held(message_id, token, ("dispatched", "sending"), {
-            "state": "expired", "lease_token": None, "lease_until": None, "last_outcome": "expired",
-            "last_reason": "deadline passed before sending", "updated_at": now})
-
-    def _update_held(self, message_id: int, token: str, states: tuple[str, ...], values: dict[str, Any]) -> bool:
-        """Change a message only while it is in `states` under our lease token."""
-        with self.engine.begin() as s:
-            return bool(
-                s.execute(
-                    update(Message)
-                    .where(Message.id == message_id, Message.state.in_(states), Message.lease_token == token)
-                    .values(**values)
-                ).rowcount
-            )
 
     def record(self, message_id: int, serial_number: str, to_phone: str, token: str,
                attempt: AttemptRecord, change: Transition, now: datetime) -> bool:

@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.faults.report import summarize
-from tests.support import CHATBOT, PG_ADMIN_URL, PG_DB, reset_pg, wait_until
+from oaksend.worker.clock import utcnow
 from oaksend.worker.validation import SendRequest
+from tests.support import CHATBOT, PG_ADMIN_URL, PG_DB, reset_pg, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -54,16 +55,22 @@ def outage(seconds: float) -> int:
     return killed
 
 
-def test_database_outage_loses_nothing(make_stack: Any, producer: Any, outbox: Any, sandbox: Any) -> None:
-    sandbox.configure(latency="20")
-    outbox.set_limit(CHATBOT, __import__("oaksend.worker.clock").worker.clock.utcnow(), rate_per_s=60, burst=5, segments_per_s=None)
+def send_through_outage(make_stack: Any, producer: Any, outbox: Any, sandbox: Any, *, seconds: float,
+                        latency: str, block: int, name: str, drain_s: float) -> tuple[list[Any], list[Any], Any]:
+    """Send 1,500 messages, cut the database for `seconds` mid-run, wait for the outbox to drain.
+
+    Returns the message rows, the requests the sandbox saw and the run's summary; checks that
+    the outage really cut live connections and that no process died of it.
+    """
+    sandbox.configure(latency=latency)
+    outbox.set_limit(CHATBOT, utcnow(), rate_per_s=60, burst=5, segments_per_s=None)
     stack = make_stack(workers=2, concurrency=4, OAKSEND_LEASE_S=5)
-    phones = [f"+1415{500 + i // 10000:03d}{i % 10000:04d}" for i in range(1500)]
+    phones = [f"+1415{block + i // 10000:03d}{i % 10000:04d}" for i in range(1500)]
     started = time.monotonic()
-    ids = producer.send_many([SendRequest(CHATBOT, p, "outage") for p in phones])
+    ids = producer.send_many([SendRequest(CHATBOT, p, name) for p in phones])
     outbox.engine.dispose()
     wait_until(lambda: len(sandbox.requests()) >= 100, 30, what="sending to start")
-    killed = outage(OUTAGE_S)
+    killed = outage(seconds)
     assert killed > 0  # the outage really cut live connections
 
     def drained() -> list[Any] | None:
@@ -75,11 +82,17 @@ def test_database_outage_loses_nothing(make_stack: Any, producer: Any, outbox: A
             return None
         return [outbox.get(i) for i in ids]
 
-    rows = wait_until(drained, 180, 1.0, "the outbox to drain after the outage")
+    rows = wait_until(drained, drain_s, 1.0, "the outbox to drain after the outage")
     records = sandbox.requests()
-    summary = summarize("database outage", rows, outbox, records, time.monotonic() - started)
-    for name, proc, _ in stack.procs:
-        assert proc.poll() is None, f"{name} died during the outage"
+    summary = summarize(name, rows, outbox, records, time.monotonic() - started)
+    for proc_name, proc, _ in stack.procs:
+        assert proc.poll() is None, f"{proc_name} died during the outage"
+    return rows, records, summary
+
+
+def test_database_outage_loses_nothing(make_stack: Any, producer: Any, outbox: Any, sandbox: Any) -> None:
+    rows, records, summary = send_through_outage(make_stack, producer, outbox, sandbox, seconds=OUTAGE_S,
+                                                 latency="20", block=500, name="database outage", drain_s=180)
     assert summary.lost == 0
     assert Counter(r.state for r in rows)["failed"] == 0
     # No attempt row is lost for a call that was made: each request has its row, or the

@@ -17,7 +17,6 @@ from sqlalchemy import create_engine, text
 
 from oaksend.models.tables import STATES, TERMINAL_STATES
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
 from tests.support import CHATBOT, REDIS_URL, ROOT
 
 
