@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 
 from oaksend.errors import ValidationError
+from oaksend.worker import phone as fast_phone
 from oaksend.worker.quiet import recipient_zone
 
 MAX_KEY_CHARS = 150
@@ -220,10 +221,10 @@ def _parse_phone(phone: str) -> tuple[phonenumbers.PhoneNumber, int]:
     if not _E164_RE.fullmatch(phone):
         _phone(phone)  # raises with the producer's message and hint
     try:
-        parsed = phonenumbers.parse(phone, None)
+        parsed = fast_phone.parse_e164(phone)
     except phonenumbers.NumberParseException:
         raise ValidationError("to", "is not a phone number") from None
-    kind = phonenumbers.number_type(parsed)
+    kind = fast_phone.number_type(parsed)
     if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         # number_type is UNKNOWN exactly when is_valid_number is False (both match the region's patterns).
         raise ValidationError("to", "is not a valid phone number for its country code")

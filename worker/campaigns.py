@@ -24,6 +24,7 @@ cancelled. A reminder already sent stays sent.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session
 from oaksend.errors import InvalidTransition, NotFound, ValidationError
 from oaksend.models.db import make_engine
 from oaksend.models.repository import Outbox
+from oaksend.models.repository.bulk import BulkWriter
 from oaksend.worker.audience import (
     AudienceError,
     AudienceSpec,
@@ -56,12 +58,14 @@ from oaksend.worker.campaign_spec import (
     schedule_from_json,
     schedule_json,
 )
+from oaksend.worker.campaign_build import RECIPIENT_COLUMNS, Builder, Built, build_all
 from oaksend.worker.campaign_sync import AudienceSync
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
 from oaksend.worker.plan import (
     CAP_WINDOW,
     DEFAULT_DEADLINE,
+    MESSAGE_COLUMNS,
     CampaignPlan,
     Planned,
     apply_frequency_cap,
@@ -181,25 +185,28 @@ class Campaigns(AudienceSync):
                 "materialized_until": window[1] if window else None, "created_at": now, "updated_at": now,
             })
             result.id = cid
-            recipients: list[dict[str, Any]] = []
-            messages: list[dict[str, Any]] = []
-            for recipient, planned in self._recipients(rows, spec.audience, plan, now, errors, counts, window):
-                if errors:
-                    continue  # keep checking, to list every bad row; nothing will be kept
-                result.recipients += 1
-                recipients.append({"key": recipient.key, "phone": recipient.phone, "tz": recipient.zone.key,
-                                   "data": recipient.values})
-                if recipient.phone in suppressed:
-                    counts["suppressed"] += len(planned)
-                else:
-                    quiet = plan.quiet_compact(recipient)
-                    messages += [message_row(cid, spec.chatbot, recipient, p, quiet, now) for p in planned]
-                if len(recipients) >= CHUNK or len(messages) >= CHUNK:
-                    self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
-            if errors:
+            builder = Builder(plan, spec.audience, cid, spec.chatbot, now, window, frozenset(suppressed),
+                              copy_text=self.outbox.is_postgres() and not spec.frequency_cap)
+            # Rows are built on every core (forked before the writer's thread starts); the database
+            # stores each batch while the next one is built (models.repository.bulk).
+            batches = build_all(builder, rows, parallel=builder.copy_text)
+            first = next(batches, None)
+            seen: dict[str, int] = {}
+            with self.outbox.bulk_writer(s) as writer:
+                for built in itertools.chain([first] if first is not None else [], batches):
+                    for row_no, key in built.keys:
+                        if key in seen:
+                            built.error(RowError(row_no, spec.audience.key, f"duplicate key (row {seen[key]} has it too)"))
+                        else:
+                            seen[key] = row_no
+                    errors += built.errors
+                    counts.update(built.counts)
+                    if not counts[BAD_ROWS]:
+                        self._write(writer, built, result, spec.frequency_cap, counts)
+            if counts[BAD_ROWS]:
                 s.rollback()
-                raise AudienceError(errors, counts[BAD_ROWS])
-            self._flush(s, cid, recipients, messages, result, spec.frequency_cap, counts)
+                errors.sort(key=lambda e: e.row)
+                raise AudienceError(errors[:MAX_ERRORS_KEPT], counts[BAD_ROWS])
             if result.recipients == 0:
                 s.rollback()
                 raise ValidationError("audience", "has no recipients")
@@ -215,14 +222,16 @@ class Campaigns(AudienceSync):
                  result.messages, dict(result.skipped))
         return result
 
-    def _flush(self, s: Session, cid: int, recipients: list[dict[str, Any]], messages: list[dict[str, Any]],
-               result: Result, cap: int | None, counts: Counter[str]) -> None:
-        self.outbox.copy_recipients(s, cid, recipients)
-        rows = self._capped(s, messages, cap, counts)
-        self.outbox.copy_campaign_messages(s, rows)
+    def _write(self, writer: BulkWriter, built: Built, result: Result, cap: int | None,
+               counts: Counter[str]) -> None:
+        """Hand a built batch to the writer (the frequency cap first looks at what is stored)."""
+        result.recipients += len(built.recipients)
+        self.outbox.copy_recipients(writer, built.recipients, RECIPIENT_COLUMNS)
+        rows = built.messages
+        if cap:
+            rows = writer.call(lambda s: self._capped(s, built.messages, cap, counts))
+        self.outbox.copy_campaign_messages(writer, rows, MESSAGE_COLUMNS)
         result.messages += len(rows)
-        recipients.clear()
-        messages.clear()
 
     def _capped(self, s: Session, rows: list[dict[str, Any]], cap: int | None,
                 counts: Counter[str]) -> list[dict[str, Any]]:

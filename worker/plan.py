@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from oaksend.errors import ValidationError
+from oaksend.models.records import PRIORITIES
 from oaksend.worker.audience import Recipient
 from oaksend.worker.quiet import QuietHours, compact, next_allowed, parse_window
 from oaksend.worker.schedule import (
@@ -36,6 +37,8 @@ from oaksend.worker.validation import MAX_BODY_CHARS
 MISSED_GRACE = timedelta(minutes=5)
 #: The deadline of a once or cron message when none is given.
 DEFAULT_DEADLINE = timedelta(hours=3)
+#: Campaign messages are bulk: a chatbot's normal and high messages go out before them.
+BULK = PRIORITIES.index("bulk")
 #: Skip causes shown by `campaign show`.
 CAUSES = ("quiet_hours", "deadline", "missed", "suppressed", "frequency_cap")
 
@@ -172,10 +175,17 @@ def message_row(campaign_id: int, chatbot: str, recipient: Recipient, planned: P
         "idempotency_key": idempotency_key(campaign_id, recipient.key, planned.occurrence),
         "metadata": {"campaign": campaign_id, "recipient": recipient.key, "occurrence": planned.occurrence},
         "campaign_id": campaign_id,
+        "priority": BULK,
         "quiet": quiet,
         "created_at": now,
         "updated_at": now,
     }
+
+
+#: The keys of message_row, in order: the columns of a campaign's COPY lines.
+MESSAGE_COLUMNS = ("serial_number", "to_phone", "body", "segments", "state", "attempts", "failures", "ambiguous",
+                   "next_attempt_at", "deadline_at", "idempotency_key", "metadata", "campaign_id", "priority", "quiet",
+                   "created_at", "updated_at")
 
 
 def plan_from_row(campaign: Any, template: Template, schedule: Schedule) -> CampaignPlan:

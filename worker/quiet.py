@@ -22,6 +22,7 @@ import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
 from oaksend.errors import ValidationError
+from oaksend.worker import phone as fast_phone
 from oaksend.worker.schedule import zone as parse_zone
 
 DEFAULT_WINDOW = "21:00-08:00"
@@ -119,7 +120,7 @@ def recipient_zone(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, fi
     if row_zone and row_zone.strip():
         return parse_zone(row_zone.strip(), field)
     try:
-        number = parsed if parsed is not None else phonenumbers.parse(phone, None)
+        number = parsed if parsed is not None else fast_phone.parse_e164(phone)
         zones = _zones_of(number, kind)
     except phonenumbers.NumberParseException:
         zones = ()
@@ -134,7 +135,7 @@ def recipient_zone(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, fi
 def _zones_of(number: phonenumbers.PhoneNumber, kind: int | None) -> tuple[str, ...]:
     # time_zones_for_number, reusing the number type (the costly part) when the caller has it.
     if kind is None:
-        kind = phonenumbers.number_type(number)
+        kind = fast_phone.number_type(number)
     if phonenumbers.is_number_type_geographical(kind, number.country_code):
         return tuple(phone_timezones.time_zones_for_geographical_number(number))
     return tuple(phone_timezones.time_zones_for_number(number))

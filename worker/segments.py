@@ -14,6 +14,7 @@ take one segment more than plain division would say.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal
 
 __all__ = ["count_segments", "encoding"]
@@ -41,12 +42,18 @@ _UCS2_SINGLE_UNITS: Final = 70  #: UTF-16 code units in an unsplit UCS-2 SMS
 _UCS2_SEGMENT_UNITS: Final = 67  #: UTF-16 code units per segment of a split UCS-2 SMS
 
 
+#: Texts of the basic alphabet only (most are): one septet a character, no pair to keep together.
+_BASIC_ONLY: Final = re.compile("[" + re.escape("".join(sorted(_GSM_BASIC))) + "]*")
+
+
 def encoding(text: str) -> Encoding:
     """Return the encoding an SMS with this text travels in.
 
     ``"GSM-7"`` when every character is in the GSM 03.38 default alphabet or
     its extension table, else ``"UCS-2"``.
     """
+    if _BASIC_ONLY.fullmatch(text):
+        return "GSM-7"
     for char in text:
         if char not in _GSM_BASIC and char not in _GSM_EXTENSION:
             return "UCS-2"
@@ -58,6 +65,9 @@ def count_segments(text: str) -> int:
 
     An empty text still costs one (empty) SMS.
     """
+    if _BASIC_ONLY.fullmatch(text):
+        n = len(text)
+        return 1 if n <= _GSM_SINGLE_SEPTETS else -(-n // _GSM_SEGMENT_SEPTETS)
     if encoding(text) == "GSM-7":
         sizes = [2 if char in _GSM_EXTENSION else 1 for char in text]
         return _pack(sizes, _GSM_SINGLE_SEPTETS, _GSM_SEGMENT_SEPTETS)

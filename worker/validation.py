@@ -16,6 +16,7 @@ import phonenumbers
 
 from oaksend.models.records import PRIORITIES, NewMessage
 from oaksend.errors import ValidationError
+from oaksend.worker import phone
 from oaksend.worker.logs import mask_phone
 from oaksend.worker.segments import count_segments
 
@@ -101,10 +102,10 @@ def _phone(value: object) -> str:
         hint = _e164_hint(value)
         raise ValidationError("to", f"is not an E.164 number (+ country code and digits only){hint}")
     try:
-        parsed = phonenumbers.parse(value, None)
+        parsed = phone.parse_e164(value)
     except phonenumbers.NumberParseException:
         raise ValidationError("to", "is not a phone number") from None
-    if not phonenumbers.is_valid_number(parsed):
+    if not phone.is_valid(parsed):
         raise ValidationError("to", "is not a valid phone number for its country code")
     return value
 

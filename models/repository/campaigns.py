@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from oaksend.models.repository.base import Repository, _chunks
+from oaksend.models.repository.bulk import BulkWriter
 from oaksend.models.tables import OPEN_STATES, Campaign, CampaignRecipient, Message, SuppressedNumber
 
 #: How far a paused campaign's messages are moved (and moved back on resume); _FORWARD and _BACK say it in SQL.
@@ -29,18 +30,8 @@ _FORWARD = text("next_attempt_at + interval '365000 days'")
 _BACK = text("next_attempt_at - interval '365000 days'")
 #: Pending rows at or after this are a paused campaign's.
 PAUSED_AFTER = datetime(2900, 1, 1)
-#: messages.priority of campaign messages: 0 high, 1 normal, 2 bulk.
-BULK_PRIORITY = 2
 _messages = Message.__table__
 _recipients = CampaignRecipient.__table__
-
-
-def _bulk(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    # PRIORITY (contract with helper "dispatch"): campaign messages are "bulk" (2); this is the one
-    # place they get it. Until messages.priority exists on main, they have none.
-    if "priority" in _messages.c:
-        return [{**r, "priority": BULK_PRIORITY} for r in rows]
-    return list(rows)
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -151,20 +142,36 @@ class CampaignRepository(Repository):
         if not rows:
             return 0
         stmt = _insert(session, _messages).on_conflict_do_nothing()
-        return session.execute(stmt, _bulk(rows)).rowcount or 0
+        return session.execute(stmt, list(rows)).rowcount or 0
 
-    def copy_campaign_messages(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    def bulk_writer(self, session: Session) -> BulkWriter:
+        """Writes in `session`'s transaction from a thread of their own (see models.repository.bulk)."""
+        return BulkWriter(session, self.schema)
+
+    @staticmethod
+    def copy_campaign_messages(writer: BulkWriter, rows: Sequence[dict[str, Any]] | Sequence[str],
+                               columns: Sequence[str] = ()) -> None:
         """Write a NEW campaign's messages as fast as the database takes them (COPY on PostgreSQL).
 
-        Only for a campaign created in this transaction: its keys cannot exist yet.
+        Rows are dicts, or COPY text lines in `columns` order. Only for a campaign created in
+        this transaction: its keys cannot exist yet.
         """
-        if rows:
-            self._copy(session, _messages, _bulk(rows), json_columns=("metadata",))
+        if rows and isinstance(rows[0], str):
+            writer.copy_lines(_messages, columns, rows)  # type: ignore[arg-type]
+        else:
+            writer.copy(_messages, rows, json_columns=("metadata",))  # type: ignore[arg-type]
 
-    def copy_recipients(self, session: Session, campaign_id: int, rows: Sequence[dict[str, Any]]) -> None:
-        """A new campaign's recipients (keys checked unique by the caller)."""
-        if rows:
-            self._copy(session, _recipients, [{"campaign_id": campaign_id, **r} for r in rows], json_columns=("data",))
+    @staticmethod
+    def copy_recipients(writer: BulkWriter, rows: Sequence[dict[str, Any]] | Sequence[str],
+                        columns: Sequence[str] = ()) -> None:
+        """A new campaign's recipients (dicts with campaign_id, or COPY lines; keys checked unique by the caller)."""
+        if rows and isinstance(rows[0], str):
+            writer.copy_lines(_recipients, columns, rows)  # type: ignore[arg-type]
+        else:
+            writer.copy(_recipients, rows, json_columns=("data",))  # type: ignore[arg-type]
+
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
 
     def analyze(self) -> None:
         """Refresh PostgreSQL's statistics of the outbox after a bulk load.
@@ -181,23 +188,6 @@ class CampaignRepository(Repository):
         statement = sql.SQL("ANALYZE {}").format(name)  # an identifier, quoted by psycopg
         with self.engine.begin() as conn:
             conn.connection.driver_connection.execute(statement)
-
-    def _copy(self, session: Session, table: Any, rows: list[dict[str, Any]], json_columns: tuple[str, ...]) -> None:
-        if session.get_bind().dialect.name != "postgresql":
-            session.execute(table.insert(), rows)
-            return
-        import json
-
-        from psycopg import sql
-
-        columns = list(rows[0])
-        name = sql.Identifier(self.schema, table.name) if self.schema else sql.Identifier(table.name)
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(name, sql.SQL(", ").join(map(sql.Identifier, columns)))
-        raw = session.connection().connection.driver_connection
-        with raw.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row([json.dumps(row[c]) if c in json_columns and row[c] is not None else row[c]
-                                for c in columns])
 
     def campaign_messages_by_key(self, session: Session, campaign_id: int,
                                  keys: Sequence[str]) -> dict[str, Message]:
