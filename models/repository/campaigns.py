@@ -229,10 +229,18 @@ class CampaignRepository(Repository):
                                     .values(updated_at=now, **values)).rowcount)
 
     def hold_campaign(self, session: Session, campaign_id: int, now: datetime) -> int:
-        """Pause: the campaign's pending and dispatched messages move PAUSE_SHIFT ahead (pending)."""
-        # Dispatched rows first: back to pending (their worker then skips them), keeping their time.
-        session.execute(update(Message).where(Message.campaign_id == campaign_id, Message.state == "dispatched")
-                        .values(state="pending", lease_token=None, lease_until=None, updated_at=now))
+        """Pause: every message of the campaign not yet on its way moves PAUSE_SHIFT ahead (pending).
+
+        Dispatched rows, and rows a worker has claimed but not yet marked calling, go back to
+        pending first, keeping their time: the worker's conditional mark then finds them no
+        longer its own, and no request leaves. A row marked calling may be on the wire and is
+        left alone; if its call needs a retry, the dispatcher does not stage it while the
+        campaign is paused (DispatchRepository.stage_due).
+        """
+        not_called = (Message.state == "dispatched") | ((Message.state == "sending") & Message.calling_at.is_(None))
+        session.execute(update(Message).where(Message.campaign_id == campaign_id, not_called)
+                        .values(state="pending", ready=False, lease_token=None, lease_until=None, claimed_by=None,
+                                updated_at=now))
         return self._shift(session, campaign_id, now, forward=True)
 
     def release_campaign(self, session: Session, campaign_id: int, now: datetime) -> int:

@@ -18,8 +18,13 @@ from oaksend.models.tables import (
     READY,
     WAITING,
     Attempt,
+    Campaign,
     Message,
 )
+
+#: Not a paused campaign's: its messages wait (a retry recorded during the pause, say) until it resumes.
+_NOT_PAUSED = Message.campaign_id.is_(None) | Message.campaign_id.not_in(
+    select(Campaign.id).where(Campaign.state == "paused").scalar_subquery())
 
 
 def _due_chatbots_statement() -> Select[tuple[str]]:
@@ -97,7 +102,7 @@ class DispatchRepository(Repository):
     def _stage_due(s: Session, now: datetime, limit: int) -> int:
         candidates = (
             select(Message.id)
-            .where(text(WAITING), Message.next_attempt_at <= now)
+            .where(text(WAITING), Message.next_attempt_at <= now, _NOT_PAUSED)
             .order_by(Message.next_attempt_at)
             .limit(limit)
         )
@@ -144,7 +149,8 @@ class DispatchRepository(Repository):
         with self.session() as s:
             candidates = (
                 select(Message.id)
-                .where(text(READY), Message.serial_number == serial_number, Message.next_attempt_at <= now)
+                .where(text(READY), Message.serial_number == serial_number, Message.next_attempt_at <= now,
+                       _NOT_PAUSED)
                 .order_by(Message.priority, Message.next_attempt_at, Message.id)
                 .limit(limit)
             )
@@ -153,10 +159,12 @@ class DispatchRepository(Repository):
             ids = list(s.scalars(candidates))
             if not ids:
                 # Listed as due, yet nothing due: code that moved a ready message's time later
-                # left it ready. Back to waiting, so that it is staged again when its time comes.
+                # left it ready, or its campaign was paused since (a rescued call's retry). Back to
+                # waiting, so that it is staged again when its time comes (or its campaign resumes).
                 s.execute(
                     update(Message)
-                    .where(text(READY), Message.serial_number == serial_number, Message.next_attempt_at > now)
+                    .where(text(READY), Message.serial_number == serial_number,
+                           (Message.next_attempt_at > now) | ~_NOT_PAUSED)
                     .values(ready=False)
                     .execution_options(synchronize_session=False)
                 )

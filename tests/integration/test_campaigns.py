@@ -343,3 +343,64 @@ def test_a_finished_campaign_takes_a_new_booking_and_runs_again(campaigns: Campa
     out = campaigns.upsert_recipient(result.id, {"booking": "b7", "phone": "+12125550777", "first_name": "Al",
                                                  "appt": at(now + timedelta(days=2))})
     assert out.messages == 2 and campaigns.get(result.id).state == "running"
+
+
+def _due_now(outbox: Any, campaign_id: int) -> datetime:
+    """Make the campaign's messages due now (as if their time had come); returns now."""
+    now = utcnow()
+    with outbox.session() as s:
+        s.execute(text("UPDATE oaksend_messages SET next_attempt_at = :now WHERE campaign_id = :c"),
+                  {"now": now - timedelta(seconds=1), "c": campaign_id})
+    return now
+
+
+def test_a_pause_takes_back_what_a_worker_claimed_but_has_not_called(campaigns: Campaigns, outbox: Any) -> None:
+    """Between its claim and its calling mark, a worker's messages are still not on their way:
+    the pause takes them back, the worker's mark finds them no longer its own, no request leaves."""
+    result = campaigns.create(spec(), people(utcnow(), 2))
+    now = _due_now(outbox, result.id)
+    assert outbox.stage_due(now, 100) == 4
+    token, ids = outbox.lease_due(CHATBOT, now, 10, now + timedelta(seconds=30))
+    claimed, _ = outbox.claim_group(ids[:2], token, now, now + timedelta(seconds=30), "w1")
+    assert len(claimed) == 2  # two claimed (sending, not marked); two still only dispatched
+    assert campaigns.pause(result.id) == 4
+    assert outbox.mark_calling([w.id for w in claimed], token, now) == ([], [])
+    assert outbox.claim_group(ids[2:], token, now, now + timedelta(seconds=30), "w1") == ([], 0)
+    held = messages(outbox, result.id)
+    assert {(m.state, m.lease_token, m.claimed_by) for m in held} == {("pending", None, None)}
+    assert all(m.next_attempt_at.year > 2900 for m in held) and outbox.stage_due(now + timedelta(days=30), 100) == 0
+    assert campaigns.resume(result.id) == 4 and outbox.stage_due(utcnow(), 100) == 4
+
+
+def test_a_call_on_the_wire_at_the_pause_is_not_retried_until_the_resume(campaigns: Campaigns, outbox: Any) -> None:
+    """A message marked calling may be on the wire, so the pause leaves it; when its call fails and
+    a retry is recorded, the retry waits for the resume."""
+    result = campaigns.create(spec(), people(utcnow(), 1))
+    now = _due_now(outbox, result.id)
+    outbox.stage_due(now, 100)
+    token, ids = outbox.lease_due(CHATBOT, now, 10, now + timedelta(seconds=30))
+    outbox.claim_group(ids, token, now, now + timedelta(seconds=30), "w1")
+    marked, _ = outbox.mark_calling(ids[:1], token, now)
+    assert marked == ids[:1]
+    assert campaigns.pause(result.id) == 1  # the other one; the one on the wire stays "sending"
+    with outbox.session() as s:  # its call failed: a retry one second later, as record_group writes it
+        s.execute(text("UPDATE oaksend_messages SET state = 'pending', ready = false, lease_token = NULL, "
+                       "calling_at = NULL, next_attempt_at = :at WHERE id = :id"), {"at": now, "id": marked[0]})
+    assert outbox.stage_due(utcnow() + timedelta(seconds=5), 100) == 0  # paused: not staged
+    campaigns.resume(result.id)
+    assert outbox.stage_due(utcnow() + timedelta(seconds=5), 100) == 2
+
+
+def test_a_ready_message_of_a_paused_campaign_is_not_dispatched(campaigns: Campaigns, outbox: Any) -> None:
+    """A rescued call's retry comes back ready; if its campaign is paused, the dispatcher leaves it."""
+    result = campaigns.create(spec(), people(utcnow(), 1))
+    now = _due_now(outbox, result.id)
+    campaigns.pause(result.id)
+    with outbox.session() as s:  # as the rescue writes a retry: pending, ready, due now
+        s.execute(text("UPDATE oaksend_messages SET ready = true, next_attempt_at = :at WHERE campaign_id = :c"),
+                  {"at": now, "c": result.id})
+    assert outbox.due_chatbots() == [CHATBOT]
+    assert outbox.lease_due(CHATBOT, utcnow(), 10, utcnow() + timedelta(seconds=30))[1] == []
+    assert outbox.due_chatbots() == []  # back to waiting, not listed pass after pass
+    campaigns.resume(result.id)
+    assert outbox.stage_due(utcnow(), 100) == 2
