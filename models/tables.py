@@ -250,7 +250,7 @@ class SuppressedNumber(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-#: Campaign states: drafts are not used by the CLI (create validates and schedules at once).
+#: Campaign states: a draft (create --draft) holds its messages until it is started.
 CAMPAIGN_STATES = ("draft", "scheduled", "running", "paused", "cancelled", "finished")
 
 

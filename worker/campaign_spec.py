@@ -20,6 +20,8 @@ CRON_HORIZON = timedelta(hours=6)
 BAD_ROWS = "\x00bad rows"
 #: Open states a campaign can be paused, resumed or cancelled from.
 LIVE = ("draft", "scheduled", "running")
+#: States whose messages are held (written, never dispatched): until `start` or `resume`.
+HELD = ("draft", "paused")
 #: States whose audience may change (a finished relative campaign takes new bookings and runs again).
 CHANGEABLE = (*LIVE, "paused", "finished")
 
@@ -39,6 +41,8 @@ class CampaignSpec:
     rate_cap_per_s: float | None = None
     missed: str = "send"
     frequency_cap: int | None = None
+    #: Write everything, but hold it until `Campaigns.start` (state "draft").
+    draft: bool = False
 
 
 @dataclass
@@ -78,5 +82,5 @@ def needed_columns(spec_schedule: Schedule, template_names: tuple[str, ...]) -> 
     return needed
 
 
-__all__ = ["CHANGEABLE", "CRON_HORIZON", "LIVE", "CampaignSpec", "Result", "needed_columns", "schedule_from_json",
+__all__ = ["CHANGEABLE", "CRON_HORIZON", "HELD", "LIVE", "CampaignSpec", "Result", "needed_columns", "schedule_from_json",
            "schedule_json"]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from oaksend.errors import InvalidTransition, ValidationError
 from oaksend.worker.audience import AudienceError, Recipient, RowError, check_columns, from_dicts
-from oaksend.worker.campaign_spec import BAD_ROWS, CHANGEABLE, Result, needed_columns
+from oaksend.worker.campaign_spec import BAD_ROWS, CHANGEABLE, HELD, Result, needed_columns
 from oaksend.worker.enqueue import wake
 from oaksend.worker.plan import CampaignPlan, Planned, message_row, recipient_prefix
 
@@ -58,7 +58,7 @@ class AudienceSync:
                 if errors:
                     continue
                 new_keys.add(recipient.key)
-                self._sync(s, c, plan, recipient, planned, now, result, paused=c.state == "paused")
+                self._sync(s, c, plan, recipient, planned, now, result, paused=c.state in HELD)
             if errors:
                 s.rollback()
                 raise AudienceError(errors, counts[BAD_ROWS])
@@ -71,7 +71,7 @@ class AudienceSync:
             self.outbox.set_campaign(s, campaign_id, (c.state,), now,
                                      recipients=self.outbox.count_recipients(s, campaign_id))
             self._reopen(s, c, result, now)
-            if c.rate_cap_per_s and result.messages and c.state != "paused":
+            if c.rate_cap_per_s and result.messages and c.state not in HELD:
                 self._spread(s, campaign_id, c.rate_cap_per_s)
             result.skipped = counts
         wake(self.redis)
@@ -94,7 +94,7 @@ class AudienceSync:
             counts: Counter[str] = Counter()
             result = Result(id=campaign_id)
             for recipient, planned in self._recipients(rows, spec, plan, now, errors, counts, self._cron_window(c, now)):
-                self._sync(s, c, plan, recipient, planned, now, result, paused=c.state == "paused")
+                self._sync(s, c, plan, recipient, planned, now, result, paused=c.state in HELD)
             if errors:
                 raise ValidationError(f"row.{errors[0].column}", errors[0].why)
             del counts[BAD_ROWS]

@@ -180,7 +180,7 @@ class Campaigns(AudienceSync):
                 "tz_column": spec.audience.tz_column, "quiet_hours": str(plan.quiet) if plan.quiet else None,
                 "deadline_s": plan.deadline.total_seconds() if plan.deadline else None,
                 "rate_cap_per_s": spec.rate_cap_per_s, "frequency_cap": spec.frequency_cap,
-                "missed": spec.missed, "state": "scheduled",
+                "missed": spec.missed, "state": "draft" if spec.draft else "scheduled",
                 "skipped": {}, "recipients": 0,
                 "materialized_until": window[1] if window else None, "created_at": now, "updated_at": now,
             })
@@ -212,9 +212,12 @@ class Campaigns(AudienceSync):
                 raise ValidationError("audience", "has no recipients")
             del counts[BAD_ROWS]
             result.skipped = counts
-            self.outbox.set_campaign(s, cid, ("scheduled",), now, recipients=result.recipients, skipped=dict(counts))
+            self.outbox.set_campaign(s, cid, ("draft", "scheduled"), now, recipients=result.recipients,
+                                     skipped=dict(counts))
             if spec.rate_cap_per_s:
                 self._spread(s, cid, spec.rate_cap_per_s)
+            if spec.draft:
+                self.outbox.hold_campaign(s, cid, now)  # in this transaction: never visible unheld
         if result.messages >= ANALYZE_AFTER:
             self.outbox.analyze()
         wake(self.redis)
@@ -357,6 +360,17 @@ class Campaigns(AudienceSync):
             if not self.outbox.set_campaign(s, campaign_id, LIVE, now, state="paused"):
                 raise InvalidTransition(f"campaign {campaign_id} is {c.state}; only a scheduled or running one can be paused")
             return self.outbox.hold_campaign(s, campaign_id, now)
+
+    def start(self, campaign_id: int) -> int:
+        """Schedule a draft: its messages go at their own times; returns how many."""
+        now = self.clock()
+        with self.outbox.session() as s:
+            c = self._get(campaign_id, s)
+            if not self.outbox.set_campaign(s, campaign_id, ("draft",), now, state="scheduled"):
+                raise InvalidTransition(f"campaign {campaign_id} is {c.state}; only a draft can be started")
+            n = self.outbox.release_campaign(s, campaign_id, now)
+        wake(self.redis)
+        return n
 
     def resume(self, campaign_id: int) -> int:
         """Release a paused campaign's messages at their own times; returns how many."""

@@ -51,7 +51,7 @@ def _spec(args: argparse.Namespace) -> Any:
         schedule=parse_schedule(at=args.at, before=args.before, cron=args.cron), tz=args.tz,
         audience=AudienceSpec(args.phone_column, args.key_column, args.tz_column),
         quiet_hours=args.quiet_hours, deadline=args.deadline, rate_cap_per_s=args.rate_cap, missed=args.missed,
-        frequency_cap=args.frequency_cap,
+        frequency_cap=args.frequency_cap, draft=getattr(args, "draft", False),
     )
 
 
@@ -160,7 +160,7 @@ def _action(verb: str) -> Any:
             n = getattr(service, verb)(args.id)
         finally:
             service.close()
-        done = {"pause": "held", "resume": "released", "cancel": "cancelled"}[verb]
+        done = {"start": "released", "pause": "held", "resume": "released", "cancel": "cancelled"}[verb]
         if args.json:
             print_json({"id": args.id, "action": verb, done: n})
         else:
@@ -238,6 +238,8 @@ def add_commands(sub: Any) -> None:
 
     c = csub.add_parser("create", help="validate an audience and schedule its messages; prints the id")
     _campaign_args(c, required=True)
+    c.add_argument("--draft", action="store_true",
+                   help="write everything but send nothing until `oaksend campaign start ID`")
     c.set_defaults(func=cmd_create)
 
     c = csub.add_parser("preview", help="the first messages as they would be sent (writes nothing)")
@@ -255,7 +257,8 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_show)
 
-    for verb, helptext in (("pause", "keep unsent messages pending until resumed"),
+    for verb, helptext in (("start", "schedule a draft (created with --draft)"),
+                           ("pause", "keep unsent messages pending until resumed"),
                            ("resume", "release a paused campaign's messages"),
                            ("cancel", "cancel every unsent message")):
         c = csub.add_parser(verb, help=helptext)

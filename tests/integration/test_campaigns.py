@@ -404,3 +404,22 @@ def test_a_ready_message_of_a_paused_campaign_is_not_dispatched(campaigns: Campa
     assert outbox.due_chatbots() == []  # back to waiting, not listed pass after pass
     campaigns.resume(result.id)
     assert outbox.stage_due(utcnow(), 100) == 2
+
+
+def test_a_draft_holds_everything_until_it_is_started(campaigns: Campaigns, outbox: Any) -> None:
+    now = utcnow()
+    result = campaigns.create(spec(draft=True), people(now, 2))
+    c = campaigns.get(result.id)
+    assert c.state == "draft" and result.messages == 4
+    assert all(m.next_attempt_at.year > 2900 for m in messages(outbox, result.id))
+    assert outbox.stage_due(now + timedelta(days=30), 100) == 0 and campaigns.show(result.id)["next_send_at"] is None
+    campaigns.upsert_recipient(result.id, {"booking": "new", "phone": "+12125559999", "first_name": "N",
+                                           "appt": at(now + timedelta(hours=30))})
+    assert all(m.next_attempt_at.year > 2900 for m in messages(outbox, result.id))  # added while a draft: held too
+    assert campaigns.tick(now).get("messages", 0) == 0 and campaigns.get(result.id).state == "draft"
+    assert campaigns.start(result.id) == 6
+    assert campaigns.get(result.id).state == "scheduled"
+    times = [m.next_attempt_at for m in messages(outbox, result.id)]
+    assert all(t.replace(tzinfo=UTC) < now + timedelta(days=3) for t in times)
+    with pytest.raises(InvalidTransition):
+        campaigns.start(result.id)

@@ -131,3 +131,14 @@ def test_update_from_a_new_file(ccli: Cli) -> None:
     assert result.code == 0, result.err
     assert result.json() == {"id": int(cid), "added": 2, "cancelled": 4, "changed": 0, "skipped": {}}
     assert ccli("campaign", "show", cid, "--json").json()["messages"] == {"pending": 2, "cancelled": 4}
+
+
+def test_a_draft_is_created_held_and_started(ccli: Cli) -> None:
+    path = audience(ccli.cwd, [f"+12125550120,Cy,{later(3)}"], name="draft.csv")
+    cid = str(ccli("campaign", "create", *base_args(path), "--draft", "--json").json()["id"])
+    shown = ccli("campaign", "show", cid, "--json").json()
+    assert shown["state"] == "draft" and shown["next_send_at"] is None and shown["messages"] == {"pending": 2}
+    assert ccli("campaign", "start", cid, "--json").json() == {"id": int(cid), "action": "start", "released": 2}
+    assert ccli("campaign", "show", cid, "--json").json()["next_send_at"]
+    again = ccli("campaign", "start", cid)
+    assert again.code == 1 and one_line(again.err).endswith("only a draft can be started")
