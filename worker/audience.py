@@ -221,10 +221,9 @@ def _parse_phone(phone: str) -> tuple[phonenumbers.PhoneNumber, int]:
     if not _E164_RE.fullmatch(phone):
         _phone(phone)  # raises with the producer's message and hint
     try:
-        parsed = fast_phone.parse_e164(phone)
+        parsed, kind = fast_phone.parse_and_type(phone)
     except phonenumbers.NumberParseException:
         raise ValidationError("to", "is not a phone number") from None
-    kind = fast_phone.number_type(parsed)
     if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         # number_type is UNKNOWN exactly when is_valid_number is False (both match the region's patterns).
         raise ValidationError("to", "is not a valid phone number for its country code")

@@ -172,21 +172,40 @@ def number_type(number: PhoneNumber) -> int:
 
 def parse_e164(text: str) -> PhoneNumber:
     """phonenumbers.parse(text, None) for `+` and digits; raises phonenumbers.NumberParseException like it."""
-    if not _DIGITS.fullmatch(text) or len(text) > 18:
-        return phonenumbers.parse(text, None)
+    return _parse(text)[0]
+
+
+def parse_and_type(text: str) -> tuple[PhoneNumber, int]:
+    """(parse_e164(text), number_type of it), sharing the work."""
+    number, nsn = _parse(text)
+    return number, _classify(number.country_code, nsn)[1]
+
+
+#: Country calling codes by their digits ("1", "44", "380"): _extract_country_code's look-up, without int().
+_CODES = {str(cc): cc for cc in COUNTRY_CODE_TO_REGION_CODE}
+
+
+def _parse(text: str) -> tuple[PhoneNumber, str]:
+    """The number and its national significant number (digits)."""
+    if len(text) > 18 or not _DIGITS.fullmatch(text):
+        number = phonenumbers.parse(text, None)
+        return number, phonenumbers.national_significant_number(number)
     digits = text[1:]
     # _extract_country_code
     country_code, nsn = 0, digits
     if digits[0] != "0":
         for i in range(1, min(len(digits), _MAX_CC_DIGITS) + 1):
-            if int(digits[:i]) in COUNTRY_CODE_TO_REGION_CODE:
-                country_code, nsn = int(digits[:i]), digits[i:]
+            code = _CODES.get(digits[:i])
+            if code is not None:
+                country_code, nsn = code, digits[i:]
                 break
     if country_code == 0 or not _MIN_NSN <= len(nsn) <= _MAX_NSN:
-        return phonenumbers.parse(text, None)  # raises, with phonenumbers' own error
+        phonenumbers.parse(text, None)  # raises, with phonenumbers' own error
+        raise AssertionError(text)  # pragma: no cover - phonenumbers accepted what it never does
     r = _regions_of(country_code)[0][1]  # the main region's metadata, as parse takes it
     if r is None or (r.national_prefix_for_parsing is not None and r.national_prefix_for_parsing.match(nsn)):
-        return phonenumbers.parse(text, None)  # a national prefix might be stripped: phonenumbers decides
+        number = phonenumbers.parse(text, None)  # a national prefix might be stripped: phonenumbers decides
+        return number, phonenumbers.national_significant_number(number)
     number = PhoneNumber(country_code=country_code, national_number=int(nsn))
     # _set_italian_leading_zeros_for_phone_number
     if len(nsn) > 1 and nsn[0] == "0":
@@ -196,7 +215,7 @@ def parse_e164(text: str) -> PhoneNumber:
             zeros += 1
         if zeros != 1:
             number.number_of_leading_zeros = zeros
-    return number
+    return number, nsn
 
 
 def is_valid(number: PhoneNumber) -> bool:
@@ -204,4 +223,4 @@ def is_valid(number: PhoneNumber) -> bool:
     return number_type(number) != UNKNOWN
 
 
-__all__ = ["is_valid", "number_type", "parse_e164", "region_code"]
+__all__ = ["is_valid", "number_type", "parse_and_type", "parse_e164", "region_code"]

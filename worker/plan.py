@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -102,7 +103,7 @@ class CampaignPlan:
             if at >= deadline:
                 skipped["deadline"] += 1
                 continue
-            allowed = next_allowed(at, self.quiet, recipient.zone)
+            allowed = _next_allowed(at, self.quiet, recipient.zone)
             if allowed >= deadline:
                 skipped["quiet_hours"] += 1
                 continue
@@ -186,6 +187,11 @@ def message_row(campaign_id: int, chatbot: str, recipient: Recipient, planned: P
 MESSAGE_COLUMNS = ("serial_number", "to_phone", "body", "segments", "state", "attempts", "failures", "ambiguous",
                    "next_attempt_at", "deadline_at", "idempotency_key", "metadata", "campaign_id", "priority", "quiet",
                    "created_at", "updated_at")
+
+
+#: next_allowed for planned times (always UTC, so equal keys are the same instant in the same form):
+#: send times repeat (appointment slots), and the zones are few.
+_next_allowed = lru_cache(maxsize=4096)(next_allowed)
 
 
 def plan_from_row(campaign: Any, template: Template, schedule: Schedule) -> CampaignPlan:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -142,15 +143,21 @@ def once_at(schedule: Once, tz: ZoneInfo) -> datetime:
 def anchor_at(value: str, tz: ZoneInfo, field: str) -> datetime:
     """A recipient's datetime cell -> UTC; a value without a zone is read in `tz`."""
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        return _anchor(value.strip(), tz)
     except (ValueError, AttributeError):
         raise ValidationError(field, f"{value!r} is not a datetime (ISO 8601, e.g. 2026-12-01T10:30)") from None
+
+
+@lru_cache(maxsize=4096)  # appointments fall on a few slots: most rows repeat a recent value
+def _anchor(text: str, tz: ZoneInfo) -> datetime:
+    parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         return local_to_utc(parsed, tz)
     return parsed.astimezone(timezone.utc)
 
 
-def relative_times(anchor_utc: datetime, offsets: tuple[timedelta, ...]) -> list[tuple[str, datetime]]:
+@lru_cache(maxsize=4096)
+def relative_times(anchor_utc: datetime, offsets: tuple[timedelta, ...]) -> tuple[tuple[str, datetime], ...]:
     """(occurrence label, UTC send time) for each offset before the anchor, earliest first.
 
     The label names the offset and the anchor, so a moved appointment is a new
@@ -158,7 +165,7 @@ def relative_times(anchor_utc: datetime, offsets: tuple[timedelta, ...]) -> list
     """
     stamp = anchor_utc.strftime("%Y%m%dT%H%M%SZ")
     out = [(f"-{int(o.total_seconds())}s@{stamp}", anchor_utc - o) for o in offsets]
-    return sorted(out, key=lambda item: item[1])
+    return tuple(sorted(out, key=lambda item: item[1]))
 
 
 def cron_times(expr: str, tz: ZoneInfo, after_utc: datetime, until_utc: datetime) -> list[datetime]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from string import Formatter
 from zoneinfo import ZoneInfo
 
@@ -98,9 +99,14 @@ def parse(text: str, columns: tuple[str, ...] | list[str], field: str = "templat
 
 def _format_time(value: str, fmt: str, tz: ZoneInfo, field: str) -> str:
     try:
-        parsed = datetime.fromisoformat(str(value).strip())
+        return _formatted(str(value).strip(), fmt, tz)
     except ValueError:
         raise ValidationError(field, f"{value!r} is not a datetime, but the template formats it with {fmt!r}") from None
+
+
+@lru_cache(maxsize=4096)  # appointments fall on a few slots: most rows repeat a recent value
+def _formatted(text: str, fmt: str, tz: ZoneInfo) -> str:
+    parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
     return parsed.astimezone(tz).strftime(fmt)

@@ -102,10 +102,10 @@ def _phone(value: object) -> str:
         hint = _e164_hint(value)
         raise ValidationError("to", f"is not an E.164 number (+ country code and digits only){hint}")
     try:
-        parsed = phone.parse_e164(value)
+        _, kind = phone.parse_and_type(value)
     except phonenumbers.NumberParseException:
         raise ValidationError("to", "is not a phone number") from None
-    if not phone.is_valid(parsed):
+    if kind == phone.UNKNOWN:
         raise ValidationError("to", "is not a valid phone number for its country code")
     return value
 

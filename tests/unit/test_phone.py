@@ -73,6 +73,7 @@ def _same(text: str) -> None:
         return
     parsed = phone.parse_e164(text)
     assert parsed == expected, text
+    assert phone.parse_and_type(text) == (expected, phonenumbers.number_type(expected)), text
     assert phone.number_type(parsed) == phonenumbers.number_type(expected), text
     assert phone.region_code(parsed) == phonenumbers.region_code_for_number(expected), text
     assert phone.is_valid(parsed) == phonenumbers.is_valid_number(expected), text
