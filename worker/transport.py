@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 
 from oaksend.worker.client import (
@@ -35,6 +36,7 @@ from oaksend.worker.client import (
     parse_envelope,
     parse_retry_after,
 )
+from oaksend.worker.netbackend import AsyncioBackend
 
 
 #: Requests in flight per worker process (and connections kept). Calls beyond it wait
@@ -101,6 +103,7 @@ class Transport:
         self._made: list[httpx.AsyncHTTPTransport] = []  #: at most max_connections
         self._waiting: collections.deque[asyncio.Future[httpx.AsyncHTTPTransport]] = collections.deque()
         self._tls: Any = None
+        self._backend = AsyncioBackend()
         self._headers = {"Authorization": api_key, "Content-Type": "application/json",
                          "Accept": "application/json", "Accept-Encoding": "gzip, deflate", "User-Agent": "oaksend"}
         self._timeouts = {"timeout": httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
@@ -171,11 +174,14 @@ class Transport:
         (URL and header merging, cookies, auth and redirect flows) do nothing here and
         cost a fifth of a call.
         """
-        self._made.append(httpx.AsyncHTTPTransport(
-            verify=self._tls, trust_env=False,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
-                                keepalive_expiry=_KEEPALIVE_EXPIRY_S)))
-        return self._made[-1]
+        connection = httpx.AsyncHTTPTransport(verify=self._tls, trust_env=False)
+        # httpx takes no network backend: its pool is swapped for the same pool, of one
+        # connection, on plain asyncio instead of anyio (see worker.netbackend).
+        connection._pool = httpcore.AsyncConnectionPool(
+            ssl_context=self._tls, max_connections=1, max_keepalive_connections=1,
+            keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
+        self._made.append(connection)
+        return connection
 
     async def _checkout(self) -> httpx.AsyncHTTPTransport:
         if self._idle:
