@@ -2,7 +2,7 @@
 
 Requests in flight are coroutines, not threads: a worker process keeps hundreds of
 calls open at 200 ms (or 2 s) of API latency. Celery's threads only hand groups of
-messages over (`Transport.send_group`) and wait for their outcomes.
+messages over (`Transport.submit`) and wait for their outcomes.
 
 Parsing and error translation are `worker.client`'s (`parse_envelope`, the same
 transport-error kinds), so both clients report identically.
@@ -104,6 +104,7 @@ class Transport:
         self._waiting: collections.deque[asyncio.Future[httpx.AsyncHTTPTransport]] = collections.deque()
         self._tls: Any = None
         self._backend = AsyncioBackend()
+        self._parsed_url = httpx.URL(self._url)  # parsed once: a str would be parsed per request
         self._headers = {"Authorization": api_key, "Content-Type": "application/json",
                          "Accept": "application/json", "Accept-Encoding": "gzip, deflate", "User-Agent": "oaksend"}
         self._timeouts = {"timeout": httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
@@ -252,7 +253,7 @@ class Transport:
         head: list[httpx.Response] = []
         try:
             async with asyncio.timeout(self._deadline_s):
-                request = httpx.Request("POST", self._url, headers=self._headers, content=payload,
+                request = httpx.Request("POST", self._parsed_url, headers=self._headers, content=payload,
                                         extensions=self._timeouts)
                 response = await connection.handle_async_request(request)
                 response.request = request
