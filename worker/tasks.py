@@ -202,7 +202,7 @@ class Sender:
         if not admitted:
             return
         calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s)]
-        pending: list[tuple[Work, Any]] = []
+        pending: list[tuple[list[Work], Any]] = []
         try:
             self._call_windows(serial_number, calls, token, pending, result, lead_s)
         finally:
@@ -213,7 +213,7 @@ class Sender:
                 self._finish(state, token, pending, result)
 
     def _call_windows(self, serial_number: str, calls: list[tuple[Work, float]], token: str,
-                      pending: list[tuple[Work, Any]], result: BatchResult, lead_s: float) -> None:
+                      pending: list[tuple[list[Work], Any]], result: BatchResult, lead_s: float) -> None:
         """Mark each window of slots calling just before it, then hand its calls to the transport."""
         i = 0
         while i < len(calls):
@@ -244,8 +244,9 @@ class Sender:
             ok = set(marked)
             result.skipped += len(keep) - len(marked) - len(stopped)
             chosen = [(w, at) for w, at in window if w.id in ok]
-            futures = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at) for w, at in chosen])
-            pending += [(w, f) for (w, _), f in zip(chosen, futures)]
+            if chosen:
+                future = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at) for w, at in chosen])
+                pending.append(([w for w, _ in chosen], future))
 
     def _drop_too_late(self, group: list[Work], token: str, now: datetime, ahead_s: float,
                        result: BatchResult) -> list[Work]:
@@ -277,11 +278,13 @@ class Sender:
                 result.count("expired", self.outbox.expire_group([work.id], token, now, check.reason))
         return keep
 
-    def _finish(self, state: ChatbotState, token: str, pending: list[tuple[Work, Any]], result: BatchResult) -> None:
+    def _finish(self, state: ChatbotState, token: str, pending: list[tuple[list[Work], Any]], result: BatchResult) -> None:
         outcomes: list[tuple[Work, AttemptRecord, Transition]] = []
         not_made: list[int] = []
-        for work, future in pending:
-            call: CallResult = future.result()
+        made: list[tuple[Work, CallResult]] = []
+        for works, future in pending:
+            made += zip(works, future.result())
+        for work, call in made:
             if call.outcome is None:
                 not_made.append(work.id)
                 continue

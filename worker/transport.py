@@ -1,8 +1,8 @@
-"""Asynchronous sending: one asyncio loop with one httpx.AsyncClient per worker process.
+"""Asynchronous sending: one asyncio loop per worker process, calls on one-connection httpx transports.
 
 Requests in flight are coroutines, not threads: a worker process keeps hundreds of
 calls open at 200 ms (or 2 s) of API latency. Celery's threads only hand groups of
-messages over (`Transport.send_group`) and wait for their outcomes.
+messages over (`Transport.submit`) and wait for their outcomes.
 
 Parsing and error translation are `worker.client`'s (`parse_envelope`, the same
 transport-error kinds), so both clients report identically.
@@ -11,13 +11,16 @@ transport-error kinds), so both clients report identically.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
+import httpcore
 import httpx
 
 from oaksend.worker.client import (
@@ -33,6 +36,7 @@ from oaksend.worker.client import (
     parse_envelope,
     parse_retry_after,
 )
+from oaksend.worker.netbackend import AsyncioBackend
 
 
 #: Requests in flight per worker process (and connections kept). Calls beyond it wait
@@ -40,11 +44,6 @@ from oaksend.worker.client import (
 #: against the connect timeout). 512 in flight carry 250/s at 2 s of API latency per
 #: process, 2,500/s at 200 ms.
 MAX_CONNECTIONS = 512
-#: Connections per httpx client. httpcore checks every connection of its pool (a
-#: getpeername and a select each) for every request it places, so one pool of
-#: hundreds of connections costs more CPU than the request itself: the connections
-#: are spread over several small clients instead.
-SHARD_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -99,9 +98,17 @@ class Transport:
         self._paused: dict[str, float] = {}
         self._probed: dict[str, float] = {}
         self._loop = asyncio.new_event_loop()
-        self._shards: list[httpx.AsyncClient] = []
-        self._slots: list[asyncio.Semaphore] = []
-        self._busy: list[int] = []
+        #: Idle connections, the most recently used last (the warmest, kept alive).
+        self._idle: list[httpx.AsyncHTTPTransport] = []
+        self._made: list[httpx.AsyncHTTPTransport] = []  #: at most max_connections
+        self._waiting: collections.deque[asyncio.Future[httpx.AsyncHTTPTransport]] = collections.deque()
+        self._tls: Any = None
+        self._backend = AsyncioBackend()
+        self._parsed_url = httpx.URL(self._url)  # parsed once: a str would be parsed per request
+        self._headers = {"Authorization": api_key, "Content-Type": "application/json",
+                         "Accept": "application/json", "Accept-Encoding": "gzip, deflate", "User-Agent": "oaksend"}
+        self._timeouts = {"timeout": httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
+                                                   write=read_timeout_s, pool=connect_timeout_s).as_dict()}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oaksend-transport", daemon=True)
         self._thread.start()
@@ -112,21 +119,7 @@ class Transport:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        per_shard = min(SHARD_CONNECTIONS, self._max_connections)
-        tls = httpx.create_ssl_context()  # one for all shards: each costs milliseconds and memory
-        for _ in range(max(1, -(-self._max_connections // per_shard))):
-            self._shards.append(httpx.AsyncClient(
-                headers={"Authorization": self._api_key, "Content-Type": "application/json",
-                         "Accept": "application/json", "User-Agent": "oaksend"},
-                timeout=httpx.Timeout(connect=self._connect_timeout_s, read=self._read_timeout_s,
-                                      write=self._read_timeout_s, pool=self._connect_timeout_s),
-                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
-                                    keepalive_expiry=_KEEPALIVE_EXPIRY_S),
-                follow_redirects=False,
-                verify=tls,
-            ))
-            self._slots.append(asyncio.Semaphore(per_shard))
-            self._busy.append(0)
+        self._tls = httpx.create_ssl_context()  # one for all clients: each costs milliseconds and memory
         # The first connection resolves the host on a helper thread that anyio starts on
         # first use (tens of ms): do that now, so the first request leaves at its slot.
         self._loop.run_until_complete(self._warm_up())
@@ -143,17 +136,19 @@ class Transport:
             pass
 
     # -- from any thread ------------------------------------------------------------------
-    def submit(self, calls: Sequence[Call]) -> list[Future[CallResult]]:
-        """Schedule calls on the loop; each future holds its CallResult."""
-        return [asyncio.run_coroutine_threadsafe(self._call(c), self._loop) for c in calls]
+    def submit(self, calls: Sequence[Call]) -> Future[list[CallResult]]:
+        """Schedule calls on the loop, all at once; the future holds their CallResults, in order.
+
+        One hand-over per group, not per call: each wakes the loop through its self-pipe."""
+        return asyncio.run_coroutine_threadsafe(self._calls(list(calls)), self._loop)
 
     def close(self) -> None:
         if not self._loop.is_running():
             return
 
         async def _close() -> None:
-            for client in self._shards:
-                await client.aclose()
+            for connection in self._made:
+                await connection.aclose()
 
         try:
             asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
@@ -165,6 +160,47 @@ class Transport:
             self._loop.close()
 
     # -- on the loop ----------------------------------------------------------------------
+    async def _calls(self, calls: list[Call]) -> list[CallResult]:
+        if len(calls) == 1:
+            return [await self._call(calls[0])]
+        return list(await asyncio.gather(*map(self._call, calls)))
+
+    def _new_connection(self) -> httpx.AsyncHTTPTransport:
+        """A transport of ONE keep-alive connection.
+
+        httpcore checks every connection of a pool (a getpeername and a poll each) for
+        every request it places, so a pool of hundreds costs more CPU than the request
+        itself; a request takes a whole one-connection transport instead. Requests go
+        to the transport directly, not through an AsyncClient: its per-request layers
+        (URL and header merging, cookies, auth and redirect flows) do nothing here and
+        cost a fifth of a call.
+        """
+        connection = httpx.AsyncHTTPTransport(verify=self._tls, trust_env=False)
+        # httpx takes no network backend: its pool is swapped for the same pool, of one
+        # connection, on plain asyncio instead of anyio (see worker.netbackend).
+        connection._pool = httpcore.AsyncConnectionPool(
+            ssl_context=self._tls, max_connections=1, max_keepalive_connections=1,
+            keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
+        self._made.append(connection)
+        return connection
+
+    async def _checkout(self) -> httpx.AsyncHTTPTransport:
+        if self._idle:
+            return self._idle.pop()
+        if len(self._made) < self._max_connections:
+            return self._new_connection()
+        waiter: asyncio.Future[httpx.AsyncHTTPTransport] = self._loop.create_future()
+        self._waiting.append(waiter)
+        return await waiter
+
+    def _checkin(self, connection: httpx.AsyncHTTPTransport) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self._idle.append(connection)
+
     async def _call(self, call: Call) -> CallResult:
         delay = call.at - time.monotonic()
         if delay > 0:
@@ -173,16 +209,13 @@ class Transport:
             return CallResult(None, time.time(), 0.0)
         payload = json.dumps({"SerialNumber": call.serial_number, "ToPhoneNumber": call.to_phone,
                               "Message": call.body}, ensure_ascii=True).encode("ascii")
-        # The least busy shard first, so connections are reused rather than opened.
-        shard = min(range(len(self._shards)), key=self._busy.__getitem__)
-        self._busy[shard] += 1
+        connection = await self._checkout()
         try:
-            async with self._slots[shard]:
-                started_wall = time.time()
-                t0 = time.perf_counter()
-                outcome = await self._post(self._shards[shard], payload)
+            started_wall = time.time()
+            t0 = time.perf_counter()
+            outcome = await self._post(connection, payload)
         finally:
-            self._busy[shard] -= 1
+            self._checkin(connection)
         if self._pause_rule is not None:
             self._note_pause(call.serial_number, outcome)
         return CallResult(outcome, started_wall, (time.perf_counter() - t0) * 1000.0)
@@ -216,13 +249,19 @@ class Transport:
             except Exception:  # noqa: BLE001 - the worker writes the pause to the database too
                 pass
 
-    async def _post(self, client: httpx.AsyncClient, payload: bytes) -> Outcome:
+    async def _post(self, connection: httpx.AsyncHTTPTransport, payload: bytes) -> Outcome:
         head: list[httpx.Response] = []
         try:
             async with asyncio.timeout(self._deadline_s):
-                async with client.stream("POST", self._url, content=payload) as response:
-                    head.append(response)
+                request = httpx.Request("POST", self._parsed_url, headers=self._headers, content=payload,
+                                        extensions=self._timeouts)
+                response = await connection.handle_async_request(request)
+                response.request = request
+                head.append(response)
+                try:
                     return await self._receive(response)
+                finally:
+                    await response.aclose()
         except TimeoutError:
             # The whole-response deadline passed: the request may have reached the server.
             if head:  # the status line arrived: keep it (a 429 or 503 is still safe to retry)

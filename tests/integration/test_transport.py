@@ -1,0 +1,108 @@
+"""The worker's transport (httpx on the asyncio network backend) against the real sandbox.
+
+What each failure is reported as decides whether a message may be sent again, so
+the backend must report exactly what httpx's default one does: a refused connection
+never left; a reset, a hang or a broken body after the request was written may have
+reached the API.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from oaksend.sandbox.server import running_sandbox
+from oaksend.worker.client import Envelope, TransportError
+from oaksend.worker.transport import Call, Transport
+
+KEY = "transport-test-key"
+SERIAL = "0be4c0a4c5e6f708192a3b4c5d6e7f80"
+
+
+def _transport(base_url: str, **kw: float) -> Transport:
+    return Transport(base_url, KEY, connect_timeout_s=kw.get("connect_s", 2.0), read_timeout_s=kw.get("read_s", 2.0),
+                     response_deadline_s=kw.get("deadline_s", 10.0))
+
+
+def _calls(n: int, start: int = 0) -> list[Call]:
+    return [Call(SERIAL, f"+1415{3000000 + start + i:07d}", f"hello {i}", time.monotonic()) for i in range(n)]
+
+
+def test_successes_reuse_kept_alive_connections() -> None:
+    with running_sandbox(api_key=KEY) as base_url:
+        transport = _transport(base_url)
+        try:
+            first = transport.submit(_calls(50)).result(30)
+            second = transport.submit(_calls(50, start=50)).result(30)
+        finally:
+            transport.close()
+    outcomes = [r.outcome for r in first + second]
+    assert all(isinstance(o, Envelope) and o.http_status == 200 and o.session_id for o in outcomes)
+    assert len({o.session_id for o in outcomes}) == 100  # type: ignore[union-attr]
+
+
+def test_reset_after_the_request_is_ambiguous() -> None:
+    with running_sandbox(api_key=KEY, p_reset=1.0) as base_url:
+        transport = _transport(base_url)
+        try:
+            results = transport.submit(_calls(5)).result(30)
+        finally:
+            transport.close()
+    for r in results:
+        assert isinstance(r.outcome, TransportError)
+        assert r.outcome.sent is True and r.outcome.kind in ("reset", "protocol")
+
+
+def test_hang_is_a_read_timeout_that_may_have_been_sent() -> None:
+    with running_sandbox(api_key=KEY, p_hang=1.0, hang_s=3.0) as base_url:
+        transport = _transport(base_url, read_s=0.3)
+        try:
+            results = transport.submit(_calls(3)).result(30)
+        finally:
+            transport.close()
+    for r in results:
+        assert isinstance(r.outcome, TransportError)
+        assert r.outcome.kind == "read_timeout" and r.outcome.sent is True
+
+
+def test_malformed_body_is_an_envelope_marked_incomplete_or_unreadable() -> None:
+    with running_sandbox(api_key=KEY, p_malformed=1.0) as base_url:
+        transport = _transport(base_url)
+        try:
+            results = transport.submit(_calls(3)).result(30)
+        finally:
+            transport.close()
+    for r in results:
+        assert isinstance(r.outcome, Envelope)
+        assert r.outcome.session_id is None
+
+
+def test_refused_connection_never_left() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    transport = _transport(f"http://127.0.0.1:{port}")
+    try:
+        results = transport.submit(_calls(2)).result(30)
+    finally:
+        transport.close()
+    for r in results:
+        assert isinstance(r.outcome, TransportError)
+        assert r.outcome.kind == "connect" and r.outcome.sent is False
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    transport = None
+    try:
+        with running_sandbox(api_key=KEY) as base_url:
+            transport = _transport(base_url)
+            first = transport.submit(_calls(1)).result(30)[0].outcome
+            assert isinstance(first, Envelope) and first.http_status == 200
+        # The sandbox closed its kept-alive connection on the way out, as an idle timeout
+        # would: the next call must see that, and not write its request on the dead one.
+        result = transport.submit(_calls(1, start=9)).result(30)[0]
+    finally:
+        if transport is not None:
+            transport.close()
+    assert isinstance(result.outcome, TransportError)
+    assert result.outcome.kind == "connect" and result.outcome.sent is False
