@@ -298,7 +298,8 @@ class CampaignRecipient(Base):
     __tablename__ = PREFIX + "campaign_recipients"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    campaign_id: Mapped[int] = mapped_column(BigInteger, ForeignKey(PREFIX + "campaigns.id", ondelete="CASCADE"))
+    #: The campaign's id; no foreign key (checked row by row, it doubled a bulk load's time), as messages.campaign_id.
+    campaign_id: Mapped[int] = mapped_column(BigInteger)
     key: Mapped[str] = mapped_column(String(150))
     phone: Mapped[str] = mapped_column(String(16))
     tz: Mapped[str] = mapped_column(String(64))
