@@ -175,12 +175,16 @@ class Transport:
         (URL and header merging, cookies, auth and redirect flows) do nothing here and
         cost a fifth of a call.
         """
-        connection = httpx.AsyncHTTPTransport(verify=self._tls, trust_env=False)
+        connection = httpx.AsyncHTTPTransport(verify=self._tls, trust_env=False,
+                                              limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
+                                                                  keepalive_expiry=_KEEPALIVE_EXPIRY_S))
         # httpx takes no network backend: its pool is swapped for the same pool, of one
-        # connection, on plain asyncio instead of anyio (see worker.netbackend).
-        connection._pool = httpcore.AsyncConnectionPool(
-            ssl_context=self._tls, max_connections=1, max_keepalive_connections=1,
-            keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
+        # connection, on plain asyncio instead of anyio (see worker.netbackend). The pool is
+        # httpx's private attribute: should a release change it, the anyio pool stays (slower, same results).
+        if isinstance(getattr(connection, "_pool", None), httpcore.AsyncConnectionPool):
+            connection._pool = httpcore.AsyncConnectionPool(
+                ssl_context=self._tls, max_connections=1, max_keepalive_connections=1,
+                keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
         self._made.append(connection)
         return connection
 
