@@ -60,6 +60,8 @@ def test_the_fast_message_line_is_the_reference_row(key: str, first_name: str, q
     row = message_row(7, CHATBOT, recipient, planned, quiet, NOW)
     assert tuple(row) == MESSAGE_COLUMNS
     assert builder(True)._message_line(recipient, planned, quiet) == copy_line(row.values())
+    reference = {"campaign_id": 7, "key": key, "phone": recipient.phone, "tz": recipient.zone.key, "data": recipient.values}
+    assert builder(True)._recipient_line(recipient) == copy_line(reference.values())
 
 
 def test_copy_line_escapes_and_nulls() -> None:
