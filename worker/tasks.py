@@ -16,12 +16,13 @@ notices (this worker, or the dispatcher's rescue after this worker died).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,7 +40,7 @@ from oaksend.worker.heartbeat import WorkerHeartbeat, worker_id
 from oaksend.worker.limits import ChatbotState, LimitBook
 from oaksend.worker import metrics
 from oaksend.worker.logs import mask_phone, send_fields
-from oaksend.worker.ratelimit import RateLimiter
+from oaksend.worker.ratelimit import Limit, RateLimiter
 from oaksend.worker.settings import Settings
 from oaksend.worker.transition import RetryPolicy, attempt_record, plan
 from oaksend.worker.transport import Call, CallResult, Transport
@@ -58,6 +59,26 @@ MARK_WINDOW_S = 0.1
 #: takes, within these bounds: it adds to every message's latency. A worker killed
 #: earlier in its wait leaves its messages unmarked: they go back without an attempt.
 MARK_LEAD_MIN_S = 0.02
+#: Lateness (see `lateness`): at most this much beyond the slots kept out of the burst.
+LATE_SLACK_S = 0.02
+
+
+def lateness(limit: Limit) -> tuple[Limit, float]:
+    """Pure: (the limit to reserve slots with, how late after its slot a request may still leave).
+
+    Requests leave a little after their slots (the event loop and the GIL see to that),
+    and a late request lands among the next ones, which leave on time. Half the burst
+    is kept out of the reservations for that: with m = burst // 2 slots kept, a request
+    may leave m intervals (and at most half of one more, or LATE_SLACK_S) late, and any
+    1 s of arrivals at the API still holds at most rate + burst requests; a later one
+    is not made but handed back (transport.Call). A burst of 1 keeps nothing back: its
+    requests may be LATE_SLACK_S late (a limiter's usual slack), or half an interval.
+    """
+    interval = 1.0 / limit.rate_per_s
+    kept = max(1, limit.burst) // 2
+    # Within a 1 s window, what is left of the last interval (a fractional rate leaves less).
+    room = interval * (1.0 - math.modf(limit.rate_per_s)[0])
+    return replace(limit, burst=max(1, limit.burst) - kept), kept * interval + min(room / 2, LATE_SLACK_S)
 #: An auth failure holds the chatbot's other calls this long until its database pause lands.
 PAUSE_HOLD_S = 5.0
 MARK_LEAD_MAX_S = 0.1
@@ -185,7 +206,8 @@ class Sender:
             return
         lead_s = self.mark_lead_s
         start = time.monotonic() + lead_s
-        admission = self.limiter.reserve_many(serial_number, state.limit, [w.segments for w in group],
+        reserve_with, late_ok_s = lateness(state.limit)
+        admission = self.limiter.reserve_many(serial_number, reserve_with, [w.segments for w in group],
                                               max_wait_s=self.settings.max_token_wait_s, lead_s=lead_s)
         admitted = group[: len(admission.waits_s)]
         refused = group[len(admission.waits_s):]
@@ -201,7 +223,9 @@ class Sender:
             metrics.observe_throttle(serial_number, len(refused))
         if not admitted:
             return
-        calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s)]
+        # Only where the limit binds (some slot had to be waited for): elsewhere nothing crowds.
+        late_ok = late_ok_s if any(wait > 0 for wait in admission.waits_s) else math.inf
+        calls = [(w, start + wait, late_ok) for w, wait in zip(admitted, admission.waits_s)]
         pending: list[tuple[list[Work], Any]] = []
         try:
             self._call_windows(serial_number, calls, token, pending, result, lead_s)
@@ -212,7 +236,7 @@ class Sender:
             if pending:
                 self._finish(state, token, pending, result)
 
-    def _call_windows(self, serial_number: str, calls: list[tuple[Work, float]], token: str,
+    def _call_windows(self, serial_number: str, calls: list[tuple[Work, float, float]], token: str,
                       pending: list[tuple[list[Work], Any]], result: BatchResult, lead_s: float) -> None:
         """Mark each window of slots calling just before it, then hand its calls to the transport."""
         i = 0
@@ -228,13 +252,13 @@ class Sender:
                 self.sleep(delay)
                 if self.limiter.paused(serial_number):
                     # Paused (a 429 elsewhere) while we waited: hand the rest back.
-                    rest = [w.id for w, _ in window] + [w.id for w, _ in calls[i:]]
+                    rest = [w.id for w, _, _ in window] + [w.id for w, _, _ in calls[i:]]
                     self.outbox.give_back_group(rest, token, self.clock(), None, "chatbot paused")
                     result.throttled += len(rest)
                     break
             now = self.clock()
             late_by = max(0.0, window[-1][1] - time.monotonic())
-            keep = self._drop_too_late([w for w, _ in window], token, now, late_by, result)
+            keep = self._drop_too_late([w for w, _, _ in window], token, now, late_by, result)
             if not keep:
                 continue
             t0 = time.monotonic()
@@ -243,10 +267,11 @@ class Sender:
             result.count("failed", len(stopped))
             ok = set(marked)
             result.skipped += len(keep) - len(marked) - len(stopped)
-            chosen = [(w, at) for w, at in window if w.id in ok]
+            chosen = [(w, at, late_ok) for w, at, late_ok in window if w.id in ok]
             if chosen:
-                future = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at) for w, at in chosen])
-                pending.append(([w for w, _ in chosen], future))
+                future = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at, late_ok)
+                                                for w, at, late_ok in chosen])
+                pending.append(([w for w, _, _ in chosen], future))
 
     def _drop_too_late(self, group: list[Work], token: str, now: datetime, ahead_s: float,
                        result: BatchResult) -> list[Work]:
@@ -307,8 +332,10 @@ class Sender:
                          decision.reason, change.state,
                          extra=send_fields(work.id, work.serial_number, work.to_phone, decision.verdict, record.number))
         if not_made:
-            # Their chatbot was paused before they started: certainly not called.
-            self._give_back_quietly(not_made, token, "chatbot paused before the call", called=False)
+            # Their chatbot was paused before they started, or they would have left too late
+            # after their rate slot: certainly not called.
+            self._give_back_quietly(not_made, token, "not started: chatbot paused, or too late for its rate slot",
+                                    called=False)
             result.throttled += len(not_made)
         self._record(token, outcomes)
         for work, _, change in outcomes:

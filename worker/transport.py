@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,17 +49,24 @@ MAX_CONNECTIONS = 512
 
 @dataclass(frozen=True)
 class Call:
-    """One request to make: at monotonic time `at` (not before)."""
+    """One request to make: at monotonic time `at` (not before), and not more than `late_ok_s` after it.
+
+    A request that leaves late lands on the next ones, which leave on time: past the
+    chatbot's burst tolerance, a strict limiter at the API refuses them (429), and the
+    chatbot pauses. Such a call is not made (its CallResult has no outcome): it is
+    handed back, certainly not called, and sent again at a new slot.
+    """
 
     serial_number: str
     to_phone: str
     body: str
     at: float
+    late_ok_s: float = math.inf
 
 
 @dataclass(frozen=True)
 class CallResult:
-    """What a call did; `outcome` None: it was not made (its chatbot was paused meanwhile)."""
+    """What a call did; `outcome` None: it was not made (its chatbot was paused meanwhile, or it was too late)."""
 
     outcome: Outcome | None
     started_wall: float  #: time.time() when the request started
@@ -209,7 +217,7 @@ class Transport:
         delay = call.at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        if self._is_paused(call.serial_number, waited=delay > 0):
+        if time.monotonic() - call.at > call.late_ok_s or self._is_paused(call.serial_number, waited=delay > 0):
             return CallResult(None, time.time(), 0.0)
         payload = json.dumps({"SerialNumber": call.serial_number, "ToPhoneNumber": call.to_phone,
                               "Message": call.body}, ensure_ascii=True).encode("ascii")

@@ -102,3 +102,20 @@ def test_interleave_is_a_fair_permutation(sizes: list[int]) -> None:
             for b in range(len(sizes)):
                 if served[a] < sizes[a]:
                     assert served[b] - served[a] <= 1
+
+
+@pytest.mark.parametrize("rate", [0.5, 1.0, 1.5, 3.0, 5.0, 7.3, 20.0, 50.0, 333.3, 500.0, 1000.0, 100_000.0])
+def test_late_requests_still_hold_rate_plus_burst_in_any_second(rate: float) -> None:
+    """Slots reserved with the reduced burst, requests up to the allowed lateness after them:
+    any 1 s of arrivals holds at most floor((1 + late) * rate) + reduced burst, within rate + burst."""
+    import math
+
+    from oaksend.worker.ratelimit import Limit
+    from oaksend.worker.tasks import lateness
+
+    for burst in range(1, 13):
+        reserve, late_s = lateness(Limit(rate, burst))
+        assert 1 <= reserve.burst <= burst and late_s > 0
+        assert math.floor((1.0 + late_s) * rate + 1e-9) + reserve.burst <= math.floor(rate) + burst
+        if burst >= 2:
+            assert late_s >= (burst // 2) / rate  # the kept slots are really given to lateness
