@@ -13,7 +13,7 @@ import time
 
 from oaksend.sandbox.server import running_sandbox
 from oaksend.worker.client import Envelope, TransportError
-from oaksend.worker.transport import Call, Transport
+from oaksend.worker.transport import Call, CallResult, Transport
 
 KEY = "transport-test-key"
 SERIAL = "0be4c0a4c5e6f708192a3b4c5d6e7f80"
@@ -26,6 +26,16 @@ def _transport(base_url: str, **kw: float) -> Transport:
 
 def _calls(n: int, start: int = 0) -> list[Call]:
     return [Call(SERIAL, f"+1415{3000000 + start + i:07d}", f"hello {i}", time.monotonic()) for i in range(n)]
+
+
+def _send(n: int, *, read_s: float = 2.0, **faults: float) -> list[CallResult]:
+    """n calls through a fresh transport to a sandbox with these faults."""
+    with running_sandbox(api_key=KEY, **faults) as base_url:
+        transport = _transport(base_url, read_s=read_s)
+        try:
+            return transport.submit(_calls(n)).result(30)
+        finally:
+            transport.close()
 
 
 def test_successes_reuse_kept_alive_connections() -> None:
@@ -42,37 +52,19 @@ def test_successes_reuse_kept_alive_connections() -> None:
 
 
 def test_reset_after_the_request_is_ambiguous() -> None:
-    with running_sandbox(api_key=KEY, p_reset=1.0) as base_url:
-        transport = _transport(base_url)
-        try:
-            results = transport.submit(_calls(5)).result(30)
-        finally:
-            transport.close()
-    for r in results:
+    for r in _send(5, p_reset=1.0):
         assert isinstance(r.outcome, TransportError)
         assert r.outcome.sent is True and r.outcome.kind in ("reset", "protocol")
 
 
 def test_hang_is_a_read_timeout_that_may_have_been_sent() -> None:
-    with running_sandbox(api_key=KEY, p_hang=1.0, hang_s=3.0) as base_url:
-        transport = _transport(base_url, read_s=0.3)
-        try:
-            results = transport.submit(_calls(3)).result(30)
-        finally:
-            transport.close()
-    for r in results:
+    for r in _send(3, read_s=0.3, p_hang=1.0, hang_s=3.0):
         assert isinstance(r.outcome, TransportError)
         assert r.outcome.kind == "read_timeout" and r.outcome.sent is True
 
 
 def test_malformed_body_is_an_envelope_marked_incomplete_or_unreadable() -> None:
-    with running_sandbox(api_key=KEY, p_malformed=1.0) as base_url:
-        transport = _transport(base_url)
-        try:
-            results = transport.submit(_calls(3)).result(30)
-        finally:
-            transport.close()
-    for r in results:
+    for r in _send(3, p_malformed=1.0):
         assert isinstance(r.outcome, Envelope)
         assert r.outcome.session_id is None
 
