@@ -126,10 +126,13 @@ class Builder:
                 f"\t{_escape(meta)}\t{cid}\t{BULK}\t{_escape(quiet) if quiet is not None else NULL}\t{now}\t{now}\n")
 
 
-def build_all(builder: Builder, rows: Iterable[tuple[int, dict[str, str]]], *, parallel: bool) -> Iterator[Built]:
-    """Each batch of `rows`, built, in order: in a pool of forked processes when `parallel`."""
+def build_all(builder: Builder, rows: Iterable[tuple[int, dict[str, str]]], *, parallel: bool,
+              processes: int = 0) -> Iterator[Built]:
+    """Each batch of `rows`, built, in order: in a pool of forked processes when `parallel`
+    (`processes` of them; 0: one per core)."""
     batches = _batches(rows)
-    if not parallel or not _can_fork():
+    processes = processes or _workers()
+    if not parallel or processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
         for batch in batches:
             yield builder(batch)
         return
@@ -143,7 +146,7 @@ def build_all(builder: Builder, rows: Iterable[tuple[int, dict[str, str]]], *, p
     global _builder
     _builder = builder  # inherited by the forked workers: nothing is pickled but rows and results
     try:
-        with ctx.Pool(processes=_workers(), initializer=_detach) as pool:
+        with ctx.Pool(processes=processes, initializer=_detach) as pool:
             def all_batches() -> Iterator[Rows]:
                 yield first
                 yield from batches
@@ -207,10 +210,6 @@ def _batches(rows: Iterable[tuple[int, dict[str, str]]]) -> Iterator[Rows]:
             batch = []
     if batch:
         yield batch
-
-
-def _can_fork() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods() and _workers() > 1
 
 
 def _workers() -> int:

@@ -189,7 +189,8 @@ class Campaigns(AudienceSync):
                               copy_text=self.outbox.is_postgres() and not spec.frequency_cap)
             # Rows are built on every core (forked before the writer's thread starts); the database
             # stores each batch while the next one is built (models.repository.bulk).
-            batches = build_all(builder, rows, parallel=builder.copy_text)
+            batches = build_all(builder, rows, parallel=builder.copy_text,
+                                processes=self.settings.campaign_processes)
             first = next(batches, None)
             seen: dict[str, int] = {}
             with self.outbox.bulk_writer(s) as writer:

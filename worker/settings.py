@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     retention_anonymize: bool = Field(False, validation_alias=_env("RETENTION_ANONYMIZE"))
     #: How often the dispatcher runs that purge.
     purge_interval_s: float = Field(3600.0, gt=0, validation_alias=_env("PURGE_INTERVAL_S"))
+    #: Processes that build a large campaign's rows: 0 = one per core (forked), 1 = this process
+    #: only (e.g. inside an application whose other threads must not be forked).
+    campaign_processes: int = Field(0, ge=0, le=64, validation_alias=_env("CAMPAIGN_PROCESSES"))
 
     # -- workers: liveness, outcome writes, the call lease ----------------------------------
     #: A worker process is dead when it has not beaten (every second) for this long.
