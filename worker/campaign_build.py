@@ -35,9 +35,7 @@ from oaksend.worker.segments import count_segments
 
 #: Audience rows per batch handed to a worker (and per COPY).
 BATCH = 2000
-#: Below this many rows a pool costs more than it saves.
-POOL_MIN_ROWS = 4 * BATCH
-#: Bad rows kept per batch (all are counted); the caller keeps the first of all batches.
+#: Bad rows kept to show (all are counted): per batch, and the caller keeps the first of all batches.
 MAX_ERRORS_KEPT = 100
 RECIPIENT_COLUMNS = ("campaign_id", "key", "phone", "tz", "data")
 
@@ -237,4 +235,5 @@ def _build(rows: Rows) -> Built:
     return _builder(rows)
 
 
-__all__ = ["BATCH", "Builder", "Built", "MESSAGE_COLUMNS", "RECIPIENT_COLUMNS", "build_all", "copy_line"]
+__all__ = ["BATCH", "MAX_ERRORS_KEPT", "MESSAGE_COLUMNS", "RECIPIENT_COLUMNS", "Builder", "Built", "build_all",
+           "copy_line"]

@@ -58,7 +58,7 @@ from oaksend.worker.campaign_spec import (
     schedule_from_json,
     schedule_json,
 )
-from oaksend.worker.campaign_build import RECIPIENT_COLUMNS, Builder, Built, build_all
+from oaksend.worker.campaign_build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all
 from oaksend.worker.campaign_sync import AudienceSync
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
@@ -80,12 +80,8 @@ from oaksend.worker.template import parse as parse_template
 from oaksend.worker.validation import _serial_number
 
 log = logging.getLogger(__name__)
-#: Rows written per statement while creating a campaign.
-CHUNK = 2000
 #: A create that writes at least this many messages refreshes the database's statistics.
 ANALYZE_AFTER = 5000
-#: Bad rows kept to show (all are counted).
-MAX_ERRORS_KEPT = 100
 
 
 class Campaigns(AudienceSync):
