@@ -78,12 +78,9 @@ class Builder:
         for row_no, values in rows:
             try:
                 recipient = check_row(row_no, values, self.spec, plan.tz)
-                planned, skipped = plan.occurrences(recipient, now, window=window, row=row_no)
+                planned, skipped = planned_for(plan, recipient, now, window, row_no)
             except RowProblem as exc:
                 out.error(exc.error)
-                continue
-            except ValidationError as exc:
-                out.error(RowError(row_no, exc.field.rsplit("column ", 1)[-1], exc.message))
                 continue
             out.keys.append((row_no, recipient.key))
             if out.errors:
@@ -122,6 +119,15 @@ class Builder:
         return (f"{_escape(self.chatbot)}\t{_escape(recipient.phone)}\t{_escape(p.body)}\t{count_segments(p.body)}"
                 f"\tpending\t0\t0\t0\t{_timestamptz(p.send_at)}\t{_timestamptz(p.deadline_at)}\t{_escape(key)}"
                 f"\t{_escape(meta)}\t{cid}\t{BULK}\t{_escape(quiet) if quiet is not None else NULL}\t{now}\t{now}\n")
+
+
+def planned_for(plan: CampaignPlan, recipient: Recipient, now: datetime, window: tuple[datetime, datetime] | None,
+                row_no: int) -> tuple[list[Planned], Counter[str]]:
+    """plan.occurrences for one audience row; what is wrong is a RowProblem naming the row and column."""
+    try:
+        return plan.occurrences(recipient, now, window=window, row=row_no)
+    except ValidationError as exc:
+        raise RowProblem(RowError(row_no, exc.field.rsplit("column ", 1)[-1], exc.message)) from None
 
 
 def build_all(builder: Builder, rows: Iterable[tuple[int, dict[str, str]]], *, parallel: bool,
@@ -236,4 +242,4 @@ def _build(rows: Rows) -> Built:
 
 
 __all__ = ["BATCH", "MAX_ERRORS_KEPT", "MESSAGE_COLUMNS", "RECIPIENT_COLUMNS", "Builder", "Built", "build_all",
-           "copy_line"]
+           "copy_line", "planned_for"]

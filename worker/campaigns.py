@@ -58,7 +58,7 @@ from oaksend.worker.campaign_spec import (
     schedule_from_json,
     schedule_json,
 )
-from oaksend.worker.campaign_build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all
+from oaksend.worker.campaign_build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all, planned_for
 from oaksend.worker.campaign_sync import AudienceSync
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
@@ -135,13 +135,9 @@ class Campaigns(AudienceSync):
                 if recipient.key in seen:
                     raise RowProblem(RowError(row_no, spec.key, f"duplicate key (row {seen[recipient.key]} has it too)"))
                 seen[recipient.key] = row_no
-                planned, skipped = plan.occurrences(recipient, now, window=window, row=row_no)
+                planned, skipped = planned_for(plan, recipient, now, window, row_no)
             except RowProblem as exc:
                 self._error(errors, counts, exc.error)
-                continue
-            except ValidationError as exc:
-                column = exc.field.rsplit("column ", 1)[-1]
-                self._error(errors, counts, RowError(row_no, column, exc.message))
                 continue
             counts.update(skipped)
             yield recipient, planned
