@@ -57,8 +57,11 @@ def test_canary_key_is_nowhere(make_stack: Any, producer: Any, outbox: Any, sand
     sandbox.script(PHONES[3], ["malformed:html"])
     ids = [producer.send(CHATBOT, phone, TEXT) for phone in PHONES]
     wait_until(lambda: all(outbox.get(i).state == "dispatched" for i in ids), 10, what="dispatch")
+    # Rows are leased before their tasks are published: wait for the broker's queue itself.
+    queue = stack.env["OAKSEND_QUEUE_NAME"].encode()
+    wait_until(lambda: queue in redis_dump(), 10, what="the tasks in the broker's queue")
     queued = redis_dump()
-    assert stack.env["OAKSEND_QUEUE_NAME"].encode() in queued  # we really read the broker's queue
+    assert queue in queued  # we really read the broker's queue
     for secret in (API_KEY.encode(), TEXT.encode(), *(p.encode() for p in PHONES), PHONES[0][1:].encode()):
         assert secret not in queued, f"{secret!r} found in Redis"
 
