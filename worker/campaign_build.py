@@ -175,18 +175,19 @@ def _escape(text: str) -> str:
 
 
 def _timestamptz(value: datetime) -> str:
-    global _last_timestamp
-    last = _last_timestamp  # every row of a batch has the same created_at and updated_at
-    if last[0] is value:
-        return last[1]
-    if value.tzinfo is None:
-        raise ValueError("a naive datetime cannot be written as timestamptz")
-    text = value.isoformat()
-    _last_timestamp = (value, text)  # one immutable pair: safe to read from any thread
+    text = _TIMESTAMPS.get(value)  # send times repeat (appointment slots), created_at is every row's
+    if text is None:
+        if value.tzinfo is None:
+            raise ValueError("a naive datetime cannot be written as timestamptz")
+        if len(_TIMESTAMPS) >= 65536:
+            _TIMESTAMPS.clear()
+        text = _TIMESTAMPS[value] = value.isoformat()
     return text
 
 
-_last_timestamp: tuple[datetime | None, str] = (None, "")
+#: Instants already written out: a dict lookup is 30 ns, isoformat 1.3 us. Equal instants in other
+#: zones share one text, which PostgreSQL reads as the same instant.
+_TIMESTAMPS: dict[datetime, str] = {}
 
 
 def _other(value: Any) -> str:

@@ -15,9 +15,11 @@ This module gives the same results, faster, for the one shape oaksend accepts
   digits do not start with it); anything else goes to `phonenumbers.parse`.
 - `number_type` is phonenumbers' `number_type` (and `region_code_for_number`)
   step by step, with each region's patterns compiled once and kept.
+- `geographical_time_zones` is its time-zone look-up, from the E.164 text the
+  caller already has instead of formatting the number again.
 
 Both follow phonenumbers 8.13-9.x line by line (phonenumberutil.parse,
-_number_type_helper, _region_code_for_number_from_list); tests/unit/test_phone.py
+_number_type_helper, _region_code_for_number_from_list, timezone.time_zones_for_geographical_number); tests/unit/test_phone.py
 compares them with phonenumbers on every region's example numbers and on
 hundreds of thousands of random numbers, so a change in the library shows there.
 """
@@ -30,6 +32,8 @@ from typing import NamedTuple
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberType
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, REGION_CODE_FOR_NON_GEO_ENTITY
+from phonenumbers.timezone import UNKNOWN_TIMEZONE
+from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 UNKNOWN = PhoneNumberType.UNKNOWN
 #: phonenumbers' _MAX_LENGTH_COUNTRY_CODE, _MIN_LENGTH_FOR_NSN and _MAX_LENGTH_FOR_NSN.
@@ -223,4 +227,22 @@ def is_valid(number: PhoneNumber) -> bool:
     return number_type(number) != UNKNOWN
 
 
-__all__ = ["is_valid", "number_type", "parse_and_type", "parse_e164", "region_code"]
+def e164(number: PhoneNumber, text: str) -> str:
+    """format_number(number, E164), given the text it was parsed from: that text when it already is it."""
+    if not number.italian_leading_zero and text == f"+{number.country_code}{number.national_number}":
+        return text
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def geographical_time_zones(e164_text: str) -> tuple[str, ...]:
+    """phonenumbers.timezone.time_zones_for_geographical_number, from the number's E.164 text
+    (the longest prefix of its digits in phonenumbers' time-zone data)."""
+    for length in range(min(TIMEZONE_LONGEST_PREFIX, len(e164_text) - 1), 0, -1):
+        zones = TIMEZONE_DATA.get(e164_text[1:1 + length])
+        if zones is not None:
+            return zones
+    return (UNKNOWN_TIMEZONE,)
+
+
+__all__ = ["e164", "geographical_time_zones", "is_valid", "number_type", "parse_and_type", "parse_e164",
+           "region_code"]

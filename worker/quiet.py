@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -121,24 +122,30 @@ def recipient_zone(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, fi
         return parse_zone(row_zone.strip(), field)
     try:
         number = parsed if parsed is not None else fast_phone.parse_e164(phone)
-        zones = _zones_of(number, kind)
+        zones = _zones_of(number, phone, kind)
     except phonenumbers.NumberParseException:
         zones = ()
     if len(zones) == 1 and zones[0] != phone_timezones.UNKNOWN_TIMEZONE:
-        try:
-            return ZoneInfo(zones[0])
-        except (ValueError, KeyError, OSError):
-            pass
+        return _zone_named(zones[0]) or campaign_zone
     return campaign_zone
 
 
-def _zones_of(number: phonenumbers.PhoneNumber, kind: int | None) -> tuple[str, ...]:
+def _zones_of(number: phonenumbers.PhoneNumber, text: str, kind: int | None) -> tuple[str, ...]:
     # time_zones_for_number, reusing the number type (the costly part) when the caller has it.
     if kind is None:
         kind = fast_phone.number_type(number)
     if phonenumbers.is_number_type_geographical(kind, number.country_code):
-        return tuple(phone_timezones.time_zones_for_geographical_number(number))
+        return fast_phone.geographical_time_zones(fast_phone.e164(number, text))
     return tuple(phone_timezones.time_zones_for_number(number))
+
+
+@lru_cache(maxsize=1024)
+def _zone_named(name: str) -> ZoneInfo | None:
+    """The zone phonenumbers names, or None when this system's time-zone data lacks it."""
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return None
 
 
 __all__ = ["DEFAULT_WINDOW", "QuietHours", "SendCheck", "at_send", "compact", "from_compact", "next_allowed",

@@ -30,6 +30,9 @@ _FORWARD = text("next_attempt_at + interval '365000 days'")
 _BACK = text("next_attempt_at - interval '365000 days'")
 #: Pending rows at or after this are a paused campaign's.
 PAUSED_AFTER = datetime(2900, 1, 1)
+#: default_statistics_target of the ANALYZE after a bulk load (PostgreSQL's default is 100:
+#: 300 x target rows are sampled).
+QUICK_STATISTICS_TARGET = 20
 _messages = Message.__table__
 _recipients = CampaignRecipient.__table__
 
@@ -179,6 +182,10 @@ class CampaignRepository(Repository):
         Until autovacuum gets to it (a minute or more), the planner believes the table is as
         small as before, and the dispatcher's per-chatbot probes scan 100,000 rows instead of
         reading one index entry: an unrelated message waited 470 ms instead of 30 in the benchmark.
+
+        What fixes that is the table's new size and a rough picture of its columns, so the sample
+        is small (QUICK_STATISTICS_TARGET: 6,000 rows, 0.1 s instead of 0.5 on a million-row
+        table); the autovacuum's own ANALYZE refines the statistics as the messages change.
         """
         if self.engine.dialect.name != "postgresql":
             return
@@ -187,7 +194,10 @@ class CampaignRepository(Repository):
         name = sql.Identifier(self.schema, _messages.name) if self.schema else sql.Identifier(_messages.name)
         statement = sql.SQL("ANALYZE {}").format(name)  # an identifier, quoted by psycopg
         with self.engine.begin() as conn:
-            conn.connection.driver_connection.execute(statement)
+            driver = conn.connection.driver_connection
+            driver.execute("SELECT set_config('default_statistics_target', %s, true)",  # SET LOCAL
+                           (str(QUICK_STATISTICS_TARGET),))
+            driver.execute(statement)
 
     def campaign_messages_by_key(self, session: Session, campaign_id: int,
                                  keys: Sequence[str]) -> dict[str, Message]:

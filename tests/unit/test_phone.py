@@ -3,8 +3,8 @@
 The fast path is only worth having if it is exact. Every region's example numbers
 of every type, variations of them (digits changed, one digit more or less,
 leading zeros, a national prefix after the country code) and random digit strings
-go through both; parse results (or the error raised), number types, regions and
-validity must be equal.
+go through both; parse results (or the error raised), number types, regions,
+validity, E.164 text and time zones must be equal.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import random
 import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberType
+from phonenumbers import timezone as phone_timezones
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
 from oaksend.worker import phone
@@ -77,6 +78,10 @@ def _same(text: str) -> None:
     assert phone.number_type(parsed) == phonenumbers.number_type(expected), text
     assert phone.region_code(parsed) == phonenumbers.region_code_for_number(expected), text
     assert phone.is_valid(parsed) == phonenumbers.is_valid_number(expected), text
+    assert phone.e164(parsed, text) == phonenumbers.format_number(expected, phonenumbers.PhoneNumberFormat.E164), text
+    if phonenumbers.is_valid_number(expected):
+        assert phone.geographical_time_zones(phone.e164(parsed, text)) == tuple(
+            phone_timezones.time_zones_for_geographical_number(expected)), text
 
 
 def test_every_example_number_of_every_region_and_type() -> None:
