@@ -128,13 +128,17 @@ def _rows(handle: Any, header: list[str]) -> Iterator[tuple[int, dict[str, str]]
             except csv.Error as exc:
                 raise ValidationError("audience", f"row {row_no + 1}: {exc}") from None
             row_no += 1
-            if not _is_utf8(cells):
+            text = "".join(cells)
+            if not _is_utf8([text]):
                 raise ValidationError("audience", f"row {row_no}: is not UTF-8 text")
-            if not cells or not any(c.strip() for c in cells):
-                continue  # a blank line
-            values = {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(header)}
-            if len(cells) > len(header):
-                values[_EXTRA] = str(len(cells) - len(header))
+            if not text.strip():
+                continue  # a blank line (or only separators and spaces)
+            if len(cells) == len(header):
+                values = dict(zip(header, cells))
+            else:
+                values = {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(header)}
+                if len(cells) > len(header):
+                    values[_EXTRA] = str(len(cells) - len(header))
             yield row_no, values
     finally:
         handle.close()
@@ -189,11 +193,13 @@ def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_
     """One row -> Recipient, or raise RowProblem with the first problem."""
     if _EXTRA in values:
         raise RowProblem(RowError(row_no, "", f"has {values[_EXTRA]} more cells than the header"))
-    for column, text in values.items():
-        if len(text) > MAX_CELL_CHARS:
-            raise RowProblem(RowError(row_no, column, f"is longer than {MAX_CELL_CHARS} characters"))
-        if "\x00" in text:
-            raise RowProblem(RowError(row_no, column, "contains a NUL character"))
+    joined = "".join(values.values())
+    if len(joined) > MAX_CELL_CHARS or "\x00" in joined:  # the whole row first: one check, not one per cell
+        for column, text in values.items():
+            if len(text) > MAX_CELL_CHARS:
+                raise RowProblem(RowError(row_no, column, f"is longer than {MAX_CELL_CHARS} characters"))
+            if "\x00" in text:
+                raise RowProblem(RowError(row_no, column, "contains a NUL character"))
     phone = values.get(spec.phone_column, "").strip()
     try:
         parsed, kind = _parse_phone(phone)
