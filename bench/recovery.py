@@ -14,7 +14,7 @@ What the dead worker held:
 - the rows of the tasks Redis had delivered to it and it had not started: the
   broker entries (kombu's `unacked` hash) present at the kill and still there
   once the live worker has started everything it had received (an entry is
-  removed when its task starts: early ack).
+  removed when its task starts: early ack), less those left by earlier kills.
 
 Recovery of one kill: the seconds from the kill until the last of those messages
 ended (`sent_at` of a sent one, `updated_at` of any other final state). Printed
@@ -160,6 +160,8 @@ class Kill:
     claimed_s: float = math.nan  #: kill -> the last claimed one ended
     received_s: float = math.nan  #: kill -> the last received one ended
     noticed_s: float = math.nan  #: kill -> the dispatcher logged it stopped beating
+    backlog: int = 0  #: messages of the stream not ended at the kill (the workers' pace vs the stream's)
+    load: float = math.nan  #: the machine's 1-minute load average at the kill
 
 
 # -- the stream -------------------------------------------------------------------------------
@@ -235,6 +237,15 @@ def claimed_by(stack: Stack, member: str) -> list[int]:
                                                             Message.claimed_by == member)))
 
 
+def open_messages(stack: Stack) -> int:
+    from sqlalchemy import func, select
+
+    from oaksend.models.tables import Message
+
+    with stack.reader.connect() as conn:
+        return int(conn.scalar(select(func.count()).where(Message.state.in_(("pending", "dispatched", "sending")))))
+
+
 def ends(stack: Stack, ids: Sequence[int]) -> dict[int, datetime | None]:
     from sqlalchemy import select
 
@@ -295,14 +306,15 @@ class Workers:
         self.stack.procs.wait_for_log([name], " ready.", 60)
 
 
-def one_kill(stack: Stack, workers: Workers, client: Any) -> Kill:
+def one_kill(stack: Stack, workers: Workers, client: Any, orphans: set[str]) -> Kill:
+    """Kill one worker and measure; `orphans` (updated) are the broker entries earlier dead workers left."""
     from oaksend.worker.clock import utcnow
 
     name, pid = workers.kill_oldest()
     killed = utcnow()
     t0 = time.monotonic()
-    at_kill = unacked(client)
-    kill = Kill(victim=f"{socket.gethostname()}:{pid}")
+    at_kill = {tag: ids for tag, ids in unacked(client).items() if tag not in orphans}
+    kill = Kill(victim=f"{socket.gethostname()}:{pid}", load=os.getloadavg()[0], backlog=open_messages(stack))
     stack.procs.stop([name])  # reaps it (it is dead already)
     time.sleep(0.1)  # a commit that was on its way when it died has landed
     kill.claimed = claimed_by(stack, kill.victim)
@@ -317,7 +329,9 @@ def one_kill(stack: Stack, workers: Workers, client: Any) -> Kill:
             break
         stack.procs.check_alive()
         time.sleep(0.1)
-    kill.received = [i for i in dead_tasks(at_kill, unacked(client)) if i not in set(kill.claimed)]
+    later = unacked(client)
+    orphans.update(tag for tag in at_kill if tag in later)
+    kill.received = [i for i in dead_tasks(at_kill, later) if i not in set(kill.claimed)]
     done = ends(stack, kill.claimed + kill.received)
 
     def last(ids: list[int]) -> float:
@@ -414,16 +428,18 @@ def run(opts: argparse.Namespace, procs: Processes, checks: list[tuple[str, bool
         watch = BeatWatch(opts.redis_url, workers.members)
         watch.start()
         kills: list[Kill] = []
+        orphans: set[str] = set()
         try:
             for k in range(opts.kills):
                 time.sleep(opts.settle_s)
                 if stream.error is not None:
                     raise BenchError(f"the stream failed: {stream.error!r}")
-                kill = one_kill(stack, workers, client)
+                kill = one_kill(stack, workers, client, orphans)
                 kills.append(kill)
                 say(f"  kill {k + 1}: {kill.victim}: recovered in {kill.recovery_s:.2f} s (noticed dead after "
                     f"{kill.noticed_s:.2f} s; {len(kill.claimed)} claimed ended after {kill.claimed_s:.2f} s, "
-                    f"{len(kill.received)} received, not started, after {kill.received_s:.2f} s)")
+                    f"{len(kill.received)} received, not started, after {kill.received_s:.2f} s; {kill.backlog} "
+                    f"messages open at the kill, load {kill.load:.1f})")
         finally:
             stream.stop.set()
             watch.stop.set()
