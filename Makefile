@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast chaos bench bench-latency bench-memory bench-limits bench-campaign bench-enqueue bench-scale compose-check clean
+.PHONY: install demo test test-fast chaos bench bench-latency bench-memory bench-limits bench-campaign bench-enqueue bench-scale bench-recovery compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-scale: $(STAMP)  ## the dispatcher with 50,000 chatbots holding 1,000,000 
 
 bench-enqueue: $(STAMP)  ## send_many of 100,000 and Producer.send p99 on PostgreSQL vs raw INSERT/COPY (prints figures)
 	$(BIN)/python -m bench.enqueue
+
+bench-recovery: $(STAMP)  ## seconds until a SIGKILLed worker's messages are sent by another, over 5 kills (prints figures)
+	$(BIN)/python -m bench.recovery $(BENCH_ARGS)
 
 compose-check:  ## validate docker-compose.yml (Debian's docker-compose package)
 	docker-compose config -q

@@ -415,6 +415,7 @@ class Stack:
         self.reader: Any = None
         self.control: Any = None
         self.serials = chatbots(opts.chatbots)
+        self.queue = QUEUE  #: the broker queue of its dispatcher and workers (another benchmark sets its own)
 
     def start(self) -> None:
         opts = self.opts
@@ -426,7 +427,7 @@ class Stack:
         self._start_sandbox()
         self.env = _child_env(
             DATABASE_URL=self.database_url, REDIS_URL=opts.redis_url, NEWOAKS_BASE_URL=self.sandbox_url,
-            NEWOAKS_API_KEY=API_KEY, OAKSEND_QUEUE_NAME=QUEUE,
+            NEWOAKS_API_KEY=API_KEY, OAKSEND_QUEUE_NAME=self.queue,
         )
         # So that rate limiting is not what is measured (an OAKSEND_ value in our environment wins).
         self.env.setdefault("OAKSEND_DEFAULT_RATE_PER_S", str(opts.rate))

@@ -17,8 +17,10 @@ Each pass:
    backlog delays another's messages by at most one pass;
 4. rescue (at most every RESCUE_EVERY_S, after the new work went out):
    dispatched rows whose lease ran out go back to pending; rows left `sending`
-   by a dead worker are recorded as ambiguous (see Outbox.rescue); pending rows
-   past their deadline are expired.
+   by a dead worker are recorded as ambiguous (see Outbox.rescue); when a worker
+   stops beating, the rows of tasks published before (it may have received them
+   and died before starting them) go back to pending at once instead of after
+   their lease; pending rows past their deadline are expired.
 Then it sleeps until the next message is due, a producer wakes it, or
 `dispatch_interval_s` passes. Nothing in a pass costs anything per chatbot or
 per message that is only waiting for its time.
@@ -33,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import zip_longest
@@ -55,8 +57,10 @@ from oaksend.worker.settings import Settings
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "oaksend:dispatcher:lock"
-#: How often lost leases and overdue messages are looked for.
-RESCUE_EVERY_S = 0.5
+#: How often dead workers, lost leases and overdue messages are looked for (while workers hold
+#: messages the dispatcher wakes this often even when idle): part of the time a dead worker's
+#: messages wait, on top of OAKSEND_WORKER_HEARTBEAT_TTL_S.
+RESCUE_EVERY_S = 0.25
 #: How long a pause copied from the database into Redis lasts before it is renewed.
 MIRROR_PAUSE_S = 2.0
 #: A claimed row not marked calling within the rate wait plus this is taken back (its
@@ -137,6 +141,16 @@ def capped_wait(inflight: int, drain_per_s: float, *, longest_s: float, shortest
     return max(shortest_s, min(longest_s, DRAIN_SHARE * inflight / drain_per_s))
 
 
+def newly_gone(dead: list[str], stopped: Mapping[str, float], handled: Mapping[str, float]) -> list[str]:
+    """Pure: the workers whose unstarted tasks are to be taken back now.
+
+    Those judged dead while holding messages (`dead`), and those that stopped beating
+    (`stopped`, member -> last beat) and were not handled yet at that same last beat (a
+    worker that beats again and stops again is handled again).
+    """
+    return sorted({*dead, *(m for m, beat in stopped.items() if handled.get(m) != beat)})
+
+
 class Dispatcher:
     """Moves due outbox rows into Celery, fairly and within each chatbot's rate."""
 
@@ -156,6 +170,9 @@ class Dispatcher:
         self._drain_per_s = 0.0  # how fast workers claim dispatched messages (smoothed)
         self._last_inflight: tuple[float, int] | None = None  # (monotonic time, in flight after a pass)
         self.liveness = LivenessView(settings.worker_heartbeat_ttl_s)
+        #: Workers found stopped (member -> last beat): the tasks they had not started were taken back once.
+        self._stopped: dict[str, float] = {}
+        self._holding = False  # workers held claimed messages at the last rescue
         self.active = False
 
     # -- leadership -----------------------------------------------------------------------
@@ -189,21 +206,34 @@ class Dispatcher:
         if self._last_rescue is None or now - self._last_rescue >= timedelta(seconds=RESCUE_EVERY_S):
             # After the new work went out, so that it does not wait for this. Leases last seconds:
             # looking for lost ones on every (fast) pass is wasted work.
-            self.liveness.observe(self.redis)
-            owners = self.outbox.sending_owners()
-            dead = self.liveness.dead(owners) if owners else []
-            stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}",
-                                               max_attempts=self.settings.max_attempts, dead_workers=dead,
-                                               unmarked_after=now - timedelta(seconds=self.settings.max_token_wait_s
-                                                                              + UNMARKED_GRACE_S))
-            if dead:
-                log.warning("workers %s stopped beating: their messages are taken back", dead)
-            stats.expired = self.outbox.expire_overdue(now)
-            self._last_rescue = now
-            if stats.rescued.get("dispatched") or (stats.rescued.get("sending")
-                                                  and self.settings.ambiguous_policy == "retry"):
-                stats.more = True  # rescued messages are due again: lease them in the next pass
+            self._rescue(stats, now)
         return stats
+
+    def _rescue(self, stats: PassStats, now: datetime) -> None:
+        """Take back what lost its holder (see Outbox.rescue), expire what is overdue."""
+        self.liveness.observe(self.redis)
+        owners = self.outbox.sending_owners()
+        self._holding = bool(owners)
+        dead = self.liveness.dead(owners) if owners else []
+        # Beyond a lease (and the TTL it took to notice), nothing a stopped worker received is still dispatched.
+        horizon_s = self.settings.lease_s + self.settings.worker_heartbeat_ttl_s
+        stopped = self.liveness.stopped(horizon_s)
+        gone = newly_gone(dead, stopped, self._stopped)
+        stats.rescued = self.outbox.rescue(now, self.settings.ambiguous_policy, worker=f"dispatcher {self.name}",
+                                           max_attempts=self.settings.max_attempts, dead_workers=dead,
+                                           unmarked_after=now - timedelta(seconds=self.settings.max_token_wait_s
+                                                                          + UNMARKED_GRACE_S),
+                                           # Tasks it received and never started: any published before now.
+                                           unstarted_before=now if gone else None)
+        wall = time.time()
+        self._stopped = {**{m: b for m, b in self._stopped.items() if wall - b < horizon_s}, **stopped}
+        if gone:
+            log.warning("workers %s stopped beating: their messages are taken back", gone)
+        stats.expired = self.outbox.expire_overdue(now)
+        self._last_rescue = now
+        if stats.rescued.get("dispatched") or stats.rescued.get("unstarted") or (
+                stats.rescued.get("sending") and self.settings.ambiguous_policy == "retry"):
+            stats.more = True  # rescued messages are due again: lease them in the next pass
 
     def _dispatch(self, stats: PassStats, now: datetime) -> None:
         """Stage, then lease and publish what is due."""
@@ -312,6 +342,9 @@ class Dispatcher:
             return 0.0  # more chatbots or messages to handle now: the next pass is real work
         now = self.clock()
         wait_s = min(self.settings.dispatch_interval_s, max(0.05, stats.wait_s))
+        if stats.inflight or self._holding:
+            # Workers hold messages: look for a dead one at the rescue's pace, even with nothing to dispatch.
+            wait_s = min(wait_s, RESCUE_EVERY_S)
         nxt = self.outbox.next_due_at(after=now)
         if nxt is not None:
             wait_s = min(wait_s, (nxt - now).total_seconds())

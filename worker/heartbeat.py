@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -48,6 +48,15 @@ def alive_workers(redis_client: redis.Redis, now_s: float, ttl_s: float) -> list
     """Workers whose last beat is younger than `ttl_s`."""
     members = redis_client.zrangebyscore(WORKERS_KEY, now_s - ttl_s, "+inf")
     return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+def stopped_beating(scores: Mapping[str, float], wall_s: float, ttl_s: float, horizon_s: float) -> dict[str, float]:
+    """Pure: the members whose last beat is at least `ttl_s` old and less than `horizon_s` old.
+
+    Member -> its last beat (unix seconds). A member that left the set (a clean shutdown)
+    is not among them, nor one that stopped so long ago that nothing it held is still leased.
+    """
+    return {m: score for m, score in scores.items() if ttl_s <= wall_s - score < horizon_s}
 
 
 def write_dispatcher_heartbeat(redis_client: redis.Redis, name: str, now_s: float) -> None:
@@ -151,6 +160,12 @@ class LivenessView:
         if len(self._seen) > 1000:
             cutoff = now - 10 * self.ttl_s
             self._seen = {m: t for m, t in self._seen.items() if t >= cutoff}
+
+    def stopped(self, horizon_s: float) -> dict[str, float]:
+        """Workers in the set that stopped beating within `horizon_s` (none until the view has watched a TTL)."""
+        if self._since is None or self.clock() - self._since < self.ttl_s:
+            return {}
+        return stopped_beating(self._scores, self.wall(), self.ttl_s, horizon_s)
 
     def dead(self, owners: list[str]) -> list[str]:
         """Those of `owners` certainly not beating (none until the view has watched a TTL)."""

@@ -44,7 +44,8 @@ THROTTLES = Counter("oaksend_throttles", "Messages handed back to wait for their
                     ["chatbot"])
 PAUSES = Counter("oaksend_pauses", "Chatbot pauses started by an API answer (429, rate codes, 401/403)",
                  ["chatbot"])
-RESCUES = Counter("oaksend_rescues", "Leases taken back by the dispatcher: `dispatched` (task lost) or "
+RESCUES = Counter("oaksend_rescues", "Leases taken back by the dispatcher: `dispatched` (task lost), `unstarted` "
+                  "(dispatched when a worker stopped beating), `uncalled` (claimed by a dead worker, not called) or "
                   "`sending` (worker lost mid-call, recorded ambiguous)", ["kind"])
 EXPIRED = Counter("oaksend_expired", "Messages expired by the dispatcher (deadline passed before sending)")
 DISPATCHED = Counter("oaksend_dispatched", "Messages leased and published to the broker")

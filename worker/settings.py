@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     campaign_processes: int = Field(0, ge=0, le=64, validation_alias=_env("CAMPAIGN_PROCESSES"))
 
     # -- workers: liveness, outcome writes, the call lease ----------------------------------
-    #: A worker process is dead when it has not beaten (every second) for this long.
-    worker_heartbeat_ttl_s: float = Field(5.0, gt=1, validation_alias=_env("WORKER_HEARTBEAT_TTL_S"))
+    #: A worker process is dead when it has not beaten (every second) for this long: at least
+    #: 3 s, so that two late beats in a row are not a death.
+    worker_heartbeat_ttl_s: float = Field(3.0, ge=3, validation_alias=_env("WORKER_HEARTBEAT_TTL_S"))
     #: How long a worker keeps retrying to write an outcome while the database is away.
     record_retry_s: float = Field(300.0, gt=0, validation_alias=_env("RECORD_RETRY_S"))
     #: How long a claimed (sending) row stays its worker's. Unset: derived (see `call_lease`).

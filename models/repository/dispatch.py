@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, Select, String, bindparam, func, literal_column, select, text, update
+from sqlalchemy import (Integer, Select, String, bindparam, func, literal_column, select, text, tuple_,
+                        update)
 
 from sqlalchemy.orm import Session
 
@@ -46,6 +47,28 @@ def _due_chatbots_statement() -> Select[tuple[str]]:
 
 
 _DUE_CHATBOTS = _due_chatbots_statement()
+
+
+def lost_outcome(called: bool, failures: int, lost_before: int, limit: int, policy: str) -> tuple[str, dict[str, Any]]:
+    """Pure: what a message left `sending` by a dead worker becomes: (its count in the rescue, new values).
+
+    Not marked calling ("uncalled"): the API was certainly not called: due again without an
+    attempt, or failed once its workers died `limit` times. Marked ("sending"): an ambiguous
+    attempt; the policy decides (retry: due again; hold: unknown), and at `limit` failures it
+    ends unknown. Either way it keeps its due time (its place in line).
+    """
+    if not called:
+        if lost_before + 1 >= limit:
+            return "uncalled", {"state": "failed", "last_outcome": "final",
+                                "last_reason": f"its worker died {lost_before + 1} times before calling"}
+        return "uncalled", {"state": "pending", "ready": True, "last_reason": "worker lost before calling; due again"}
+    exhausted = failures + 1 >= limit
+    new_state = "pending" if policy == "retry" and not exhausted else "unknown"
+    reason = "worker lost during the call"
+    if exhausted:
+        reason = f"attempts exhausted ({failures + 1}/{limit}); last: {reason}"
+    return "sending", {"state": new_state, "ready": new_state == "pending", "last_outcome": "ambiguous",
+                       "last_reason": reason}
 
 
 class Survey(NamedTuple):
@@ -200,11 +223,20 @@ class DispatchRepository(Repository):
             )]
 
     def rescue(self, now: datetime, ambiguous_policy: str, worker: str, *, max_attempts: int | None = None,
-               dead_workers: Sequence[str] = (), unmarked_after: datetime | None = None) -> dict[str, int]:
+               dead_workers: Sequence[str] = (), unmarked_after: datetime | None = None,
+               unstarted_before: datetime | None = None) -> dict[str, int]:
         """Take back messages whose holder is gone.
+
+        Whatever comes back keeps its due time, so it goes out before messages that
+        became due after it (it has waited longest), not behind them.
 
         dispatched, lease run out: the task never arrived or its worker died before
         claiming: due again, nothing counted.
+        dispatched before `unstarted_before` (given when a worker stopped beating: its
+        tasks received and not started are among them, and nothing tells whose a task
+        is): due again, nothing counted (`unstarted`). A task of a live worker that
+        arrives later finds its token gone and skips those rows; rows being claimed at
+        this moment (locked) are left to their claim.
         sending, lease run out or held by a dead worker (`dead_workers`, from heartbeats):
         - not marked calling: the API was certainly not called under this claim: due
           again without an attempt (`lost` counts it; at `max_attempts` it fails). This
@@ -221,10 +253,11 @@ class DispatchRepository(Repository):
             res = s.execute(
                 update(Message)
                 .where(text(LEASED), Message.state == "dispatched", Message.lease_until < now)
-                .values(state="pending", ready=True, lease_token=None, lease_until=None, next_attempt_at=now,
-                        updated_at=now)
+                .values(state="pending", ready=True, lease_token=None, lease_until=None, updated_at=now)
             )
             counts["dispatched"] = res.rowcount
+            if unstarted_before is not None:
+                counts["unstarted"] = self._take_back_unstarted(s, unstarted_before, now)
             taken = Message.lease_until < now
             if dead_workers:
                 taken = taken | Message.claimed_by.in_(list(dead_workers))
@@ -238,58 +271,57 @@ class DispatchRepository(Repository):
                     .with_for_update()
                 )
             )
-            for mid, attempts, failures, lost_before, token, calling_at in lost:
-                held = (Message.id == mid, Message.state == "sending", Message.lease_token == token)
-                if calling_at is None:
-                    exhausted = lost_before + 1 >= limit
-                    values = {"state": "failed", "last_outcome": "final",
-                              "last_reason": f"its worker died {lost_before + 1} times before calling"
-                              } if exhausted else {"state": "pending", "ready": True, "next_attempt_at": now,
-                                                   "last_reason": "worker lost before calling; due again"}
-                    counts["uncalled"] += s.execute(
-                        update(Message).where(*held).values(
-                            lost=Message.lost + 1, lease_token=None, lease_until=None, claimed_by=None,
-                            updated_at=now, **values)
-                    ).rowcount
-                    continue
-                exhausted = failures + 1 >= limit
-                new_state = "pending" if ambiguous_policy == "retry" and not exhausted else "unknown"
-                reason = "worker lost during the call"
-                if exhausted:
-                    reason = f"attempts exhausted ({failures + 1}/{limit}); last: {reason}"
-                changed = s.execute(
+            # One UPDATE per outcome (usually two: uncalled and called), not one per message: the rescue
+            # runs while a dead worker's messages wait. Each row is still held by its own token.
+            groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[int, str]]] = {}
+            for mid, _attempts, failures, lost_before, token, calling_at in lost:
+                kind, values = lost_outcome(calling_at is not None, failures, lost_before, limit, ambiguous_policy)
+                groups.setdefault((kind, tuple(sorted(values.items()))), []).append((mid, token))
+            rows = {r[0]: r for r in lost}
+            for (kind, values), held in groups.items():
+                counters = ({"lost": Message.lost + 1} if kind == "uncalled" else
+                            {"attempts": Message.attempts + 1, "failures": Message.failures + 1,
+                             "ambiguous": Message.ambiguous + 1, "calling_at": None})
+                changed = list(s.scalars(
                     update(Message)
-                    .where(*held)
-                    .values(
-                        state=new_state,
-                        ready=new_state == "pending",
-                        attempts=Message.attempts + 1,
-                        failures=Message.failures + 1,
-                        ambiguous=Message.ambiguous + 1,
-                        lease_token=None,
-                        lease_until=None,
-                        claimed_by=None,
-                        calling_at=None,
-                        next_attempt_at=now,
-                        last_outcome="ambiguous",
-                        last_reason=reason,
-                        updated_at=now,
-                    )
-                ).rowcount
-                if changed:
-                    s.add(
+                    .where(tuple_(Message.id, Message.lease_token).in_(held), Message.state == "sending")
+                    .values(lease_token=None, lease_until=None, claimed_by=None, updated_at=now, **counters,
+                            **dict(values))
+                    .returning(Message.id)
+                    .execution_options(synchronize_session=False)
+                ))
+                counts[kind] += len(changed)
+                if kind == "sending":
+                    s.add_all(
                         Attempt(
                             message_id=mid,
-                            number=attempts + 1,
-                            started_at=calling_at,
+                            number=rows[mid][1] + 1,
+                            started_at=rows[mid][5],
                             classification="ambiguous",
                             reason="worker_lost",
                             error="the worker holding this message stopped after its call may have left",
                             worker=worker,
                         )
+                        for mid in sorted(changed)
                     )
-                    counts["sending"] += 1
         return counts
+
+    @staticmethod
+    def _take_back_unstarted(s: Session, before: datetime, now: datetime) -> int:
+        """Dispatched rows leased before `before`: pending again (see `rescue`)."""
+        candidates = select(Message.id).where(text(LEASED), Message.state == "dispatched", Message.updated_at < before)
+        if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            # A worker claiming some of them now holds their locks: skip those, never wait (nor deadlock).
+            candidates = candidates.with_for_update(skip_locked=True)
+        ids = list(s.scalars(candidates))
+        if not ids:
+            return 0
+        return s.execute(
+            update(Message)
+            .where(Message.id.in_(ids), Message.state == "dispatched")
+            .values(state="pending", ready=True, lease_token=None, lease_until=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
 
     def expire_overdue(self, now: datetime) -> int:
         """Pending messages whose deadline has passed are expired: never sent late."""

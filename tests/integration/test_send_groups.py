@@ -140,3 +140,35 @@ def test_a_late_outcome_replaces_the_rescue_stand_in(outbox: Any, producer: Any)
     row = outbox.get(ids[0])
     assert (row.state, row.attempts) == ("sent", 1)
     assert [(a.number, a.reason) for a in outbox.history(ids[0])[0]] == [(1, "ok")]
+
+
+def test_a_stopped_worker_s_unstarted_tasks_are_taken_back(outbox: Any, producer: Any) -> None:
+    """Dispatched rows published before a worker stopped beating come back at once, not after their lease;
+    a task that arrives later for them claims nothing, and claimed rows are not touched by this."""
+    token, ids = leased(outbox, producer, 4, block=5)
+    now = utcnow()
+    outbox.claim_group(ids[:1], token, now, now + timedelta(seconds=300), WORKER)
+    later_token, later = leased(outbox, producer, 1, block=6)  # published after the moment named below
+    cutoff = outbox.get(later[0]).updated_at
+    counts = outbox.rescue(cutoff, "retry", "dispatcher", max_attempts=5, unstarted_before=cutoff)
+    assert counts == {"dispatched": 0, "sending": 0, "uncalled": 0, "unstarted": 3}
+    for i in ids[1:]:
+        row = outbox.get(i)
+        assert (row.state, row.ready, row.lease_token, row.attempts, row.lost) == ("pending", True, None, 0, 0)
+    assert outbox.get(ids[0]).state == "sending"  # claimed: its worker is alive or the heartbeat rescue takes it
+    assert outbox.get(later[0]).state == "dispatched"
+    assert outbox.claim_group(ids[1:], token, utcnow(), utcnow() + timedelta(seconds=60), WORKER) == ([], 0)
+    assert outbox.rescue(utcnow(), "retry", "dispatcher", max_attempts=5)["dispatched"] == 0  # nothing else
+
+
+def test_rescued_messages_keep_their_place_in_line(outbox: Any, producer: Any) -> None:
+    """A message taken back from a dead worker goes out before those that became due after it."""
+    token, ids = leased(outbox, producer, 2, block=7)
+    now = utcnow()
+    outbox.claim_group(ids, token, now, now + timedelta(seconds=300), WORKER)
+    outbox.mark_calling(ids[:1], token, utcnow())
+    newer = producer.send_many([SendRequest(CHATBOT, p, "newer") for p in phones(3, block=8)])
+    outbox.rescue(utcnow(), "retry", "dispatcher", max_attempts=5, dead_workers=[WORKER])
+    _, order = outbox.lease_due(CHATBOT, utcnow(), 2, utcnow() + timedelta(seconds=30))
+    assert order == ids  # the called (ambiguous, retried) and the uncalled one, before the newer three
+    assert not set(order) & set(newer)

@@ -53,6 +53,7 @@ def test_defaults() -> None:
     assert (s.default_rate_per_s, s.default_burst) == (1.0, 1)
     assert (s.connect_timeout_s, s.read_timeout_s) == (5.0, 15.0)
     assert s.queue_name == "oaksend"
+    assert s.worker_heartbeat_ttl_s == 3.0
 
 
 @pytest.mark.parametrize(
@@ -214,6 +215,7 @@ def test_settings_build_without_a_key_for_producers() -> None:
         ("OAKSEND_BACKOFF_BASE_S", "-1", "BACKOFF_BASE_S"),
         ("OAKSEND_READ_TIMEOUT_S", "soon", "READ_TIMEOUT_S"),
         ("OAKSEND_DISPATCH_BATCH_SIZE", "5000", "DISPATCH_BATCH_SIZE"),
+        ("OAKSEND_WORKER_HEARTBEAT_TTL_S", "2.5", "WORKER_HEARTBEAT_TTL_S"),  # beats are every second
     ],
 )
 def test_load_settings_turns_a_bad_value_into_one_line(monkeypatch: pytest.MonkeyPatch, env: str, value: str,
