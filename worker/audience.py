@@ -103,7 +103,7 @@ def _header(handle: io.TextIOBase) -> list[str]:
         raise ValidationError("audience", f"row 1: {exc}") from None
     if not first or not any(c.strip() for c in first):
         raise ValidationError("audience", "has no header row")
-    if not _is_utf8(first):
+    if not _is_utf8("".join(first)):
         raise ValidationError("audience", "row 1: is not UTF-8 text")
     header = [c.strip() for c in first]
     if len(header) > MAX_COLUMNS:
@@ -129,7 +129,7 @@ def _rows(handle: Any, header: list[str]) -> Iterator[tuple[int, dict[str, str]]
                 raise ValidationError("audience", f"row {row_no + 1}: {exc}") from None
             row_no += 1
             text = "".join(cells)
-            if not _is_utf8([text]):
+            if not _is_utf8(text):
                 raise ValidationError("audience", f"row {row_no}: is not UTF-8 text")
             if not text.strip():
                 continue  # a blank line (or only separators and spaces)
@@ -144,9 +144,9 @@ def _rows(handle: Any, header: list[str]) -> Iterator[tuple[int, dict[str, str]]
         handle.close()
 
 
-def _is_utf8(cells: list[str]) -> bool:
+def _is_utf8(text: str) -> bool:
     try:
-        "".join(cells).encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True

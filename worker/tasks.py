@@ -59,6 +59,9 @@ MARK_WINDOW_S = 0.1
 #: takes, within these bounds: it adds to every message's latency. A worker killed
 #: earlier in its wait leaves its messages unmarked: they go back without an attempt.
 MARK_LEAD_MIN_S = 0.02
+MARK_LEAD_MAX_S = 0.1
+#: An auth failure holds the chatbot's other calls this long until its database pause lands.
+PAUSE_HOLD_S = 5.0
 #: Lateness (see `lateness`): at most this much beyond the slots kept out of the burst.
 LATE_SLACK_S = 0.02
 
@@ -79,9 +82,6 @@ def lateness(limit: Limit) -> tuple[Limit, float]:
     # Within a 1 s window, what is left of the last interval (a fractional rate leaves less).
     room = interval * (1.0 - math.modf(limit.rate_per_s)[0])
     return replace(limit, burst=max(1, limit.burst) - kept), kept * interval + min(room / 2, LATE_SLACK_S)
-#: An auth failure holds the chatbot's other calls this long until its database pause lands.
-PAUSE_HOLD_S = 5.0
-MARK_LEAD_MAX_S = 0.1
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -225,10 +225,10 @@ class Sender:
             return
         # Only where the limit binds (some slot had to be waited for): elsewhere nothing crowds.
         late_ok = late_ok_s if any(wait > 0 for wait in admission.waits_s) else math.inf
-        calls = [(w, start + wait, late_ok) for w, wait in zip(admitted, admission.waits_s)]
+        calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s)]
         pending: list[tuple[list[Work], Any]] = []
         try:
-            self._call_windows(serial_number, calls, token, pending, result, lead_s)
+            self._call_windows(serial_number, calls, token, pending, result, lead_s, late_ok)
         finally:
             # Whatever stopped the later windows (Redis or the database away), the calls
             # already made are waited for and recorded; the unmarked rest is handed back
@@ -236,9 +236,11 @@ class Sender:
             if pending:
                 self._finish(state, token, pending, result)
 
-    def _call_windows(self, serial_number: str, calls: list[tuple[Work, float, float]], token: str,
-                      pending: list[tuple[list[Work], Any]], result: BatchResult, lead_s: float) -> None:
-        """Mark each window of slots calling just before it, then hand its calls to the transport."""
+    def _call_windows(self, serial_number: str, calls: list[tuple[Work, float]], token: str,
+                      pending: list[tuple[list[Work], Any]], result: BatchResult, lead_s: float,
+                      late_ok_s: float) -> None:
+        """Mark each window of slots calling just before it, then hand its calls to the transport
+        (each may leave at most `late_ok_s` after its slot)."""
         i = 0
         while i < len(calls):
             window_start = calls[i][1]
@@ -252,13 +254,13 @@ class Sender:
                 self.sleep(delay)
                 if self.limiter.paused(serial_number):
                     # Paused (a 429 elsewhere) while we waited: hand the rest back.
-                    rest = [w.id for w, _, _ in window] + [w.id for w, _, _ in calls[i:]]
+                    rest = [w.id for w, _ in window] + [w.id for w, _ in calls[i:]]
                     self.outbox.give_back_group(rest, token, self.clock(), None, "chatbot paused")
                     result.throttled += len(rest)
                     break
             now = self.clock()
             late_by = max(0.0, window[-1][1] - time.monotonic())
-            keep = self._drop_too_late([w for w, _, _ in window], token, now, late_by, result)
+            keep = self._drop_too_late([w for w, _ in window], token, now, late_by, result)
             if not keep:
                 continue
             t0 = time.monotonic()
@@ -267,11 +269,11 @@ class Sender:
             result.count("failed", len(stopped))
             ok = set(marked)
             result.skipped += len(keep) - len(marked) - len(stopped)
-            chosen = [(w, at, late_ok) for w, at, late_ok in window if w.id in ok]
+            chosen = [(w, at) for w, at in window if w.id in ok]
             if chosen:
-                future = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at, late_ok)
-                                                for w, at, late_ok in chosen])
-                pending.append(([w for w, _, _ in chosen], future))
+                future = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at, late_ok_s)
+                                                for w, at in chosen])
+                pending.append(([w for w, _ in chosen], future))
 
     def _drop_too_late(self, group: list[Work], token: str, now: datetime, ahead_s: float,
                        result: BatchResult) -> list[Work]:

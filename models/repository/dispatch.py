@@ -71,6 +71,14 @@ def lost_outcome(called: bool, failures: int, lost_before: int, limit: int, poli
                        "last_reason": reason}
 
 
+def _unlocked_ids(s: Session, candidates: Select[tuple[int]]) -> list[int]:
+    """The ids `candidates` selects, locked for this transaction; on PostgreSQL rows another
+    transaction holds are skipped (never waited for, nor deadlocked on)."""
+    if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+        candidates = candidates.with_for_update(skip_locked=True)
+    return list(s.scalars(candidates))
+
+
 class Survey(NamedTuple):
     """What a dispatch pass starts from, read in one transaction (see DispatchRepository.survey)."""
 
@@ -129,9 +137,7 @@ class DispatchRepository(Repository):
             .order_by(Message.next_attempt_at)
             .limit(limit)
         )
-        if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-            candidates = candidates.with_for_update(skip_locked=True)
-        ids = list(s.scalars(candidates))
+        ids = _unlocked_ids(s, candidates)
         if not ids:
             return 0
         return s.execute(
@@ -309,11 +315,9 @@ class DispatchRepository(Repository):
     @staticmethod
     def _take_back_unstarted(s: Session, before: datetime, now: datetime) -> int:
         """Dispatched rows leased before `before`: pending again (see `rescue`)."""
-        candidates = select(Message.id).where(text(LEASED), Message.state == "dispatched", Message.updated_at < before)
-        if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-            # A worker claiming some of them now holds their locks: skip those, never wait (nor deadlock).
-            candidates = candidates.with_for_update(skip_locked=True)
-        ids = list(s.scalars(candidates))
+        # A worker claiming some of them now holds their locks: those are skipped, never waited for.
+        ids = _unlocked_ids(s, select(Message.id).where(text(LEASED), Message.state == "dispatched",
+                                                         Message.updated_at < before))
         if not ids:
             return 0
         return s.execute(
