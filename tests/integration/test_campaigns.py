@@ -146,8 +146,13 @@ def test_csv_audience_with_bom_quotes_and_zone_column(campaigns: Campaigns, outb
 
 
 def test_quiet_hours_travel_with_the_message(campaigns: Campaigns, outbox: Any) -> None:
-    result = campaigns.create(spec(quiet_hours="21:00-08:00", schedule=parse_schedule(before="appt:2h")),
-                              people(utcnow(), 1, hours=72))
+    from zoneinfo import ZoneInfo
+
+    # 15:00 in New York three days on, whatever the time of day now: the reminder (13:00) is never quiet.
+    day = (utcnow() + timedelta(days=3)).astimezone(ZoneInfo("America/New_York")).date()
+    appt = datetime(day.year, day.month, day.day, 15, tzinfo=ZoneInfo("America/New_York"))
+    audience = [{"booking": "b0", "phone": "+12125550000", "first_name": "P0", "appt": at(appt)}]
+    result = campaigns.create(spec(quiet_hours="21:00-08:00", schedule=parse_schedule(before="appt:2h")), audience)
     (m,) = messages(outbox, result.id)
     assert m.quiet == "21:00-08:00 America/New_York"  # a 212 number: New York
 
