@@ -17,11 +17,17 @@ install: $(STAMP)  ## create .venv and install oaksend with its test tools
 demo: $(STAMP)  ## run the whole path on SQLite, a local or embedded Redis and the fake API
 	$(BIN)/python scripts/demo.py
 
+# Test files run in TEST_WORKERS processes (pytest-xdist, a file per process at a time): most of a
+# test's time is spent waiting for other processes, so two keep both cores busy. Each worker has its
+# own Redis and PostgreSQL databases (tests/support.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP)  ## the whole suite against real Redis, PostgreSQL and SQLite
-	$(BIN)/pytest
+	$(BIN)/pytest $(XDIST)
 
 chaos: $(STAMP)  ## the long fault runs: a 2,000-message fault storm, 20 s and 75 s database outages
-	$(BIN)/pytest -m chaos tests/faults
+	$(BIN)/pytest $(XDIST) -m chaos tests/faults
 
 test-fast: $(STAMP)  ## pure functions only: no services needed
 	$(BIN)/pytest tests/unit

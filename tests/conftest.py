@@ -117,11 +117,29 @@ def make_stack(database_url: str, sandbox: Sandbox, tmp_path: Path, redis_url: s
         stack.stop()
 
 
+#: Fault run summaries as they reached this process's reports (from pytest-xdist's workers too).
+_FAULT_SUMMARIES: list[str] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A fault run's summary line travels in its test's report, which xdist sends to the controller."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        from tests.faults.report import SUMMARIES
+
+        report.user_properties.extend(("fault_summary", line) for line in SUMMARIES)
+        SUMMARIES.clear()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _FAULT_SUMMARIES.extend(value for name, value in report.user_properties if name == "fault_summary")
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print each fault run's figures (accepted, sent, ..., lost, drain time) at the end."""
-    from tests.faults.report import SUMMARIES
-
-    if SUMMARIES:
+    if _FAULT_SUMMARIES:
         terminalreporter.section("fault run summaries")
-        for line in SUMMARIES:
+        for line in _FAULT_SUMMARIES:
             terminalreporter.write_line(line)

@@ -24,9 +24,24 @@ import redis
 from sqlalchemy import create_engine, text
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: pytest-xdist's worker ("gw0", "gw1", ...; "" without xdist): each worker has a Redis database
+#: and a PostgreSQL database of its own, so that workers never see each other's rows, tasks or locks.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _own_redis_db(url: str, worker: str) -> str:
+    """The Redis URL of this xdist worker: worker N uses the database N below the given one (mod 16)."""
+    if not worker:
+        return url
+    base, _, db = url.rpartition("/")
+    if not db.isdigit():  # no database in the URL: database 0
+        base, db = url.rstrip("/"), "0"
+    return f"{base}/{(int(db) - int(worker.removeprefix('gw'))) % 16}"
+
+
+REDIS_URL = _own_redis_db(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"), XDIST_WORKER)
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-PG_DB = os.environ.get("TEST_PG_DATABASE", "oaksend_test")
+PG_DB = os.environ.get("TEST_PG_DATABASE", "oaksend_test") + (f"_{XDIST_WORKER}" if XDIST_WORKER else "")
 CHATBOT = "3254a9d0424c4806b9ea3d0763a1b2c3"
 API_KEY = "test-key-0c1d2e3f"
 ROOT = Path(__file__).resolve().parent.parent
