@@ -93,6 +93,10 @@ PENDING = "state = 'pending'"
 WAITING = "state = 'pending' AND NOT ready"
 READY = "state = 'pending' AND ready"
 LEASED = "state IN ('dispatched', 'sending')"
+#: Messages that will not change again (unless an operator retries them): what a purge looks at.
+TERMINAL = "state IN ('sent', 'failed', 'unknown', 'expired', 'cancelled')"
+#: Messages made by a campaign.
+FROM_CAMPAIGN = "campaign_id IS NOT NULL"
 
 
 def _states_check(column: str, states: tuple[str, ...]) -> str:
@@ -155,7 +159,9 @@ class Message(Base):
 
     __table_args__ = (
         CheckConstraint(_states_check("state", STATES), name="state"),
-        Index("ix_oaksend_messages_campaign", "campaign_id", "state"),
+        # A campaign's messages by state; application messages (no campaign) stay out of it.
+        Index("ix_oaksend_messages_campaign", "campaign_id", "state",
+              postgresql_where=text(FROM_CAMPAIGN), sqlite_where=text(FROM_CAMPAIGN)),
         CheckConstraint("priority IN (0, 1, 2)", name="priority"),
         # Hot indexes are partial: a row is in each only while the dispatcher may need it there,
         # so a sent message leaves them all, and a state change writes few entries.
@@ -173,7 +179,10 @@ class Message(Base):
         Index("ix_oaksend_messages_deadline", "deadline_at",
               postgresql_where=text(PENDING), sqlite_where=text(PENDING)),
         Index("ix_oaksend_messages_phone", "to_phone", "state"),
-        Index("ix_oaksend_messages_created", "created_at"),
+        # Finished messages by age: retention (purge). An open message is in neither this index nor
+        # the campaign index while it waits or moves through the send path: fewer entries per write.
+        Index("ix_oaksend_messages_finished", "created_at",
+              postgresql_where=text(TERMINAL), sqlite_where=text(TERMINAL)),
         # Producers insert with ON CONFLICT (serial_number, idempotency_key) DO NOTHING.
         Index("uq_oaksend_messages_chatbot_key", "serial_number", "idempotency_key", unique=True),
     )

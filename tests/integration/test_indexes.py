@@ -230,6 +230,11 @@ def test_expiry_reads_only_pending_rows_past_their_deadline(million: tuple[Outbo
     check(outbox, lambda: outbox.expire_overdue(now), "ix_oaksend_messages_deadline")
 
 
+def test_purge_reads_only_finished_messages(million: tuple[Outbox, datetime]) -> None:
+    outbox, now = million
+    check(outbox, lambda: outbox.purge_batch(now - timedelta(days=365), False, 500, now), "ix_oaksend_messages_finished")
+
+
 def test_on_sqlite_too_no_hot_query_scans_the_messages(tmp_path: Any) -> None:
     """SQLite matches a partial index by the text of its WHERE: the queries repeat it word for word."""
     from oaksend.worker.migrate import upgrade
