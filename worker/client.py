@@ -24,6 +24,7 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Final
 
+import httpcore
 import httpx
 
 from oaksend.errors import ConfigError
@@ -246,7 +247,7 @@ class NewOaksClient:
     def _receive(self, response: httpx.Response, started_s: float) -> Envelope:
         """Read at most max_body_bytes of the body and parse it."""
         retry_after_s = parse_retry_after(
-            response.headers.get("Retry-After"), now=_reference_time(response)
+            response.headers.get("Retry-After"), now=_reference_time(response.headers.get("Date"))
         )
         chunks: list[bytes] = []
         size = 0
@@ -308,9 +309,8 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
     return min(max(0.0, delay_s), float(_RETRY_AFTER_MAX_S))
 
 
-def _reference_time(response: httpx.Response) -> datetime:
-    """The response's Date header if readable, else our clock (UTC)."""
-    date = response.headers.get("Date")
+def _reference_time(date: str | None) -> datetime:
+    """The response's Date header (its value) if readable, else our clock (UTC)."""
     if date:
         try:
             parsed = parsedate_to_datetime(date)
@@ -327,31 +327,35 @@ def _transport_error(exc: BaseException, secret: str) -> TransportError:
 
 
 def _kind_of(exc: BaseException) -> tuple[str, bool]:
-    """Map an exception to (kind, sent). Subclasses are tested before bases."""
+    """Map an exception to (kind, sent). Subclasses are tested before bases.
+
+    httpx's exceptions (the synchronous client) and httpcore's (the worker's transport,
+    which calls httpcore directly) have the same names and meanings: each pair is one kind."""
     # Before the request was written: certainly not sent.
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, (httpx.ConnectTimeout, httpcore.ConnectTimeout)):
         return "connect_timeout", False
-    if isinstance(exc, httpx.PoolTimeout):
+    if isinstance(exc, (httpx.PoolTimeout, httpcore.PoolTimeout)):
         return "pool_timeout", False
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, (httpx.ConnectError, httpcore.ConnectError)):
         # httpcore reports a failed TLS handshake as a ConnectError whose
         # cause is the ssl error; it is still "never left".
         return ("tls" if _caused_by_ssl(exc) else "connect"), False
-    if isinstance(exc, httpx.ProxyError):
+    if isinstance(exc, (httpx.ProxyError, httpcore.ProxyError)):
         return "connect", False
-    if isinstance(exc, httpx.UnsupportedProtocol):
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpcore.UnsupportedProtocol)):
         return "other", False
-    if isinstance(exc, httpx.LocalProtocolError):
+    if isinstance(exc, (httpx.LocalProtocolError, httpcore.LocalProtocolError)):
         # We refused to build the request (e.g. an illegal header value).
         return "protocol", False
     # After (part of) the request was written: the server may have it.
-    if isinstance(exc, httpx.ReadTimeout):
+    if isinstance(exc, (httpx.ReadTimeout, httpcore.ReadTimeout)):
         return "read_timeout", True
-    if isinstance(exc, httpx.WriteTimeout):
+    if isinstance(exc, (httpx.WriteTimeout, httpcore.WriteTimeout)):
         return "write_timeout", True
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, (httpx.RemoteProtocolError, httpcore.RemoteProtocolError)):
         return "protocol", True
-    if isinstance(exc, (httpx.ReadError, httpx.WriteError, ConnectionResetError)):
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpcore.ReadError, httpcore.WriteError,
+                        ConnectionResetError)):
         return "reset", True
     if isinstance(exc, ssl.SSLError):
         return "tls", True

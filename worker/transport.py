@@ -1,8 +1,14 @@
-"""Asynchronous sending: one asyncio loop per worker process, calls on one-connection httpx transports.
+"""Asynchronous sending: one asyncio loop per worker process, calls on one-connection httpcore pools.
 
 Requests in flight are coroutines, not threads: a worker process keeps hundreds of
 calls open at 200 ms (or 2 s) of API latency. Celery's threads only hand groups of
 messages over (`Transport.submit`) and wait for their outcomes.
+
+Calls go to httpcore, the HTTP layer under httpx, directly: httpx's request and
+response objects (header merging, content encoders and decoders, extensions) cost
+a fifth of a worker's CPU per message and do nothing for one fixed POST. The
+request asks for an uncompressed answer (`Accept-Encoding: identity`), so the body
+read is the body parsed; httpcore's exceptions are classified like httpx's.
 
 Parsing and error translation are `worker.client`'s (`parse_envelope`, the same
 transport-error kinds), so both clients report identically.
@@ -107,14 +113,17 @@ class Transport:
         self._probed: dict[str, float] = {}
         self._loop = asyncio.new_event_loop()
         #: Idle connections, the most recently used last (the warmest, kept alive).
-        self._idle: list[httpx.AsyncHTTPTransport] = []
-        self._made: list[httpx.AsyncHTTPTransport] = []  #: at most max_connections
-        self._waiting: collections.deque[asyncio.Future[httpx.AsyncHTTPTransport]] = collections.deque()
+        self._idle: list[httpcore.AsyncConnectionPool] = []
+        self._made: list[httpcore.AsyncConnectionPool] = []  #: at most max_connections
+        self._waiting: collections.deque[asyncio.Future[httpcore.AsyncConnectionPool]] = collections.deque()
         self._tls: Any = None
         self._backend = AsyncioBackend()
-        self._parsed_url = httpx.URL(self._url)  # parsed once: a str would be parsed per request
-        self._headers = {"Authorization": api_key, "Content-Type": "application/json",
-                         "Accept": "application/json", "Accept-Encoding": "gzip, deflate", "User-Agent": "oaksend"}
+        url = httpx.URL(self._url)
+        # Parsed once; httpcore takes the parts as bytes.
+        self._core_url = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
+        self._headers = [(b"Host", url.netloc), (b"Authorization", api_key.encode("ascii")),
+                         (b"Content-Type", b"application/json"), (b"Accept", b"application/json"),
+                         (b"Accept-Encoding", b"identity"), (b"User-Agent", b"oaksend")]
         self._timeouts = {"timeout": httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
                                                    write=read_timeout_s, pool=connect_timeout_s).as_dict()}
         self._ready = threading.Event()
@@ -173,39 +182,29 @@ class Transport:
             return [await self._call(calls[0])]
         return list(await asyncio.gather(*map(self._call, calls)))
 
-    def _new_connection(self) -> httpx.AsyncHTTPTransport:
-        """A transport of ONE keep-alive connection.
+    def _new_connection(self) -> httpcore.AsyncConnectionPool:
+        """A pool of ONE keep-alive connection, on plain asyncio (worker.netbackend).
 
         httpcore checks every connection of a pool (a getpeername and a poll each) for
         every request it places, so a pool of hundreds costs more CPU than the request
-        itself; a request takes a whole one-connection transport instead. Requests go
-        to the transport directly, not through an AsyncClient: its per-request layers
-        (URL and header merging, cookies, auth and redirect flows) do nothing here and
-        cost a fifth of a call.
+        itself; a request takes a whole one-connection pool instead.
         """
-        connection = httpx.AsyncHTTPTransport(verify=self._tls, trust_env=False,
-                                              limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
-                                                                  keepalive_expiry=_KEEPALIVE_EXPIRY_S))
-        # httpx takes no network backend: its pool is swapped for the same pool, of one
-        # connection, on plain asyncio instead of anyio (see worker.netbackend). The pool is
-        # httpx's private attribute: should a release change it, the anyio pool stays (slower, same results).
-        if isinstance(getattr(connection, "_pool", None), httpcore.AsyncConnectionPool):
-            connection._pool = httpcore.AsyncConnectionPool(
-                ssl_context=self._tls, max_connections=1, max_keepalive_connections=1,
-                keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
+        connection = httpcore.AsyncConnectionPool(
+            ssl_context=self._tls, max_connections=1, max_keepalive_connections=1,
+            keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
         self._made.append(connection)
         return connection
 
-    async def _checkout(self) -> httpx.AsyncHTTPTransport:
+    async def _checkout(self) -> httpcore.AsyncConnectionPool:
         if self._idle:
             return self._idle.pop()
         if len(self._made) < self._max_connections:
             return self._new_connection()
-        waiter: asyncio.Future[httpx.AsyncHTTPTransport] = self._loop.create_future()
+        waiter: asyncio.Future[httpcore.AsyncConnectionPool] = self._loop.create_future()
         self._waiting.append(waiter)
         return await waiter
 
-    def _checkin(self, connection: httpx.AsyncHTTPTransport) -> None:
+    def _checkin(self, connection: httpcore.AsyncConnectionPool) -> None:
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
@@ -261,14 +260,14 @@ class Transport:
             except Exception:  # noqa: BLE001 - the worker writes the pause to the database too
                 pass
 
-    async def _post(self, connection: httpx.AsyncHTTPTransport, payload: bytes) -> Outcome:
-        head: list[httpx.Response] = []
+    async def _post(self, connection: httpcore.AsyncConnectionPool, payload: bytes) -> Outcome:
+        head: list[httpcore.Response] = []
         try:
             async with asyncio.timeout(self._deadline_s):
-                request = httpx.Request("POST", self._parsed_url, headers=self._headers, content=payload,
-                                        extensions=self._timeouts)
+                request = httpcore.Request(b"POST", self._core_url,
+                                           headers=[*self._headers, (b"Content-Length", b"%d" % len(payload))],
+                                           content=payload, extensions=self._timeouts)
                 response = await connection.handle_async_request(request)
-                response.request = request
                 head.append(response)
                 try:
                     return await self._receive(response)
@@ -277,28 +276,41 @@ class Transport:
         except TimeoutError:
             # The whole-response deadline passed: the request may have reached the server.
             if head:  # the status line arrived: keep it (a 429 or 503 is still safe to retry)
-                retry_after_s = parse_retry_after(head[0].headers.get("Retry-After"),
-                                                  now=_reference_time(head[0]))
-                return parse_envelope(head[0].status_code, b"", retry_after_s=retry_after_s,
+                return parse_envelope(head[0].status, b"", retry_after_s=self._retry_after(head[0]),
                                       incomplete="body read failed: read_timeout", secret=self._api_key)
             return TransportError("read_timeout", True, "response deadline passed")
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError,
+                httpcore.UnsupportedProtocol, OSError) as exc:
             return _transport_error(exc, self._api_key)
 
-    async def _receive(self, response: httpx.Response) -> Envelope:
-        retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now=_reference_time(response))
+    async def _receive(self, response: httpcore.Response) -> Envelope:
+        retry_after_s = self._retry_after(response)
         chunks: list[bytes] = []
         size = 0
         incomplete: str | None = None
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_stream():
                 if size + len(chunk) > self._max_body_bytes:
                     chunks.append(chunk[: self._max_body_bytes - size])
                     incomplete = "body too large"
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
             incomplete = f"body read failed: {_transport_error(exc, self._api_key).kind}"
-        return parse_envelope(response.status_code, b"".join(chunks), retry_after_s=retry_after_s,
+        return parse_envelope(response.status, b"".join(chunks), retry_after_s=retry_after_s,
                               incomplete=incomplete, secret=self._api_key)
+
+    @staticmethod
+    def _retry_after(response: httpcore.Response) -> float | None:
+        """Seconds the response's Retry-After asks for (against its Date), or None."""
+        retry_after = date = None
+        for name, value in response.headers:
+            lower = name.lower()
+            if lower == b"retry-after" and retry_after is None:
+                retry_after = value.decode("latin-1")
+            elif lower == b"date" and date is None:
+                date = value.decode("latin-1")
+        if retry_after is None:
+            return None
+        return parse_retry_after(retry_after, now=_reference_time(date))

@@ -1,4 +1,4 @@
-"""The worker's transport (httpx on the asyncio network backend) against the real sandbox.
+"""The worker's transport (httpcore on the asyncio network backend) against the real sandbox.
 
 What each failure is reported as decides whether a message may be sent again, so
 the backend must report exactly what httpx's default one does: a refused connection
@@ -98,3 +98,15 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
             transport.close()
     assert isinstance(result.outcome, TransportError)
     assert result.outcome.kind == "connect" and result.outcome.sent is False
+
+
+def test_a_429_carries_its_retry_after() -> None:
+    """The worker reads headers from httpcore's raw list: Retry-After (against the response's Date) reaches
+    the envelope, and a 429 without the header has none."""
+    with_header = _send(2, p_429=1.0, retry_after=7)
+    without = _send(2, p_429=1.0, retry_after=-1)
+    for r in with_header:
+        assert isinstance(r.outcome, Envelope) and r.outcome.http_status == 429
+        assert r.outcome.retry_after_s is not None and 5.0 <= r.outcome.retry_after_s <= 7.0
+    for r in without:
+        assert isinstance(r.outcome, Envelope) and r.outcome.http_status == 429 and r.outcome.retry_after_s is None
