@@ -336,6 +336,8 @@ def _kind_of(exc: BaseException) -> tuple[str, bool]:
         return "connect_timeout", False
     if isinstance(exc, (httpx.PoolTimeout, httpcore.PoolTimeout)):
         return "pool_timeout", False
+    if isinstance(exc, httpcore.ConnectionNotAvailable):  # a connection refused the request before writing it
+        return "connect", False
     if isinstance(exc, (httpx.ConnectError, httpcore.ConnectError)):
         # httpcore reports a failed TLS handshake as a ConnectError whose
         # cause is the ssl error; it is still "never left".

@@ -1,4 +1,4 @@
-"""Asynchronous sending: one asyncio loop per worker process, calls on one-connection httpcore pools.
+"""Asynchronous sending: one asyncio loop per worker process, calls on kept-alive httpcore connections.
 
 Requests in flight are coroutines, not threads: a worker process keeps hundreds of
 calls open at 200 ms (or 2 s) of API latency. Celery's threads only hand groups of
@@ -113,14 +113,15 @@ class Transport:
         self._probed: dict[str, float] = {}
         self._loop = asyncio.new_event_loop()
         #: Idle connections, the most recently used last (the warmest, kept alive).
-        self._idle: list[httpcore.AsyncConnectionPool] = []
-        self._made: list[httpcore.AsyncConnectionPool] = []  #: at most max_connections
-        self._waiting: collections.deque[asyncio.Future[httpcore.AsyncConnectionPool]] = collections.deque()
+        self._idle: list[httpcore.AsyncHTTPConnection] = []
+        self._made: list[httpcore.AsyncHTTPConnection] = []  #: at most max_connections
+        self._waiting: collections.deque[asyncio.Future[httpcore.AsyncHTTPConnection]] = collections.deque()
         self._tls: Any = None
         self._backend = AsyncioBackend()
         url = httpx.URL(self._url)
         # Parsed once; httpcore takes the parts as bytes.
         self._core_url = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
+        self._origin = self._core_url.origin
         self._headers = [(b"Host", url.netloc), (b"Authorization", api_key.encode("ascii")),
                          (b"Content-Type", b"application/json"), (b"Accept", b"application/json"),
                          (b"Accept-Encoding", b"identity"), (b"User-Agent", b"oaksend")]
@@ -182,35 +183,54 @@ class Transport:
             return [await self._call(calls[0])]
         return list(await asyncio.gather(*map(self._call, calls)))
 
-    def _new_connection(self) -> httpcore.AsyncConnectionPool:
-        """A pool of ONE keep-alive connection, on plain asyncio (worker.netbackend).
+    def _new_connection(self) -> httpcore.AsyncHTTPConnection:
+        """ONE keep-alive connection, on plain asyncio (worker.netbackend); it connects on its first request.
 
-        httpcore checks every connection of a pool (a getpeername and a poll each) for
-        every request it places, so a pool of hundreds costs more CPU than the request
-        itself; a request takes a whole one-connection pool instead.
-        """
-        connection = httpcore.AsyncConnectionPool(
-            ssl_context=self._tls, max_connections=1, max_keepalive_connections=1,
-            keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
+        No httpcore pool: this transport hands out whole connections itself (a request
+        holds one from start to end), which is all a pool would do here, at a fifth of
+        the CPU of a call (its lock, events, cancel shields and per-request scan)."""
+        connection = httpcore.AsyncHTTPConnection(self._origin, ssl_context=self._tls,
+                                                  keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
         self._made.append(connection)
         return connection
 
-    async def _checkout(self) -> httpcore.AsyncConnectionPool:
-        if self._idle:
-            return self._idle.pop()
+    async def _checkout(self) -> httpcore.AsyncHTTPConnection:
+        while self._idle:
+            connection = self._idle.pop()
+            if self._usable(connection):
+                return connection
+            await self._discard(connection)
         if len(self._made) < self._max_connections:
             return self._new_connection()
-        waiter: asyncio.Future[httpcore.AsyncConnectionPool] = self._loop.create_future()
+        waiter: asyncio.Future[httpcore.AsyncHTTPConnection] = self._loop.create_future()
         self._waiting.append(waiter)
-        return await waiter
+        connection = await waiter
+        if self._usable(connection):
+            return connection
+        await self._discard(connection)
+        return self._new_connection()  # the one discarded left room
 
-    def _checkin(self, connection: httpcore.AsyncConnectionPool) -> None:
+    def _checkin(self, connection: httpcore.AsyncHTTPConnection) -> None:
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_result(connection)
                 return
         self._idle.append(connection)
+
+    @staticmethod
+    def _usable(connection: httpcore.AsyncHTTPConnection) -> bool:
+        """Not closed (an error, or the server said so) and not expired: the keep-alive time passed,
+        or the server closed it while it was idle (its socket reads end-of-stream). A connection
+        that never connected is usable: it connects on its request."""
+        return not (connection.is_closed() or connection.has_expired())
+
+    async def _discard(self, connection: httpcore.AsyncHTTPConnection) -> None:
+        self._made.remove(connection)
+        try:
+            await connection.aclose()
+        except Exception:  # noqa: BLE001 - closing a dead connection: nothing to report
+            pass
 
     async def _call(self, call: Call) -> CallResult:
         delay = call.at - time.monotonic()
@@ -260,7 +280,7 @@ class Transport:
             except Exception:  # noqa: BLE001 - the worker writes the pause to the database too
                 pass
 
-    async def _post(self, connection: httpcore.AsyncConnectionPool, payload: bytes) -> Outcome:
+    async def _post(self, connection: httpcore.AsyncHTTPConnection, payload: bytes) -> Outcome:
         head: list[httpcore.Response] = []
         try:
             async with asyncio.timeout(self._deadline_s):
@@ -280,7 +300,7 @@ class Transport:
                                       incomplete="body read failed: read_timeout", secret=self._api_key)
             return TransportError("read_timeout", True, "response deadline passed")
         except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError,
-                httpcore.UnsupportedProtocol, OSError) as exc:
+                httpcore.ConnectionNotAvailable, httpcore.UnsupportedProtocol, OSError) as exc:
             return _transport_error(exc, self._api_key)
 
     async def _receive(self, response: httpcore.Response) -> Envelope:

@@ -110,3 +110,21 @@ def test_a_429_carries_its_retry_after() -> None:
         assert r.outcome.retry_after_s is not None and 5.0 <= r.outcome.retry_after_s <= 7.0
     for r in without:
         assert isinstance(r.outcome, Envelope) and r.outcome.http_status == 429 and r.outcome.retry_after_s is None
+
+
+def test_a_connection_broken_by_a_reset_is_replaced_not_reused() -> None:
+    """Half the calls are reset by the server: each later call gets a working connection (a closed one
+    handed out again would refuse the request: kind "connect"), and connections are bounded."""
+    with running_sandbox(api_key=KEY, p_reset=0.5) as base_url:
+        transport = Transport(base_url, KEY, connect_timeout_s=2.0, read_timeout_s=2.0, response_deadline_s=10.0,
+                              max_connections=4)
+        try:
+            results = [r for start in range(0, 200, 20) for r in transport.submit(_calls(20, start)).result(30)]
+            made = len(transport._made)
+        finally:
+            transport.close()
+    ok = [r for r in results if isinstance(r.outcome, Envelope) and r.outcome.http_status == 200]
+    broken = [r.outcome for r in results if isinstance(r.outcome, TransportError)]
+    assert len(ok) + len(broken) == 200 and 40 <= len(ok) <= 160
+    assert all(e.sent and e.kind in ("reset", "protocol") for e in broken), {e.kind for e in broken}
+    assert made <= 4
