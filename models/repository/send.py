@@ -40,6 +40,24 @@ _SUPPRESSED_VALUES = {"state": "failed", "last_outcome": "final",
 _WORK_COLUMNS = (_messages.c.id, _messages.c.serial_number, _messages.c.to_phone, _messages.c.body,
                  _messages.c.segments, _messages.c.attempts, _messages.c.failures, _messages.c.deadline_at,
                  _messages.c.quiet)
+# A group's statements: the ids are one expanding parameter, so each statement is built once too.
+_GROUP_IDS = _messages.c.id.in_(bindparam("b_ids", expanding=True))
+_NOW = bindparam("b_now", type_=UTCDateTime())
+_DISPATCHED_TO_US = (_GROUP_IDS, _messages.c.state == "dispatched", _messages.c.lease_token == bindparam("b_token"))
+_CLAIM_SUPPRESSED = update(_messages).where(*_DISPATCHED_TO_US, _IS_SUPPRESSED).values(updated_at=_NOW,
+                                                                                        **_SUPPRESSED_VALUES)
+_CLAIM_GROUP = (
+    update(_messages).where(*_DISPATCHED_TO_US)
+    .values(state="sending", lease_until=bindparam("b_lease", type_=UTCDateTime()),
+            claimed_by=bindparam("b_worker"), calling_at=None, updated_at=_NOW)
+    .returning(*_WORK_COLUMNS)
+)
+_UNMARKED_OURS = (_GROUP_IDS, _messages.c.state == "sending", _messages.c.lease_token == bindparam("b_token"),
+                  _messages.c.calling_at.is_(None))
+_MARK_CALLING = (update(_messages).where(*_UNMARKED_OURS, ~_IS_SUPPRESSED).values(calling_at=_NOW)
+                 .returning(_messages.c.id))
+_MARK_SUPPRESSED = (update(_messages).where(*_UNMARKED_OURS, _IS_SUPPRESSED)
+                    .values(updated_at=_NOW, **_SUPPRESSED_VALUES).returning(_messages.c.id))
 _RECORD_VALUES = {
     "state": bindparam("b_state"),
     "attempts": _messages.c.attempts + 1,
@@ -108,17 +126,10 @@ class SendRepository(Repository):
 
         Returns (the claimed work, in id order; how many failed as suppressed).
         """
-        ids = list(ids)
+        params = {"b_ids": list(ids), "b_token": token, "b_now": now}
         with self.engine.begin() as conn:
-            held = (_messages.c.id.in_(ids), _messages.c.state == "dispatched", _messages.c.lease_token == token)
-            stopped = conn.execute(
-                update(_messages).where(*held, _IS_SUPPRESSED).values(updated_at=now, **_SUPPRESSED_VALUES)
-            ).rowcount
-            rows = conn.execute(
-                update(_messages).where(*held)
-                .values(state="sending", lease_until=lease_until, claimed_by=worker, calling_at=None, updated_at=now)
-                .returning(*_WORK_COLUMNS)
-            ).all()
+            stopped = conn.execute(_CLAIM_SUPPRESSED, params).rowcount
+            rows = conn.execute(_CLAIM_GROUP, {**params, "b_lease": lease_until, "b_worker": worker}).all()
         return sorted((Work(*r) for r in rows), key=lambda w: w.id), stopped
 
     def mark_calling(self, ids: Sequence[int], token: str, now: datetime) -> tuple[list[int], list[int]]:
@@ -128,20 +139,12 @@ class SendRepository(Repository):
         checked here, the last moment: those messages fail without a call.
         Returns (ids marked, ids failed as suppressed); others are no longer ours.
         """
-        ids = list(ids)
-        held = (_messages.c.id.in_(ids), _messages.c.state == "sending", _messages.c.lease_token == token,
-                _messages.c.calling_at.is_(None))
+        params = {"b_ids": list(ids), "b_token": token, "b_now": now}
         with self.engine.begin() as conn:
-            marked = [r[0] for r in conn.execute(
-                update(_messages).where(*held, ~_IS_SUPPRESSED).values(calling_at=now)
-                .returning(_messages.c.id)
-            )]
+            marked = [r[0] for r in conn.execute(_MARK_CALLING, params)]
             stopped: list[int] = []
-            if len(marked) < len(ids):
-                stopped = [r[0] for r in conn.execute(
-                    update(_messages).where(*held, _IS_SUPPRESSED).values(updated_at=now, **_SUPPRESSED_VALUES)
-                    .returning(_messages.c.id)
-                )]
+            if len(marked) < len(params["b_ids"]):
+                stopped = [r[0] for r in conn.execute(_MARK_SUPPRESSED, params)]
         return marked, stopped
 
     def give_back_group(self, ids: Sequence[int], token: str, now: datetime, due_at: datetime | None,
