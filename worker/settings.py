@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # -- dispatch and leases --------------------------------------------------------------
     lease_s: float = Field(30.0, gt=0, validation_alias=_env("LEASE_S"))
     dispatch_interval_s: float = Field(1.0, gt=0, validation_alias=_env("DISPATCH_INTERVAL_S"))
-    dispatch_batch_size: int = Field(20, ge=1, le=1000, validation_alias=_env("DISPATCH_BATCH_SIZE"))
+    dispatch_batch_size: int = Field(50, ge=1, le=1000, validation_alias=_env("DISPATCH_BATCH_SIZE"))
     #: How much work (seconds of each chatbot's rate) may sit in the broker at once.
     dispatch_lookahead_s: float = Field(1.0, gt=0, validation_alias=_env("DISPATCH_LOOKAHEAD_S"))
     #: Upper bound of messages dispatched per chatbot per pass, whatever its rate.

@@ -110,8 +110,9 @@ def test_redis_lost_loses_nothing(how: str, policy: str, make_stack: Any, produc
     server = _redis_server(port, tmp_path)
     try:
         sandbox.configure(latency="20")
+        # Tasks of 10: 150 messages make 15 tasks, more than the worker holds, so some wait in the broker.
         stack = make_stack(workers=1, concurrency=2, OAKSEND_LEASE_S=3, REDIS_URL=f"redis://127.0.0.1:{port}/0",
-                           OAKSEND_AMBIGUOUS_POLICY=policy)
+                           OAKSEND_AMBIGUOUS_POLICY=policy, OAKSEND_DISPATCH_BATCH_SIZE=10)
         ids = producer.send_many([SendRequest(CHATBOT, p, how) for p in numbers(2, 150)])
         wait_until(lambda: len(sandbox.requests()) >= 10, 20, what="sending to start")
         client = redis.Redis(port=port)
