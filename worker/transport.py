@@ -47,8 +47,8 @@ from oaksend.worker.netbackend import AsyncioBackend
 
 
 #: Requests in flight per worker process (and connections kept). Calls beyond it wait
-#: for a free one before they start, outside httpx's pool (a wait inside it would count
-#: against the connect timeout). 512 in flight carry 250/s at 2 s of API latency per
+#: for a free one before they start, before httpcore sees them (a wait inside an httpcore
+#: pool would count against the connect timeout). 512 in flight carry 250/s at 2 s of API latency per
 #: process, 2,500/s at 200 ms.
 MAX_CONNECTIONS = 512
 
