@@ -138,8 +138,9 @@ class Transport:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._tls = httpx.create_ssl_context()  # one for all clients: each costs milliseconds and memory
-        # The first connection resolves the host on a helper thread that anyio starts on
-        # first use (tens of ms): do that now, so the first request leaves at its slot.
+        # anyio's first use costs tens of ms (its asyncio backend loads, its helper thread starts),
+        # and httpcore's connection locks use anyio: pay that now, so the first request leaves at
+        # its slot (a late first request crowds the next slot of its chatbot).
         self._loop.run_until_complete(self._warm_up())
         self._ready.set()
         self._loop.run_forever()

@@ -69,7 +69,7 @@ _RECORD_VALUES = {
     "calling_at": None,
     "last_outcome": bindparam("b_outcome"),
     "last_reason": bindparam("b_reason"),
-    "updated_at": bindparam("b_now", type_=UTCDateTime()),
+    "updated_at": _NOW,
     "next_attempt_at": func.coalesce(bindparam("b_next", type_=UTCDateTime()), _messages.c.next_attempt_at),
     "session_id": func.coalesce(bindparam("b_session", type_=BigInteger()), _messages.c.session_id),
     "session_id_text": func.coalesce(bindparam("b_session_text", type_=Text()), _messages.c.session_id_text),
