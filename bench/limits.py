@@ -295,6 +295,17 @@ class LimitStack:
                 Message.serial_number == serial, Message.last_reason.like("throttled%"))).scalar_one()
         return int(moved), int(throttled)
 
+    def departures(self, serial: str) -> list[float]:
+        """When each of the chatbot's requests left its worker (the attempts' started_at), ascending."""
+        from sqlalchemy import select
+
+        from oaksend.models.tables import Attempt, Message
+
+        with self.reader.connect() as conn:
+            rows = conn.execute(select(Attempt.started_at).join(Message, Message.id == Attempt.message_id)
+                                .where(Message.serial_number == serial).order_by(Attempt.started_at)).scalars()
+            return [t.timestamp() for t in rows]
+
     def close(self) -> None:
         for thing in (self.control, self.producer):
             if thing is not None:
@@ -455,7 +466,7 @@ def run_limits(opts: argparse.Namespace, procs: Processes, checks: list[tuple[st
                     [t for t in times if t0 + WARMUP_S <= t < t0 + span]),
                 "sandbox_max_1s": st.get("max_1s"), "violations": st.get("violations"),
                 "by_status": st.get("by_status"), "moved": moved, "throttled_pending": throttled_pending,
-                "total_received": len(times), "sent": sent,
+                "total_received": len(times), "sent": sent, "max_1s_left": max_in_window(stack.departures(sn)),
             })
         say()
         say(f"part 1 results (window {opts.window:g} s per chatbot, after {WARMUP_S:g} s of warm-up from its first "
@@ -471,6 +482,7 @@ def run_limits(opts: argparse.Namespace, procs: Processes, checks: list[tuple[st
         for r in rows:
             b = r["bot"]
             say(f"  {b.letter}: by status at the window's end {r['by_status']}; max 1s inside the window {r['max_1s_window']}; "
+                f"max 1s as the requests left the workers (attempts' started_at, whole run) {r['max_1s_left']}; "
                 f"{r['sent']:,} sent in all; messages handed back at least once (next_attempt_at moved) "
                 f"{r['moved']:,}, pending ones last 'throttled' {r['throttled_pending']:,}")
         say(f"  workers: {wlog.get('tasks', 0):,} tasks, {wlog.get('calls', 0):,} API calls, "
@@ -686,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
             b = r["bot"]
             say(f"limits {b.letter} {b.rate:g}/s burst {b.burst}: observed {r['rate']:.2f}/s = {r['ratio']:.3f} of the "
                 f"limit ({'ok' if r['ratio'] >= 0.97 else 'MISSED'} >= 0.97); max in 1 s {r['max_1s']} "
-                f"({'ok' if r['max_1s'] <= b.rate + b.burst else 'MISSED'} <= {b.rate + b.burst:g}); sandbox max_1s "
+                f"({'ok' if r['max_1s'] <= b.rate + b.burst else 'MISSED'} <= {b.rate + b.burst:g}; as they left the workers "
+                f"{r['max_1s_left']}); sandbox max_1s "
                 f"{r['sandbox_max_1s']}, violations {r['violations']} (slack {opts.slack_ms:g} ms)")
         if fair is not None:
             say(f"fairness: D p50 {fair['p50']:.0f} ms, p99 {fair['p99']:.0f} ms "

@@ -51,7 +51,7 @@ from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import WAKE_KEY
 from oaksend.worker.heartbeat import LivenessView, write_dispatcher_heartbeat
 from oaksend.worker.limits import LimitBook
-from oaksend.worker.ratelimit import RateLimiter
+from oaksend.worker.ratelimit import RateLimiter, lateness
 from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class Dispatcher:
                 continue
             # An equal share of the room left, so one fast chatbot cannot take it all.
             share = max(1, math.ceil(room / (len(due) - position)))
-            by_rate = allowance(state.limit.rate_per_s, state.limit.burst, inflight.get(sn, 0),
+            by_rate = allowance(state.limit.rate_per_s, lateness(state.limit)[0].burst, inflight.get(sn, 0),
                                 lookahead_s=horizon_s, max_per_pass=self.settings.dispatch_max_per_pass,
                                 ahead_s=ahead_s)
             n = min(share, by_rate)

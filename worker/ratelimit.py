@@ -13,7 +13,8 @@ restart without persistence): it rebuilds itself, since an absent key means
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import redis
@@ -138,6 +139,34 @@ class Limit:
     rate_per_s: float
     burst: int = 1
     segments_per_s: float | None = None
+
+
+#: A burst of 1 has no tolerance to share: its requests may leave this late (a limiter's
+#: usual slack), or half of what is left of the last interval in a second if that is less.
+LATE_SLACK_S = 0.02
+
+
+def lateness(limit: Limit) -> tuple[Limit, float]:
+    """Pure: (the limit to reserve slots with, how late after its slot a request may still leave).
+
+    The API counts arrivals, and a request arrives after its slot twice over: it leaves
+    a little late (the event loop, the GIL), then the network and the API's own
+    scheduling shift it again. Either way it lands among the next requests, which are
+    on time, and past the burst a strict limiter refuses (429) and the chatbot pauses.
+    So the burst is not spent on reservations: slots are reserved a whole interval
+    apart (a burst of 1), and the other burst - 1 intervals are tolerance, half for
+    leaving late and half for the arrival's jitter. A request may leave at most
+    (burst - 1) / 2 intervals after its slot, plus half of what a fractional rate leaves
+    of the last interval in a second (at most LATE_SLACK_S); a later one is not made but
+    handed back (transport.Call). Any 1 s of arrivals then holds at most rate + burst
+    requests even if each arrival shifts by as much again as it left late: at 500/s
+    with a burst of 10, 10 ms late and 10 ms of jitter.
+    """
+    interval = 1.0 / limit.rate_per_s
+    burst = max(1, limit.burst)
+    # Within a 1 s window, what is left of the last interval (a fractional rate leaves less).
+    room = interval * (1.0 - math.modf(limit.rate_per_s)[0])
+    return replace(limit, burst=1), (burst - 1) * interval / 2 + min(room / 2, LATE_SLACK_S)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,12 @@ notices (this worker, or the dispatcher's rescue after this worker died).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,7 +39,7 @@ from oaksend.worker.heartbeat import WorkerHeartbeat, worker_id
 from oaksend.worker.limits import ChatbotState, LimitBook
 from oaksend.worker import metrics
 from oaksend.worker.logs import mask_phone, send_fields
-from oaksend.worker.ratelimit import Limit, RateLimiter
+from oaksend.worker.ratelimit import RateLimiter, lateness
 from oaksend.worker.settings import Settings
 from oaksend.worker.transition import RetryPolicy, attempt_record, plan
 from oaksend.worker.transport import Call, CallResult, Transport
@@ -62,28 +61,6 @@ MARK_LEAD_MIN_S = 0.02
 MARK_LEAD_MAX_S = 0.1
 #: An auth failure holds the chatbot's other calls this long until its database pause lands.
 PAUSE_HOLD_S = 5.0
-#: Lateness (see `lateness`): at most this much beyond the slots kept out of the burst.
-LATE_SLACK_S = 0.02
-
-
-def lateness(limit: Limit) -> tuple[Limit, float]:
-    """Pure: (the limit to reserve slots with, how late after its slot a request may still leave).
-
-    Requests leave a little after their slots (the event loop and the GIL see to that),
-    and a late request lands among the next ones, which leave on time. Half the burst
-    is kept out of the reservations for that: with m = burst // 2 slots kept, a request
-    may leave m intervals (and at most half of one more, or LATE_SLACK_S) late, and any
-    1 s of arrivals at the API still holds at most rate + burst requests; a later one
-    is not made but handed back (transport.Call). A burst of 1 keeps nothing back: its
-    requests may be LATE_SLACK_S late (a limiter's usual slack), or half an interval.
-    """
-    interval = 1.0 / limit.rate_per_s
-    kept = max(1, limit.burst) // 2
-    # Within a 1 s window, what is left of the last interval (a fractional rate leaves less).
-    room = interval * (1.0 - math.modf(limit.rate_per_s)[0])
-    return replace(limit, burst=max(1, limit.burst) - kept), kept * interval + min(room / 2, LATE_SLACK_S)
-
-
 def is_outage(exc: BaseException) -> bool:
     """Connection-class database errors: the database is away, the write may succeed later.
 
@@ -223,12 +200,10 @@ class Sender:
             metrics.observe_throttle(serial_number, len(refused))
         if not admitted:
             return
-        # Only where the limit binds (some slot had to be waited for): elsewhere nothing crowds.
-        late_ok = late_ok_s if any(wait > 0 for wait in admission.waits_s) else math.inf
         calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s)]
         pending: list[tuple[list[Work], Any]] = []
         try:
-            self._call_windows(serial_number, calls, token, pending, result, lead_s, late_ok)
+            self._call_windows(serial_number, calls, token, pending, result, lead_s, late_ok_s)
         finally:
             # Whatever stopped the later windows (Redis or the database away), the calls
             # already made are waited for and recorded; the unmarked rest is handed back
