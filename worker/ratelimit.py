@@ -169,6 +169,21 @@ def lateness(limit: Limit) -> tuple[Limit, float]:
     return replace(limit, burst=1), (burst - 1) * interval / 2 + min(room / 2, LATE_SLACK_S)
 
 
+def binds(limit: Limit, waits_s: list[float]) -> bool:
+    """Pure: whether the limit binds a group whose slots are `waits_s` away: some request
+    would have waited for its slot even had the whole burst been reserved.
+
+    Only then are on-time requests on a late one's heels, and lateness is held
+    (`lateness`). Elsewhere the chatbot's slots come faster than its requests can leave
+    (an "unlimited" chatbot's slots are microseconds apart, and a loop starting fifty
+    requests makes the last ones late) or the chatbot was idle: handing a late request
+    back would only cost a dispatch.
+    """
+    # The waits come back in whole milliseconds, rounded up (_GCRA_MANY).
+    burst_s = (max(1, limit.burst) - 1) / limit.rate_per_s + 0.001
+    return any(wait > burst_s for wait in waits_s)
+
+
 @dataclass(frozen=True)
 class GroupAdmission:
     """Slots reserved for the first `len(waits_s)` messages of a group, each to be sent

@@ -16,6 +16,7 @@ notices (this worker, or the dispatcher's rescue after this worker died).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -39,7 +40,7 @@ from oaksend.worker.heartbeat import WorkerHeartbeat, worker_id
 from oaksend.worker.limits import ChatbotState, LimitBook
 from oaksend.worker import metrics
 from oaksend.worker.logs import mask_phone, send_fields
-from oaksend.worker.ratelimit import RateLimiter, lateness
+from oaksend.worker.ratelimit import RateLimiter, binds, lateness
 from oaksend.worker.settings import Settings
 from oaksend.worker.transition import RetryPolicy, attempt_record, plan
 from oaksend.worker.transport import Call, CallResult, Transport
@@ -200,6 +201,8 @@ class Sender:
             metrics.observe_throttle(serial_number, len(refused))
         if not admitted:
             return
+        if not binds(state.limit, admission.waits_s):
+            late_ok_s = math.inf  # nothing on its heels: a late request is made, not handed back
         calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s)]
         pending: list[tuple[list[Work], Any]] = []
         try:

@@ -123,3 +123,23 @@ def test_late_and_jittered_requests_still_hold_rate_plus_burst_in_any_second(rat
         assert late_s >= (burst - 1) / rate / 2
         # and the burst is used: one interval more of tolerance would break the bound
         assert math.ceil((span + 1 / rate) * rate - 1e-9) > math.floor(rate + burst + 1e-9) or burst == 1
+
+
+def test_lateness_is_held_only_where_the_limit_binds() -> None:
+    """A group binds when a request would have waited even with the whole burst: a backlog
+    at 500/s, or any wait at a burst of 1; not a group of an "unlimited" chatbot whose slots
+    are microseconds apart, nor an idle chatbot's requests within its burst."""
+    import math
+
+    from oaksend.worker.ratelimit import Limit, binds
+
+    assert binds(Limit(500, 10), [i * 0.002 for i in range(50)])
+    # an idle chatbot's first ten: within the burst's 18 ms (waits rounded up to whole ms)
+    assert not binds(Limit(500, 10), [math.ceil(i * 2.0) / 1000 for i in range(10)])
+    assert not binds(Limit(333.3, 10), [math.ceil(i * 1000 / 333.3) / 1000 for i in range(10)])
+    assert binds(Limit(500, 10), [0.0, 0.02])
+    assert binds(Limit(5, 1), [0.0, 0.2])
+    assert binds(Limit(5, 1), [0.002])
+    assert not binds(Limit(5, 1), [0.0])
+    assert not binds(Limit(100_000, 1000), [0.0] + [0.001] * 49)  # waits come back in whole ms
+    assert not binds(Limit(5, 1), [])
