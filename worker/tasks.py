@@ -15,6 +15,7 @@ notices (this worker, or the dispatcher's rescue after this worker died).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -395,6 +396,14 @@ def register(app: Celery, settings: Settings) -> None:
         # Beat from the start, before the first task arrives.
         if getattr(sender, "app", None) is app:
             get_sender()
+            # What the process has built so far (Celery, SQLAlchemy, httpcore: hundreds of
+            # thousands of objects) lives as long as it does: out of the collector's sight, a
+            # full collection no longer walks it every few thousand messages. Each send
+            # allocates hundreds of short-lived objects that refcounting frees; the youngest
+            # generation is collected every 10,000 rather than 700. (py-spy at zero latency:
+            # the collector took 28% of a worker's GIL time, 15% after freezing.)
+            gc.freeze()
+            gc.set_threshold(10_000, 20, 20)
 
     def _shutdown(sender: Any = None, **_: Any) -> None:
         built = holder.get("sender")
