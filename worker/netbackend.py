@@ -1,14 +1,12 @@
-"""httpcore's network layer on plain asyncio, for the worker's transport.
+"""The network layer under the worker's connections (worker.http11): plain asyncio.
 
-httpcore reaches asyncio through anyio by default; per request that layer cost as
-much CPU as the HTTP/1.1 exchange itself (a cancel scope and a backend lookup per
-read and write, a dictionary of socket attributes built for every readability
-check). This backend speaks asyncio's transports and protocols directly and keeps
-httpcore's contract: the same httpcore exceptions for the same failures
-(ConnectError/ConnectTimeout before anything was written, ReadError/ReadTimeout
-and WriteError/WriteTimeout after), b"" at end of stream, and "is_readable" by
-polling the socket, as httpcore's own backends do, so a connection the server
-closed while idle is never reused.
+It keeps httpcore's network-backend interface and contract (anyio, httpcore's
+default, cost as much CPU per request as the HTTP/1.1 exchange itself: a cancel
+scope and a backend lookup per read and write): the same httpcore exceptions for
+the same failures (ConnectError/ConnectTimeout before anything was written,
+ReadError/ReadTimeout and WriteError/WriteTimeout after), b"" at end of stream, and
+"is_readable" by polling the socket, as httpcore's own backends do, so a connection
+the server closed while idle is never reused.
 """
 
 from __future__ import annotations
@@ -150,6 +148,9 @@ class AsyncioStream(AsyncNetworkStream):
                 raise WriteError(str(p.error)) from p.error
 
     async def aclose(self) -> None:
+        self._transport.close()
+
+    def close(self) -> None:
         self._transport.close()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,

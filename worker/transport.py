@@ -1,14 +1,16 @@
-"""Asynchronous sending: one asyncio loop per worker process, calls on kept-alive httpcore connections.
+"""Asynchronous sending: one asyncio loop per worker process, calls on kept-alive HTTP/1.1 connections.
 
 Requests in flight are coroutines, not threads: a worker process keeps hundreds of
 calls open at 200 ms (or 2 s) of API latency. Celery's threads only hand groups of
 messages over (`Transport.submit`) and wait for their outcomes.
 
-Calls go to httpcore, the HTTP layer under httpx, directly: httpx's request and
-response objects (header merging, content encoders and decoders, extensions) cost
-a fifth of a worker's CPU per message and do nothing for one fixed POST. The
-request asks for an uncompressed answer (`Accept-Encoding: identity`), so the body
-read is the body parsed; httpcore's exceptions are classified like httpx's.
+Each call is one POST on a connection of `worker.http11` (h11, the HTTP/1.1 parser
+under httpx, over asyncio): httpx's request and response objects and httpcore's
+connection machinery (anyio locks and cancel scopes around every request) cost
+more CPU per message than the rest of a send and do nothing for one fixed POST on
+a connection held by one request at a time. The request asks for an uncompressed
+answer (`Accept-Encoding: identity`), so the body read is the body parsed; failures
+are httpcore's exceptions, classified like httpx's.
 
 Parsing and error translation are `worker.client`'s (`parse_envelope`, the same
 transport-error kinds), so both clients report identically.
@@ -43,12 +45,13 @@ from oaksend.worker.client import (
     parse_envelope,
     parse_retry_after,
 )
+from oaksend.worker.http11 import Connection, Response
 from oaksend.worker.netbackend import AsyncioBackend
 
 
 #: Requests in flight per worker process (and connections kept). Calls beyond it wait
-#: for a free one before they start, before httpcore sees them (a wait inside an httpcore
-#: pool would count against the connect timeout). 512 in flight carry 250/s at 2 s of API latency per
+#: for a free one before they start (a wait for a connection is not counted against the
+#: connect timeout). 512 in flight carry 250/s at 2 s of API latency per
 #: process, 2,500/s at 200 ms.
 MAX_CONNECTIONS = 512
 
@@ -113,20 +116,20 @@ class Transport:
         self._probed: dict[str, float] = {}
         self._loop = asyncio.new_event_loop()
         #: Idle connections, the most recently used last (the warmest, kept alive).
-        self._idle: list[httpcore.AsyncHTTPConnection] = []
-        self._made: list[httpcore.AsyncHTTPConnection] = []  #: at most max_connections
-        self._waiting: collections.deque[asyncio.Future[httpcore.AsyncHTTPConnection]] = collections.deque()
+        self._idle: list[Connection] = []
+        self._made: list[Connection] = []  #: at most max_connections
+        self._waiting: collections.deque[asyncio.Future[Connection]] = collections.deque()
         self._tls: Any = None
         self._backend = AsyncioBackend()
         url = httpx.URL(self._url)
-        # Parsed once; httpcore takes the parts as bytes.
-        self._core_url = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
-        self._origin = self._core_url.origin
+        # Parsed once.
+        self._host = url.host
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._https = url.scheme == "https"
+        self._target = url.raw_path
         self._headers = [(b"Host", url.netloc), (b"Authorization", api_key.encode("ascii")),
                          (b"Content-Type", b"application/json"), (b"Accept", b"application/json"),
                          (b"Accept-Encoding", b"identity"), (b"User-Agent", b"oaksend")]
-        self._timeouts = {"timeout": httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
-                                                   write=read_timeout_s, pool=connect_timeout_s).as_dict()}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oaksend-transport", daemon=True)
         self._thread.start()
@@ -138,19 +141,15 @@ class Transport:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._tls = httpx.create_ssl_context()  # one for all clients: each costs milliseconds and memory
-        # anyio's first use costs tens of ms (its asyncio backend loads, its helper thread starts),
-        # and httpcore's connection locks use anyio: pay that now, so the first request leaves at
-        # its slot (a late first request crowds the next slot of its chatbot).
+        # The first name lookup starts the loop's resolver thread: pay that now, so the first
+        # request leaves at its slot (a late first request crowds the next slot of its chatbot).
         self._loop.run_until_complete(self._warm_up())
         self._ready.set()
         self._loop.run_forever()
 
     async def _warm_up(self) -> None:
-        url = httpx.URL(self._url)
         try:
-            import anyio
-
-            await anyio.getaddrinfo(url.host, url.port or (443 if url.scheme == "https" else 80))
+            await self._loop.getaddrinfo(self._host, self._port)
         except Exception:  # noqa: BLE001 - only a warm-up: the real call reports any failure
             pass
 
@@ -184,18 +183,18 @@ class Transport:
             return [await self._call(calls[0])]
         return list(await asyncio.gather(*map(self._call, calls)))
 
-    def _new_connection(self) -> httpcore.AsyncHTTPConnection:
-        """ONE keep-alive connection, on plain asyncio (worker.netbackend); it connects on its first request.
+    def _new_connection(self) -> Connection:
+        """ONE keep-alive connection (worker.http11); it connects on its first request.
 
-        No httpcore pool: this transport hands out whole connections itself (a request
-        holds one from start to end), which is all a pool would do here, at a fifth of
-        the CPU of a call (its lock, events, cancel shields and per-request scan)."""
-        connection = httpcore.AsyncHTTPConnection(self._origin, ssl_context=self._tls,
-                                                  keepalive_expiry=_KEEPALIVE_EXPIRY_S, network_backend=self._backend)
+        No pool: this transport hands out whole connections itself (a request holds one
+        from start to end), which is all a pool would do here."""
+        connection = Connection(self._host, self._port, tls=self._tls if self._https else None,
+                                connect_timeout_s=self._connect_timeout_s, read_timeout_s=self._read_timeout_s,
+                                keepalive_expiry_s=_KEEPALIVE_EXPIRY_S, backend=self._backend)
         self._made.append(connection)
         return connection
 
-    async def _checkout(self) -> httpcore.AsyncHTTPConnection:
+    async def _checkout(self) -> Connection:
         while self._idle:
             connection = self._idle.pop()
             if self._usable(connection):
@@ -203,7 +202,7 @@ class Transport:
             await self._discard(connection)
         if len(self._made) < self._max_connections:
             return self._new_connection()
-        waiter: asyncio.Future[httpcore.AsyncHTTPConnection] = self._loop.create_future()
+        waiter: asyncio.Future[Connection] = self._loop.create_future()
         self._waiting.append(waiter)
         connection = await waiter
         if self._usable(connection):
@@ -211,7 +210,7 @@ class Transport:
         await self._discard(connection)
         return self._new_connection()  # the one discarded left room
 
-    def _checkin(self, connection: httpcore.AsyncHTTPConnection) -> None:
+    def _checkin(self, connection: Connection) -> None:
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
@@ -220,13 +219,13 @@ class Transport:
         self._idle.append(connection)
 
     @staticmethod
-    def _usable(connection: httpcore.AsyncHTTPConnection) -> bool:
+    def _usable(connection: Connection) -> bool:
         """Not closed (an error, or the server said so) and not expired: the keep-alive time passed,
         or the server closed it while it was idle (its socket reads end-of-stream). A connection
         that never connected is usable: it connects on its request."""
         return not (connection.is_closed() or connection.has_expired())
 
-    async def _discard(self, connection: httpcore.AsyncHTTPConnection) -> None:
+    async def _discard(self, connection: Connection) -> None:
         self._made.remove(connection)
         try:
             await connection.aclose()
@@ -281,14 +280,12 @@ class Transport:
             except Exception:  # noqa: BLE001 - the worker writes the pause to the database too
                 pass
 
-    async def _post(self, connection: httpcore.AsyncHTTPConnection, payload: bytes) -> Outcome:
-        head: list[httpcore.Response] = []
+    async def _post(self, connection: Connection, payload: bytes) -> Outcome:
+        head: list[Response] = []
         try:
             async with asyncio.timeout(self._deadline_s):
-                request = httpcore.Request(b"POST", self._core_url,
-                                           headers=[*self._headers, (b"Content-Length", b"%d" % len(payload))],
-                                           content=payload, extensions=self._timeouts)
-                response = await connection.handle_async_request(request)
+                response = await connection.request(
+                    self._target, [*self._headers, (b"Content-Length", b"%d" % len(payload))], payload)
                 head.append(response)
                 try:
                     return await self._receive(response)
@@ -304,7 +301,7 @@ class Transport:
                 httpcore.ConnectionNotAvailable, httpcore.UnsupportedProtocol, OSError) as exc:
             return _transport_error(exc, self._api_key)
 
-    async def _receive(self, response: httpcore.Response) -> Envelope:
+    async def _receive(self, response: Response) -> Envelope:
         retry_after_s = self._retry_after(response)
         chunks: list[bytes] = []
         size = 0
@@ -323,7 +320,7 @@ class Transport:
                               incomplete=incomplete, secret=self._api_key)
 
     @staticmethod
-    def _retry_after(response: httpcore.Response) -> float | None:
+    def _retry_after(response: Response) -> float | None:
         """Seconds the response's Retry-After asks for (against its Date), or None."""
         retry_after = date = None
         for name, value in response.headers:

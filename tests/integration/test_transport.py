@@ -1,4 +1,4 @@
-"""The worker's transport (httpcore on the asyncio network backend) against the real sandbox.
+"""The worker's transport (h11 over the asyncio network backend) against the real sandbox, and raw servers.
 
 What each failure is reported as decides whether a message may be sent again, so
 the backend must report exactly what httpx's default one does: a refused connection
@@ -8,7 +8,9 @@ reached the API.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 
 from oaksend.sandbox.server import running_sandbox
@@ -128,3 +130,126 @@ def test_a_connection_broken_by_a_reset_is_replaced_not_reused() -> None:
     assert len(ok) + len(broken) == 200 and 40 <= len(ok) <= 160
     assert all(e.sent and e.kind in ("reset", "protocol") for e in broken), {e.kind for e in broken}
     assert made <= 4
+
+
+# -- framings the sandbox does not send: a raw server answers each request with canned bytes --------------
+
+_BODY = b'{"Success":true,"Code":0,"Message":"ok","Data":{"Status":"True","Message":"","SessionID":4242}}'
+
+
+class _RawServer:
+    """A TCP server that answers the k-th request it reads with `answers[k]` (bytes), closing the
+    connection after it when the answer says so (None: close without a word)."""
+
+    def __init__(self, answers: list[tuple[bytes | None, bool]]) -> None:
+        self.answers = answers
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client may hang up mid-answer
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    buffer += data
+                if b"\r\n\r\n" not in buffer:
+                    break
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                buffer = rest[length:]
+                with self._lock:
+                    answer, close = self.answers[min(self.requests, len(self.answers) - 1)]
+                    self.requests += 1
+                if answer is not None:
+                    conn.sendall(answer)
+                if close or answer is None:
+                    break
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _through(answers: list[tuple[bytes | None, bool]], n: int, **kw: float) -> tuple[list[CallResult], _RawServer]:
+    server = _RawServer(answers)
+    transport = _transport(server.url, **kw)
+    try:
+        results = [transport.submit(_calls(1, start=i)).result(30)[0] for i in range(n)]
+    finally:
+        transport.close()
+        server.close()
+    return results, server
+
+
+def _ok(result: CallResult) -> bool:
+    o = result.outcome
+    return isinstance(o, Envelope) and o.http_status == 200 and o.session_id == 4242
+
+
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"%x\r\n%s\r\n" % (20, _BODY[:20]) + b"%x\r\n%s\r\n" % (len(_BODY) - 20, _BODY[20:]) + b"0\r\n\r\n")
+    results, server = _through([(chunked, False)], 3)
+    assert all(_ok(r) for r in results), [r.outcome for r in results]
+    assert server.connections == 1
+
+
+def test_an_answer_read_to_close_is_whole_and_its_connection_not_reused() -> None:
+    """HTTP/1.0 style: no length, the body ends where the server closes."""
+    results, server = _through([(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + _BODY, True)], 3)
+    assert all(_ok(r) for r in results), [r.outcome for r in results]
+    assert server.connections == 3
+
+
+def test_connection_close_is_honoured_and_100_continue_skipped() -> None:
+    """"Connection: close" ends the connection on our side, even if the server leaves it open."""
+    answer = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+              % (len(_BODY), _BODY))
+    for server_closes in (True, False):
+        results, server = _through([(answer, server_closes)], 3)
+        assert all(_ok(r) for r in results), [r.outcome for r in results]
+        assert server.connections == 3
+
+
+def test_a_garbled_status_line_or_a_silent_close_may_have_been_sent() -> None:
+    """The request was written either way: "protocol", sent, never a clean "not sent"."""
+    for answer in (b"HTTP/1.1 two hundred OK\r\n\r\n", b"garbage\r\n\r\n", None):
+        results, _ = _through([(answer, True)], 1)
+        o = results[0].outcome
+        assert isinstance(o, TransportError) and o.sent is True and o.kind == "protocol", (answer, o)
+
+
+def test_a_body_cut_short_is_an_incomplete_envelope_and_a_huge_one_is_capped() -> None:
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY) + 50, _BODY)
+    results, _ = _through([(short, True)], 1)
+    o = results[0].outcome
+    assert isinstance(o, Envelope) and o.http_status == 200 and o.session_id is None, o
+    assert o.malformed == "body read failed: protocol", o
+    huge = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (200_000, b"x" * 200_000)
+    results, server = _through([(huge, False), (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                                % (len(_BODY), _BODY), False)], 2)
+    o = results[0].outcome
+    assert isinstance(o, Envelope) and o.malformed == "body too large" and o.session_id is None, o
+    assert _ok(results[1]) and server.connections == 2  # the unread rest is not taken for the next answer
