@@ -151,7 +151,9 @@ class AsyncioStream(AsyncNetworkStream):
         self._transport.close()
 
     def close(self) -> None:
-        self._transport.close()
+        """Now, without a TLS goodbye: the connection is discarded (an error, a body left unread,
+        the server's "close", shutdown), and a close_notify exchange could outlive the loop."""
+        self._transport.abort()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> AsyncNetworkStream:

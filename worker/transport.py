@@ -167,6 +167,7 @@ class Transport:
         async def _close() -> None:
             for connection in self._made:
                 await connection.aclose()
+            await asyncio.sleep(0)  # the sockets close on the loop's next turn (connection_lost)
 
         try:
             asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)

@@ -12,6 +12,9 @@ import contextlib
 import socket
 import threading
 import time
+from typing import Any
+
+import pytest
 
 from oaksend.sandbox.server import running_sandbox
 from oaksend.worker.client import Envelope, TransportError
@@ -253,3 +256,60 @@ def test_a_body_cut_short_is_an_incomplete_envelope_and_a_huge_one_is_capped() -
     o = results[0].outcome
     assert isinstance(o, Envelope) and o.malformed == "body too large" and o.session_id is None, o
     assert _ok(results[1]) and server.connections == 2  # the unread rest is not taken for the next answer
+
+
+def test_https_a_trusted_server_answers_and_an_untrusted_one_never_gets_the_request(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    """TLS on the worker's connections: the handshake comes before the request, so a certificate
+    the worker does not trust is "tls", not sent; one it trusts (SSL_CERT_FILE) carries the call."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(_BODY)))
+            self.end_headers()
+            self.wfile.write(_BODY)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://localhost:{server.server_address[1]}"
+    try:
+        untrusted = _transport(url)
+        try:
+            refused = untrusted.submit(_calls(2)).result(30)
+        finally:
+            untrusted.close()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = _transport(url)
+        try:
+            answered = trusted.submit(_calls(3)).result(30) + trusted.submit(_calls(3, start=3)).result(30)
+            made = len(trusted._made)
+        finally:
+            trusted.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    for r in refused:
+        assert isinstance(r.outcome, TransportError) and r.outcome.kind == "tls" and r.outcome.sent is False, r
+    assert all(_ok(r) for r in answered), [r.outcome for r in answered]
+    assert made == 3  # kept alive across the two groups
