@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator
 
 import h11
-from httpcore import LocalProtocolError, RemoteProtocolError
+from httpcore import ConnectionNotAvailable, LocalProtocolError, RemoteProtocolError
 
 from oaksend.worker.netbackend import AsyncioBackend, AsyncioStream
 
@@ -87,8 +87,8 @@ class Connection:
         """POST `body` to `target`; returns once the response's head has arrived.
 
         Any failure or cancellation closes the connection: its state is unknown."""
-        if self._closed:
-            raise RemoteProtocolError("connection closed")  # never reached: the transport checks first
+        if self._closed:  # the transport checks first; were it to get here, nothing was written
+            raise ConnectionNotAvailable("connection closed")
         self._busy = True
         try:
             if self._stream is None:

@@ -155,12 +155,12 @@ def lateness(limit: Limit) -> tuple[Limit, float]:
     on time, and past the burst a strict limiter refuses (429) and the chatbot pauses.
     So the burst is not spent on reservations: slots are reserved a whole interval
     apart (a burst of 1), and the other burst - 1 intervals are tolerance, half for
-    leaving late and half for the arrival's jitter. A request may leave at most
-    (burst - 1) / 2 intervals after its slot, plus half of what a fractional rate leaves
-    of the last interval in a second (at most LATE_SLACK_S); a later one is not made but
-    handed back (transport.Call). Any 1 s of arrivals then holds at most rate + burst
-    requests even if each arrival shifts by as much again as it left late: at 500/s
-    with a burst of 10, 10 ms late and 10 ms of jitter.
+    leaving late and half for the arrival's jitter. Where the limit binds (`binds`), a
+    request may leave at most (burst - 1) / 2 intervals after its slot, plus half of what
+    a fractional rate leaves of the last interval in a second (at most LATE_SLACK_S); a
+    later one is not made but handed back (transport.Call). Any 1 s of arrivals then
+    holds at most rate + burst requests even if each arrival shifts by as much again as
+    it left late: at 500/s with a burst of 10, 10 ms late and 10 ms of jitter.
     """
     interval = 1.0 / limit.rate_per_s
     burst = max(1, limit.burst)

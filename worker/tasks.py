@@ -396,12 +396,12 @@ def register(app: Celery, settings: Settings) -> None:
         # Beat from the start, before the first task arrives.
         if getattr(sender, "app", None) is app:
             get_sender()
-            # What the process has built so far (Celery, SQLAlchemy, httpcore: hundreds of
+            # What the process has built so far (Celery, SQLAlchemy, httpx: hundreds of
             # thousands of objects) lives as long as it does: out of the collector's sight, a
             # full collection no longer walks it every few thousand messages. Each send
             # allocates hundreds of short-lived objects that refcounting frees; the youngest
             # generation is collected every 10,000 rather than 700. (py-spy at zero latency:
-            # the collector took 28% of a worker's GIL time, 15% after freezing.)
+            # the collector took 28% of a worker's GIL time; 15% after freezing, 1.4% with both.)
             gc.freeze()
             gc.set_threshold(10_000, 20, 20)
 
