@@ -71,6 +71,20 @@ class Connection:
     def is_closed(self) -> bool:
         return self._closed
 
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None and not self._closed
+
+    async def connect(self) -> None:
+        """Connect (and the TLS handshake) now, before any request: nothing is written.
+        A failure closes the connection; its exception says it never left."""
+        if self._stream is None and not self._closed:
+            try:
+                self._stream = await self._connect()
+            except BaseException:
+                self._close()
+                raise
+
     def has_expired(self) -> bool:
         """Idle past its keep-alive time, or the server closed it (or sent something) while idle."""
         if self._stream is None or self._busy:

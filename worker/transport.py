@@ -245,7 +245,21 @@ class Transport:
         try:
             started_wall = time.time()
             t0 = time.perf_counter()
-            outcome = await self._post(connection, payload)
+            if connection.connected:
+                outcome = await self._post(connection, payload)
+            else:
+                # A new connection: connect first (a TLS handshake to a distant API takes tens
+                # of milliseconds or more), then ask again whether the request is still in time
+                # for its slot; if not, it is not made: nothing was written.
+                failed = await self._connect(connection)
+                if failed is not None:
+                    outcome = failed
+                elif time.monotonic() - call.at > call.late_ok_s:
+                    return CallResult(None, time.time(), 0.0)
+                else:
+                    started_wall = time.time()
+                    t0 = time.perf_counter()
+                    outcome = await self._post(connection, payload)
         finally:
             self._checkin(connection)
         if self._pause_rule is not None:
@@ -280,6 +294,17 @@ class Transport:
                 self._pause_setter(serial_number, seconds)
             except Exception:  # noqa: BLE001 - the worker writes the pause to the database too
                 pass
+
+    async def _connect(self, connection: Connection) -> TransportError | None:
+        """Connect a new connection; the failure (never sent), if any."""
+        try:
+            await connection.connect()
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
+                httpcore.ConnectionNotAvailable, OSError) as exc:
+            failed = _transport_error(exc, self._api_key)
+            # Nothing is written while connecting: whatever failed, the request never left.
+            return failed if not failed.sent else TransportError("connect", False, failed.detail)
+        return None
 
     async def _post(self, connection: Connection, payload: bytes) -> Outcome:
         head: list[Response] = []

@@ -258,58 +258,103 @@ def test_a_body_cut_short_is_an_incomplete_envelope_and_a_huge_one_is_capped() -
     assert _ok(results[1]) and server.connections == 2  # the unread rest is not taken for the next answer
 
 
+class _TLSServer:
+    """An https server on a fresh self-signed certificate for localhost (`cert`), answering each POST
+    with _BODY; its TLS handshake starts `handshake_delay_s` after the connection is accepted."""
+
+    def __init__(self, tmp_path: Any, handshake_delay_s: float = 0.0) -> None:
+        import http.server
+        import shutil
+        import ssl
+        import subprocess
+
+        if shutil.which("openssl") is None:
+            pytest.skip("the openssl command is needed to make a certificate")
+        self.cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(self.cert), "-days", "2", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(self.cert), str(key))
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(_BODY)))
+                self.end_headers()
+                self.wfile.write(_BODY)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                time.sleep(handshake_delay_s)
+                try:
+                    request = context.wrap_socket(request, server_side=True)
+                except OSError:
+                    self.shutdown_request(request)
+                    return
+                super().process_request_thread(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"https://localhost:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 def test_https_a_trusted_server_answers_and_an_untrusted_one_never_gets_the_request(
         tmp_path: Any, monkeypatch: Any) -> None:
     """TLS on the worker's connections: the handshake comes before the request, so a certificate
     the worker does not trust is "tls", not sent; one it trusts (SSL_CERT_FILE) carries the call."""
-    import http.server
-    import shutil
-    import ssl
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(_BODY)))
-            self.end_headers()
-            self.wfile.write(_BODY)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(cert), str(key))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://localhost:{server.server_address[1]}"
+    server = _TLSServer(tmp_path)
     try:
-        untrusted = _transport(url)
+        untrusted = _transport(server.url)
         try:
             refused = untrusted.submit(_calls(2)).result(30)
         finally:
             untrusted.close()
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        trusted = _transport(url)
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.cert))
+        trusted = _transport(server.url)
         try:
             answered = trusted.submit(_calls(3)).result(30) + trusted.submit(_calls(3, start=3)).result(30)
             made = len(trusted._made)
         finally:
             trusted.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     for r in refused:
         assert isinstance(r.outcome, TransportError) and r.outcome.kind == "tls" and r.outcome.sent is False, r
     assert all(_ok(r) for r in answered), [r.outcome for r in answered]
     assert made == 3  # kept alive across the two groups
+    assert server.requests == 6
+
+
+def test_a_request_whose_connection_took_too_long_is_not_made(tmp_path: Any, monkeypatch: Any) -> None:
+    """A new connection's handshake comes between the rate slot and the request: a request that
+    would leave later than its lateness allows is not made (nothing written); the connection is
+    kept, and the next call uses it at once."""
+    server = _TLSServer(tmp_path, handshake_delay_s=0.4)
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.cert))
+    transport = _transport(server.url)
+    try:
+        late = transport.submit([Call(SERIAL, "+14153000001", "hi", time.monotonic(), 0.05)]).result(30)[0]
+        requests_then = server.requests
+        t0 = time.monotonic()
+        again = transport.submit([Call(SERIAL, "+14153000002", "hi", time.monotonic(), 0.05)]).result(30)[0]
+        took = time.monotonic() - t0
+        made = len(transport._made)
+    finally:
+        transport.close()
+        server.close()
+    assert late.outcome is None and requests_then == 0
+    assert _ok(again) and server.requests == 1 and made == 1, (again, took)
