@@ -105,8 +105,8 @@ class Connection:
             raise ConnectionNotAvailable("connection closed")
         self._busy = True
         try:
-            if self._stream is None:
-                self._stream = await self._connect()
+            await self.connect()
+            assert self._stream is not None
             try:
                 data = (self._h11.send(h11.Request(method=b"POST", target=target, headers=headers))
                         + self._h11.send(h11.Data(data=body)) + self._h11.send(h11.EndOfMessage()))

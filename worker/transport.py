@@ -185,7 +185,7 @@ class Transport:
         return list(await asyncio.gather(*map(self._call, calls)))
 
     def _new_connection(self) -> Connection:
-        """ONE keep-alive connection (worker.http11); it connects on its first request.
+        """ONE keep-alive connection (worker.http11); it connects when first used (`_call`).
 
         No pool: this transport hands out whole connections itself (a request holds one
         from start to end), which is all a pool would do here."""
