@@ -94,7 +94,7 @@ def baseline_child(csv_path: str) -> int:
 
     from oaksend.worker.enqueue import Producer
     from oaksend.worker.settings import load_settings
-    from oaksend.worker.validation import SendRequest
+    from oaksend.worker.message.validation import SendRequest
 
     producer = Producer(load_settings())
     now = datetime.now(timezone.utc)

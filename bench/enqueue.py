@@ -78,7 +78,7 @@ class Bench:
         import redis
 
         from oaksend.worker.enqueue import Producer
-        from oaksend.worker.migrate import upgrade
+        from oaksend.migrations.runner import upgrade
         from oaksend.worker.settings import Settings
 
         self.opts = opts
@@ -147,13 +147,13 @@ class Bench:
 
     # -- oaksend ------------------------------------------------------------------------------
     def requests(self, n: int, keyed: bool) -> list[Any]:
-        from oaksend.worker.validation import SendRequest
+        from oaksend.worker.message.validation import SendRequest
 
         return [SendRequest(CHATBOT, phone(i), text_of(i), idempotency_key=f"campaign-7:{i}" if keyed else None)
                 for i in range(n)]
 
     def validation_only(self, requests: list[Any]) -> float:
-        from oaksend.worker.validation import validate
+        from oaksend.worker.message.validation import validate
 
         now = datetime.now(timezone.utc)
         return timed(lambda: [validate(r, now=now, default_deadline_s=3600.0) for r in requests])[0]

@@ -96,7 +96,7 @@ class Bot:
         return serial_of(self.letter)
 
     def request(self, i: int) -> Any:
-        from oaksend.worker.validation import SendRequest
+        from oaksend.worker.message.validation import SendRequest
 
         n = PHONE_BASE[self.letter] + i
         return SendRequest(self.serial, phone(n), text_of(n))
@@ -185,7 +185,7 @@ class LimitStack:
         self.procs.wait_for_log(self.workers, " ready.", 90)
         self.procs.wait_for_log([self.dispatcher], "is now active", 30)
         # Warm up every worker thread on a chatbot of its own, then forget it at the sandbox.
-        from oaksend.worker.validation import SendRequest
+        from oaksend.worker.message.validation import SendRequest
 
         warm = opts.workers * opts.concurrency
         ids = self.producer.send_many([SendRequest(WARM_CHATBOT, phone(WARMUP_BASE + i), text_of(WARMUP_BASE + i))

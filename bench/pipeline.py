@@ -507,7 +507,7 @@ class Stack:
         threading.Thread(target=drain, daemon=True).start()
 
     def _request(self, i: int) -> Any:
-        from oaksend.worker.validation import SendRequest
+        from oaksend.worker.message.validation import SendRequest
 
         return SendRequest(self.serials[i % len(self.serials)], phone(i), text_of(i))
 
@@ -678,7 +678,7 @@ def run_raw_loop(opts: argparse.Namespace, stack: Stack) -> dict[str, float]:
     """N POSTs one after the other from this process, one keep-alive client: the API's bare pace."""
     import httpx
 
-    from oaksend.worker.client import SEND_PATH
+    from oaksend.worker.newoaks.client import SEND_PATH
 
     n = opts.messages
     say(f"raw httpx: {n:,} POSTs one after the other from one process ...")

@@ -204,7 +204,7 @@ class BeatWatch(threading.Thread):
         super().__init__(name="beat-watch", daemon=True)
         import redis
 
-        from oaksend.worker.heartbeat import WORKERS_KEY
+        from oaksend.worker.delivery.heartbeat import WORKERS_KEY
 
         self.client = redis.Redis.from_url(redis_url, socket_timeout=5)
         self.key = WORKERS_KEY

@@ -135,8 +135,8 @@ class ScaleStack:
 
         from oaksend.models.db import make_engine
         from oaksend.models.repository import Outbox
-        from oaksend.worker.app import make_app
-        from oaksend.worker.dispatcher import Dispatcher
+        from oaksend.worker.delivery.app import make_app
+        from oaksend.worker.delivery.dispatcher import Dispatcher
         from oaksend.worker.enqueue import Producer
         from oaksend.worker.settings import load_settings
 

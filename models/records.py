@@ -1,7 +1,7 @@
 """Domain values passed between the service (`oaksend.worker`) and the repository.
 
 The repository stores and returns these; the worker computes them (see
-`oaksend.worker.transition`). Neither side owns them, so both import them from here.
+`oaksend.worker.delivery.transition`). Neither side owns them, so both import them from here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ INDEFINITE = timedelta(days=3650)
 
 @dataclass(frozen=True)
 class NewMessage:
-    """A validated message, ready to insert (see oaksend.worker.validation)."""
+    """A validated message, ready to insert (see oaksend.worker.message.validation)."""
 
     serial_number: str
     to_phone: str
@@ -59,7 +59,7 @@ class Work:
     attempts: int
     failures: int
     deadline_at: datetime | None
-    #: A campaign message's quiet hours, checked before it is sent (oaksend.worker.quiet.at_send).
+    #: A campaign message's quiet hours, checked before it is sent (oaksend.worker.message.quiet.at_send).
     quiet: str | None = None
 
 
@@ -87,7 +87,7 @@ class AttemptRecord:
 
 @dataclass(frozen=True)
 class Transition:
-    """The new state of a message after an attempt (computed by oaksend.worker.transition)."""
+    """The new state of a message after an attempt (computed by oaksend.worker.delivery.transition)."""
 
     state: str
     reason: str

@@ -154,7 +154,7 @@ class Message(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: The campaign that made this message (None for application and CLI messages).
     campaign_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    #: Quiet hours checked when the message is sent: "21:00-08:00 America/New_York" (oaksend.worker.quiet).
+    #: Quiet hours checked when the message is sent: "21:00-08:00 America/New_York" (oaksend.worker.message.quiet).
     quiet: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
     __table_args__ = (
@@ -264,7 +264,7 @@ CAMPAIGN_STATES = ("draft", "scheduled", "running", "paused", "cancelled", "fini
 
 
 class Campaign(Base):
-    """An audience and a schedule that become outbox messages (oaksend.worker.campaigns)."""
+    """An audience and a schedule that become outbox messages (oaksend.worker.campaigns.service)."""
 
     __tablename__ = PREFIX + "campaigns"
 

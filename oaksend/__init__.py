@@ -24,7 +24,7 @@ __version__ = "0.2.0"
 
 _HOMES = {
     "Producer": "oaksend.worker.enqueue",
-    "SendRequest": "oaksend.worker.validation",
+    "SendRequest": "oaksend.worker.message.validation",
     "Settings": "oaksend.worker.settings",
     "load_settings": "oaksend.worker.settings",
     "Status": "oaksend.worker.status",
@@ -39,11 +39,11 @@ _HOMES = {
     "NotFound": "oaksend.errors",
     "InvalidTransition": "oaksend.errors",
     # campaigns (see README "Campaigns")
-    "Campaigns": "oaksend.worker.campaigns",
-    "CampaignSpec": "oaksend.worker.campaigns",
-    "AudienceSpec": "oaksend.worker.audience",
-    "parse_schedule": "oaksend.worker.schedule",
-    "read_csv": "oaksend.worker.audience",
+    "Campaigns": "oaksend.worker.campaigns.service",
+    "CampaignSpec": "oaksend.worker.campaigns.service",
+    "AudienceSpec": "oaksend.worker.campaigns.audience",
+    "parse_schedule": "oaksend.worker.campaigns.schedule",
+    "read_csv": "oaksend.worker.campaigns.audience",
 }
 
 __all__ = sorted(_HOMES)

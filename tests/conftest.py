@@ -49,7 +49,7 @@ def pg_database() -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty outbox on each backend."""
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/oaksend.db"

@@ -1,6 +1,6 @@
 """The producer API: validate, insert the outbox row, wake the dispatcher.
 
-    from oaksend.worker import Producer, load_settings
+    from oaksend import Producer, load_settings
 
     producer = Producer(load_settings())
     message_id = producer.send("3254a9d0424c4806b9ea3d0763a1b2c3", "+14155550123",
@@ -28,7 +28,7 @@ from oaksend.models.repository import Outbox
 from oaksend.worker.clock import utcnow
 from oaksend.errors import ValidationError
 from oaksend.worker.settings import Settings
-from oaksend.worker.validation import SendRequest, validate
+from oaksend.worker.message.validation import SendRequest, validate
 
 log = logging.getLogger(__name__)
 

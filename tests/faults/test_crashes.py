@@ -14,7 +14,7 @@ import redis
 
 from tests.support import CHATBOT, free_port, wait_until
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 
 TERMINAL = {"sent", "failed", "unknown", "expired", "cancelled"}
 

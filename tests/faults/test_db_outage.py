@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from tests.faults.report import summarize
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 from tests.support import CHATBOT, PG_ADMIN_URL, PG_DB, reset_pg, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -27,7 +27,7 @@ OUTAGE_S = 20.0
 @pytest.fixture
 def database_url(pg_database: str) -> str:
     """This test is about PostgreSQL only."""
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
 
     reset_pg(pg_database)
     upgrade(pg_database)

@@ -16,7 +16,7 @@ from tests.faults.report import delivered, summarize
 from tests.integration.test_secrets import database_dump, redis_dump
 from tests.support import API_KEY, wait_until
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 
 pytestmark = pytest.mark.chaos
 

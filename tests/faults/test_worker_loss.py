@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 from tests.support import CHATBOT, wait_until
 
 TERMINAL = {"sent", "failed", "unknown", "expired", "cancelled"}

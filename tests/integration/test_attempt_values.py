@@ -16,11 +16,11 @@ import pytest
 
 from oaksend.models.fit import TEXT_MAX_CHARS
 from oaksend.models.records import AttemptRecord, Transition
-from oaksend.worker.classify import classify
-from oaksend.worker.client import parse_envelope
+from oaksend.worker.delivery.classify import classify
+from oaksend.worker.newoaks.client import parse_envelope
 from oaksend.worker.clock import utcnow
-from oaksend.worker.transition import RetryPolicy, attempt_record, plan
-from oaksend.worker.validation import SendRequest, validate
+from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
+from oaksend.worker.message.validation import SendRequest, validate
 from tests.support import CHATBOT
 
 POLICY = RetryPolicy(max_attempts=5, backoff_base_s=1.0, backoff_cap_s=10.0, ambiguous_policy="retry")

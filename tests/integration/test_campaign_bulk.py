@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import func, select
 
 from oaksend.models.tables import Campaign, CampaignRecipient, Message
-from oaksend.worker.audience import AudienceError, AudienceSpec
-from oaksend.worker.campaign_build import BATCH, Builder, build_all
-from oaksend.worker.campaigns import Campaigns, CampaignSpec
-from oaksend.worker.schedule import parse_schedule
+from oaksend.worker.campaigns.audience import AudienceError, AudienceSpec
+from oaksend.worker.campaigns.build import BATCH, Builder, build_all
+from oaksend.worker.campaigns.service import Campaigns, CampaignSpec
+from oaksend.worker.campaigns.schedule import parse_schedule
 from tests.support import CHATBOT
 
 UTC = timezone.utc
@@ -50,7 +50,7 @@ def test_what_a_large_create_stores_is_the_reference_rows(campaigns: Campaigns, 
     result = campaigns.create(spec(), audience())
     assert result.recipients == N and result.messages + sum(result.skipped.values()) == 2 * N
     # The reference: the same rows built in this process as plain dicts (no COPY text, no pool).
-    from oaksend.worker.audience import from_dicts
+    from oaksend.worker.campaigns.audience import from_dicts
 
     header, rows = from_dicts(audience())
     plan = campaigns._plan(spec(), header)

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import select, text
 
 from oaksend.models.tables import Message
-from oaksend.worker.audience import AudienceSpec
-from oaksend.worker.campaigns import Campaigns, CampaignSpec
+from oaksend.worker.campaigns.audience import AudienceSpec
+from oaksend.worker.campaigns.service import Campaigns, CampaignSpec
 from oaksend.worker.clock import utcnow
-from oaksend.worker.schedule import parse_schedule
+from oaksend.worker.campaigns.schedule import parse_schedule
 from tests.support import CHATBOT, wait_until
 
 UTC = timezone.utc

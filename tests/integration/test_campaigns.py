@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from oaksend.errors import InvalidTransition, NotFound, ValidationError
 from oaksend.models.tables import Campaign, CampaignRecipient, Message
-from oaksend.worker.audience import AudienceError, AudienceSpec, read_csv
-from oaksend.worker.campaigns import Campaigns, CampaignSpec
+from oaksend.worker.campaigns.audience import AudienceError, AudienceSpec, read_csv
+from oaksend.worker.campaigns.service import Campaigns, CampaignSpec
 from oaksend.worker.clock import utcnow
-from oaksend.worker.schedule import parse_schedule
+from oaksend.worker.campaigns.schedule import parse_schedule
 from tests.support import CHATBOT
 
 UTC = timezone.utc
@@ -311,7 +311,7 @@ def test_campaigns_in_a_postgresql_schema_of_their_own(pg_database: str, redis_u
     """OAKSEND_DB_SCHEMA: the migration (up, down, up), COPY, pause and resume all stay in the schema."""
     from sqlalchemy import create_engine
 
-    from oaksend.worker.migrate import downgrade, upgrade
+    from oaksend.migrations.runner import downgrade, upgrade
     from oaksend.worker.settings import Settings
     from tests.support import reset_pg
 

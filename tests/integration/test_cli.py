@@ -22,9 +22,9 @@ import redis
 from oaksend.models.db import make_engine
 from oaksend.models.repository import Outbox
 from tests.support import CHATBOT, REDIS_URL
-from oaksend.worker.classify import classify
-from oaksend.worker.client import Envelope
-from oaksend.worker.transition import RetryPolicy, attempt_record, plan
+from oaksend.worker.delivery.classify import classify
+from oaksend.worker.newoaks.client import Envelope
+from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 
 PHONE = "+14155550123"
 

@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from oaksend.models.tables import Message
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 
 BOT = "order0000000000000000000000000001"
 
@@ -106,8 +106,8 @@ def test_inflight_counts_only_dispatched_messages(outbox: Any, producer: Any) ->
 def test_a_full_broker_makes_the_dispatcher_wait_not_spin(settings: Any, outbox: Any, producer: Any) -> None:
     import redis
 
-    from oaksend.worker.app import make_app
-    from oaksend.worker.dispatcher import Dispatcher
+    from oaksend.worker.delivery.app import make_app
+    from oaksend.worker.delivery.dispatcher import Dispatcher
 
     tuned = settings.model_copy(update={"max_inflight": 3, "queue_name": f"oaksend-test-capped-{BOT}"})
     outbox.set_limit(BOT, utcnow(), rate_per_s=100, burst=10, segments_per_s=None)
@@ -144,7 +144,7 @@ def test_a_ready_message_moved_later_by_other_code_waits_again(outbox: Any, prod
 def test_campaign_messages_are_bulk_and_wait_behind_a_confirmation(settings: Any, outbox: Any, producer: Any) -> None:
     from tests.integration.test_campaigns import messages, people, spec
 
-    from oaksend.worker.campaigns import Campaigns
+    from oaksend.worker.campaigns.service import Campaigns
 
     service = Campaigns(settings, outbox=outbox)
     try:

@@ -17,7 +17,7 @@ from tests.support import CHATBOT, private_redis_server
 from oaksend.worker.enqueue import WAKE_KEY, Producer
 from oaksend.worker.settings import Settings
 from oaksend.errors import IdempotencyConflict, ValidationError
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 
 PHONE = "+14155550123"
 OTHER = "+14155550124"
@@ -371,7 +371,7 @@ def test_a_large_batch_conflicting_with_a_stored_key_writes_nothing(producer: Pr
 
 @pytest.fixture
 def pg_producer(pg_database: str, redis_url: str, wake_redis_url: str) -> Iterator[Producer]:
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
     from tests.support import reset_pg
 
     reset_pg(pg_database)

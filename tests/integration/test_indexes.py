@@ -97,7 +97,7 @@ FILL = [
 @pytest.fixture(scope="module")
 def million(pg_database: str) -> Iterator[tuple[Outbox, datetime]]:
     """A migrated PostgreSQL outbox holding a little over a million messages, analyzed."""
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
 
     reset_pg(pg_database)
     upgrade(pg_database)
@@ -237,7 +237,7 @@ def test_purge_reads_only_finished_messages(million: tuple[Outbox, datetime]) ->
 
 def test_on_sqlite_too_no_hot_query_scans_the_messages(tmp_path: Any) -> None:
     """SQLite matches a partial index by the text of its WHERE: the queries repeat it word for word."""
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
 
     url = f"sqlite:///{tmp_path}/plans.db"
     upgrade(url)

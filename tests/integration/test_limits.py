@@ -64,7 +64,7 @@ def test_limit_holds_across_worker_processes(make_stack: Any, producer: Any, out
 def test_a_waiting_backlog_costs_no_writes(make_stack: Any, producer: Any, outbox: Any, sandbox: Any) -> None:
     outbox.set_limit(BOT_A, utcnow(), rate_per_s=2, burst=1, segments_per_s=None)
     make_stack(workers=1, concurrency=4, OAKSEND_DISPATCH_LOOKAHEAD_S=1)
-    from oaksend.worker.validation import SendRequest
+    from oaksend.worker.message.validation import SendRequest
 
     ids = producer.send_many([SendRequest(BOT_A, p, "backlog") for p in phones(2, 200)])
     time.sleep(3.0)
@@ -124,7 +124,7 @@ def test_401_pauses_the_chatbot_and_operators_see_why(make_stack: Any, producer:
 
 def test_a_big_backlog_does_not_hold_up_another_chatbot(make_stack: Any, producer: Any, outbox: Any,
                                                         sandbox: Any) -> None:
-    from oaksend.worker.validation import SendRequest
+    from oaksend.worker.message.validation import SendRequest
 
     now = utcnow()
     outbox.set_limit(BOT_BIG, now, rate_per_s=20, burst=2, segments_per_s=None)

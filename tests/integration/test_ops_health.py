@@ -65,7 +65,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def pg_outbox(pg_database: str) -> str:
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
 
     reset_pg(pg_database)
     upgrade(pg_database)

@@ -118,7 +118,7 @@ def test_metrics_move_after_real_sends_and_logs_are_json(database_url: str, sand
 @pytest.mark.slow
 def test_throttles_and_pauses_are_counted(pg_database: str, sandbox: Sandbox, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
     from tests.support import reset_pg
 
     reset_pg(pg_database)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 from tests.support import CHATBOT, REDIS_URL, ROOT
 
 OTHER = "5b1c0e2d9f8a4b7c8d6e5f4a3b2c1d0e"

@@ -135,7 +135,7 @@ def test_purge_input_errors_are_one_line(database_url: str) -> None:
 
 def test_the_retention_setting_purges_once_per_interval(settings: Any, outbox: Any, db: Db,
                                                         aged: dict[str, dict[str, int]]) -> None:
-    from oaksend.worker.purge import LOCK_KEY, PeriodicPurge
+    from oaksend.worker.ops.purge import LOCK_KEY, PeriodicPurge
 
     client = redis.Redis.from_url(settings.redis_url)
     client.delete(LOCK_KEY)

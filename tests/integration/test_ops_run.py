@@ -46,7 +46,7 @@ def oaksend(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.slow
 def test_run_supervises_restarts_and_stops_cleanly(pg_database: str, sandbox: Sandbox, tmp_path: Path) -> None:
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
     from tests.support import reset_pg
 
     reset_pg(pg_database)

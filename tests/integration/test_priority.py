@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 from tests.integration.test_cli import Cli, _redis_up, chatbot, cli, send  # noqa: F401 - fixtures
 from tests.support import wait_until
 

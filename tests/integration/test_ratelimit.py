@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.support import ROOT, private_redis_server
-from oaksend.worker.ratelimit import Limit, RateLimiter
+from oaksend.worker.delivery.ratelimit import Limit, RateLimiter
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import redis
 from oaksend.models.db import make_engine
 from oaksend.models.repository import Outbox
 from oaksend.worker.enqueue import Producer
-from oaksend.worker.migrate import upgrade
+from oaksend.migrations.runner import upgrade
 from oaksend.worker.settings import Settings
 from tests.support import (
     API_KEY,

@@ -15,7 +15,7 @@ import pytest
 from oaksend.models.records import AttemptRecord, Transition
 from oaksend.models.tables import SuppressedNumber
 from oaksend.worker.clock import utcnow
-from oaksend.worker.validation import SendRequest
+from oaksend.worker.message.validation import SendRequest
 from tests.support import CHATBOT
 
 WORKER = "host-a:1234"

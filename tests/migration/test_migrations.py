@@ -15,7 +15,7 @@ from oaksend.migrations.hooks import compare_type, include_object
 from oaksend.models.db import make_engine
 from oaksend.models.tables import Base
 from tests.support import reset_pg
-from oaksend.worker.migrate import alembic_config, downgrade, upgrade
+from oaksend.migrations.runner import alembic_config, downgrade, upgrade
 
 TABLES = {"oaksend_messages", "oaksend_attempts", "oaksend_chatbots", "oaksend_operator_actions",
           "oaksend_suppressed_numbers", "oaksend_campaigns", "oaksend_campaign_recipients",

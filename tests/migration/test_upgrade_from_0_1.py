@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from oaksend.models.db import make_engine
 from oaksend.models.repository import Outbox
 from oaksend.models.records import NewMessage
-from oaksend.worker.migrate import current
+from oaksend.migrations.runner import current
 from tests.support import ROOT, reset_pg
 
 LEGACY = Path(__file__).resolve().parent / "legacy_0_1"

@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from oaksend.errors import ValidationError
-from oaksend.worker.audience import AudienceSpec, Recipient, RowProblem, check_row, from_dicts, read_csv
-from oaksend.worker.plan import CampaignPlan, idempotency_key, recipient_prefix
-from oaksend.worker.quiet import parse_window
-from oaksend.worker.schedule import Cron, Once, Relative
-from oaksend.worker.template import parse
+from oaksend.worker.campaigns.audience import AudienceSpec, Recipient, RowProblem, check_row, from_dicts, read_csv
+from oaksend.worker.campaigns.plan import CampaignPlan, idempotency_key, recipient_prefix
+from oaksend.worker.message.quiet import parse_window
+from oaksend.worker.campaigns.schedule import Cron, Once, Relative
+from oaksend.worker.campaigns.template import parse
 
 NY = ZoneInfo("America/New_York")
 UTC = timezone.utc
@@ -199,7 +199,7 @@ def test_idempotency_keys_keep_similar_recipient_keys_apart() -> None:
 
 
 def test_frequency_cap_counts_every_campaign_and_this_batch() -> None:
-    from oaksend.worker.plan import apply_frequency_cap
+    from oaksend.worker.campaigns.plan import apply_frequency_cap
 
     t0 = datetime(2026, 12, 1, 15, tzinfo=UTC)
 
@@ -216,7 +216,7 @@ def test_frequency_cap_counts_every_campaign_and_this_batch() -> None:
 
 
 def test_missed_skip_also_bounds_the_deadline() -> None:
-    from oaksend.worker.plan import MISSED_GRACE
+    from oaksend.worker.campaigns.plan import MISSED_GRACE
 
     planned, _ = plan(REL, quiet="off", missed="skip").occurrences(ann(), NOW)
     assert [p.deadline_at - p.send_at for p in planned] == [MISSED_GRACE, MISSED_GRACE]

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from oaksend.worker.backoff import compute_backoff, deadline_allows
+from oaksend.worker.delivery.backoff import compute_backoff, deadline_allows
 
 SAMPLES = 300
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)

@@ -8,12 +8,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from oaksend.worker.audience import AudienceSpec, Recipient
-from oaksend.worker.campaign_build import BATCH, Builder, build_all, copy_line
-from oaksend.worker.plan import MESSAGE_COLUMNS, CampaignPlan, Planned, message_row
-from oaksend.worker.quiet import parse_window
-from oaksend.worker.schedule import parse_schedule, zone
-from oaksend.worker.template import parse as parse_template
+from oaksend.worker.campaigns.audience import AudienceSpec, Recipient
+from oaksend.worker.campaigns.build import BATCH, Builder, build_all, copy_line
+from oaksend.worker.campaigns.plan import MESSAGE_COLUMNS, CampaignPlan, Planned, message_row
+from oaksend.worker.message.quiet import parse_window
+from oaksend.worker.campaigns.schedule import parse_schedule, zone
+from oaksend.worker.campaigns.template import parse as parse_template
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oaksend.worker.classify import (
+from oaksend.worker.delivery.classify import (
     TWILIO_FINAL_CODES,
     TWILIO_RETRY_LATER_CODES,
     Decision,
     Verdict,
     classify,
 )
-from oaksend.worker.client import Envelope, TransportError, parse_envelope
+from oaksend.worker.newoaks.client import Envelope, TransportError, parse_envelope
 
 SENT, RETRY, FINAL, AMBIGUOUS = Verdict.SENT, Verdict.RETRY, Verdict.FINAL, Verdict.AMBIGUOUS
 

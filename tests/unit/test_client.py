@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oaksend.worker.client import (
+from oaksend.worker.newoaks.client import (
     SEND_PATH,
     Envelope,
     NewOaksClient,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oaksend.worker.dispatcher import allowance, interleave
+from oaksend.worker.delivery.dispatcher import allowance, interleave
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_late_and_jittered_requests_still_hold_rate_plus_burst_in_any_second(rat
     span, at most ceil((1 + 2 * late) * rate), within rate + burst."""
     import math
 
-    from oaksend.worker.ratelimit import Limit, lateness
+    from oaksend.worker.delivery.ratelimit import Limit, lateness
 
     for burst in range(1, 13):
         reserve, late_s = lateness(Limit(rate, burst, 7.0))
@@ -131,7 +131,7 @@ def test_lateness_is_held_only_where_the_limit_binds() -> None:
     are microseconds apart, nor an idle chatbot's requests within its burst."""
     import math
 
-    from oaksend.worker.ratelimit import Limit, binds
+    from oaksend.worker.delivery.ratelimit import Limit, binds
 
     assert binds(Limit(500, 10), [i * 0.002 for i in range(50)])
     # an idle chatbot's first ten: within the burst's 18 ms (waits rounded up to whole ms)

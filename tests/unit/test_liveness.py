@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from oaksend.worker.dispatcher import newly_gone
-from oaksend.worker.heartbeat import stopped_beating
+from oaksend.worker.delivery.dispatcher import newly_gone
+from oaksend.worker.delivery.heartbeat import stopped_beating
 
 
 def test_stopped_beating_is_between_the_ttl_and_the_horizon() -> None:

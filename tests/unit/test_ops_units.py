@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from oaksend.worker.logs import JsonFormatter, RedactingFilter, send_fields
-from oaksend.worker.purge import parse_age
-from oaksend.worker.stats import sparkline
-from oaksend.worker.supervisor import child_commands
+from oaksend.worker.ops.purge import parse_age
+from oaksend.worker.ops.stats import sparkline
+from oaksend.worker.ops.supervisor import child_commands
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -56,7 +56,7 @@ def _format(record: logging.LogRecord, secrets: tuple[str, ...] = ()) -> dict[st
 
 
 def test_json_log_line_carries_send_fields_masked() -> None:
-    record = logging.LogRecord("oaksend.worker.tasks", logging.INFO, __file__, 1,
+    record = logging.LogRecord("oaksend.worker.delivery.task", logging.INFO, __file__, 1,
                                "message %s to %s: %s", (7, "+14155550123", "sent"), None)
     for k, v in send_fields(7, "sn-1", "+14155550123", "sent", 2).items():
         setattr(record, k, v)
@@ -64,7 +64,7 @@ def test_json_log_line_carries_send_fields_masked() -> None:
     assert line["msg"] == "message 7 to +1415****123: sent"
     assert {k: line[k] for k in ("message_id", "chatbot", "to", "verdict", "attempt")} == {
         "message_id": 7, "chatbot": "sn-1", "to": "+1415****123", "verdict": "sent", "attempt": 2}
-    assert line["level"] == "INFO" and line["logger"] == "oaksend.worker.tasks"
+    assert line["level"] == "INFO" and line["logger"] == "oaksend.worker.delivery.task"
 
 
 def test_json_log_line_never_carries_the_key_or_unknown_extras() -> None:

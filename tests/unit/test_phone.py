@@ -1,4 +1,4 @@
-"""oaksend.worker.phone gives phonenumbers' own answers: compared number by number.
+"""oaksend.worker.message.phone gives phonenumbers' own answers: compared number by number.
 
 The fast path is only worth having if it is exact. Every region's example numbers
 of every type, variations of them (digits changed, one digit more or less,
@@ -17,7 +17,7 @@ from phonenumbers import PhoneNumberType
 from phonenumbers import timezone as phone_timezones
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
-from oaksend.worker import phone
+from oaksend.worker.message import phone
 
 TYPES = [t for t in vars(PhoneNumberType).values() if isinstance(t, int)]
 

@@ -9,8 +9,8 @@ import pytest
 
 from oaksend.errors import ValidationError
 from oaksend.models.records import NORMAL, PRIORITIES, priority_name
-from oaksend.worker.dispatcher import capped_wait
-from oaksend.worker.validation import SendRequest, validate
+from oaksend.worker.delivery.dispatcher import capped_wait
+from oaksend.worker.message.validation import SendRequest, validate
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 SN = "3254a9d0424c4806b9ea3d0763a1b2c3"

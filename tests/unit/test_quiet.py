@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from oaksend.errors import ValidationError
-from oaksend.worker.quiet import (
+from oaksend.worker.message.quiet import (
     QuietHours,
     at_send,
     compact,

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from oaksend.errors import ValidationError
-from oaksend.worker.schedule import (
+from oaksend.worker.campaigns.schedule import (
     Cron,
     Once,
     Relative,

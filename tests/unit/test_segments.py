@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oaksend.worker.segments import count_segments, encoding
+from oaksend.worker.message.segments import count_segments, encoding
 
 EMOJI = "\U0001f600"  # astral: a surrogate pair, 2 UTF-16 code units
 

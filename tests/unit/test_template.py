@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from oaksend.errors import ValidationError
-from oaksend.worker.template import parse
+from oaksend.worker.campaigns.template import parse
 
 COLUMNS = ["phone", "first_name", "appointment_at"]
 NY = ZoneInfo("America/New_York")

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from oaksend.models.records import INDEFINITE, AttemptRecord
-from oaksend.worker.classify import Decision, Verdict, classify
-from oaksend.worker.client import Envelope, TransportError
-from oaksend.worker.transition import RetryPolicy, attempt_record, plan
+from oaksend.worker.delivery.classify import Decision, Verdict, classify
+from oaksend.worker.newoaks.client import Envelope, TransportError
+from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 POLICY = RetryPolicy(max_attempts=5, backoff_base_s=2.0, backoff_cap_s=300.0, ambiguous_policy="retry")

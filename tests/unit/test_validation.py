@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from oaksend.models.records import NewMessage
 from oaksend.errors import ValidationError
-from oaksend.worker.segments import count_segments
-from oaksend.worker.validation import MAX_BODY_CHARS, SendRequest, validate
+from oaksend.worker.message.segments import count_segments
+from oaksend.worker.message.validation import MAX_BODY_CHARS, SendRequest, validate
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 DEFAULT_DEADLINE_S = 3 * 3600.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from oaksend.worker.settings import Settings
-from oaksend.worker.tasks import register
+from oaksend.worker.delivery.task import register
 
 
 def make_app(settings: Settings) -> Celery:

@@ -32,7 +32,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from oaksend.worker.client import (
+from oaksend.worker.newoaks.client import (
     _KEEPALIVE_EXPIRY_S,
     SEND_PATH,
     Envelope,
@@ -45,8 +45,8 @@ from oaksend.worker.client import (
     parse_envelope,
     parse_retry_after,
 )
-from oaksend.worker.http11 import Connection, Response
-from oaksend.worker.netbackend import AsyncioBackend
+from oaksend.worker.newoaks.http11 import Connection, Response
+from oaksend.worker.newoaks.netbackend import AsyncioBackend
 
 
 #: Requests in flight per worker process (and connections kept). Calls beyond it wait

@@ -23,7 +23,7 @@ from datetime import timedelta
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from oaksend.worker.campaigns import CRON_HORIZON, Campaigns
+from oaksend.worker.campaigns.service import CRON_HORIZON, Campaigns
 from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)

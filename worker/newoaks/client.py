@@ -28,7 +28,7 @@ import httpcore
 import httpx
 
 from oaksend.errors import ConfigError
-from oaksend.worker.envelope import Envelope, parse_envelope
+from oaksend.worker.newoaks.envelope import Envelope, parse_envelope
 
 __all__ = [
     "Envelope",

@@ -28,10 +28,10 @@ from datetime import datetime
 from typing import Any
 
 from oaksend.errors import ValidationError
-from oaksend.worker.campaign_spec import BAD_ROWS
-from oaksend.worker.audience import AudienceSpec, Recipient, RowError, RowProblem, check_row
-from oaksend.worker.plan import BULK, MESSAGE_COLUMNS, CampaignPlan, Planned, idempotency_key, message_row
-from oaksend.worker.segments import count_segments
+from oaksend.worker.campaigns.spec import BAD_ROWS
+from oaksend.worker.campaigns.audience import AudienceSpec, Recipient, RowError, RowProblem, check_row
+from oaksend.worker.campaigns.plan import BULK, MESSAGE_COLUMNS, CampaignPlan, Planned, idempotency_key, message_row
+from oaksend.worker.message.segments import count_segments
 
 #: Audience rows per batch handed to a worker (and per COPY).
 BATCH = 2000

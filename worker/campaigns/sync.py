@@ -1,6 +1,6 @@
 """Keeping a campaign in step with the application: a new audience, one recipient added, moved or removed.
 
-`AudienceSync` is a part of the `Campaigns` service (oaksend.worker.campaigns),
+`AudienceSync` is a part of the `Campaigns` service (oaksend.worker.campaigns.service),
 which provides the outbox, the clock and the checking of rows. Every change is one
 transaction (the caller's, when given): unsent reminders whose time moved are
 cancelled and written anew, removed recipients' are cancelled, new ones added;
@@ -18,10 +18,10 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from oaksend.errors import InvalidTransition, ValidationError
-from oaksend.worker.audience import AudienceError, Recipient, RowError, check_columns, from_dicts
-from oaksend.worker.campaign_spec import BAD_ROWS, CHANGEABLE, HELD, Result, needed_columns
+from oaksend.worker.campaigns.audience import AudienceError, Recipient, RowError, check_columns, from_dicts
+from oaksend.worker.campaigns.spec import BAD_ROWS, CHANGEABLE, HELD, Result, needed_columns
 from oaksend.worker.enqueue import wake
-from oaksend.worker.plan import CampaignPlan, Planned, message_row, recipient_prefix
+from oaksend.worker.campaigns.plan import CampaignPlan, Planned, message_row, recipient_prefix
 
 
 class AudienceSync:

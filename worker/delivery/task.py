@@ -35,16 +35,16 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from oaksend.models.db import make_engine
 from oaksend.models.records import AttemptRecord, Transition, Work
 from oaksend.models.repository import Outbox
-from oaksend.worker.classify import Verdict, classify
+from oaksend.worker.delivery.classify import Verdict, classify
 from oaksend.worker.clock import utcnow
-from oaksend.worker.heartbeat import WorkerHeartbeat, worker_id
-from oaksend.worker.limits import ChatbotState, LimitBook
+from oaksend.worker.delivery.heartbeat import WorkerHeartbeat, worker_id
+from oaksend.worker.delivery.limits import ChatbotState, LimitBook
 from oaksend.worker import metrics
 from oaksend.worker.logs import mask_phone, send_fields
-from oaksend.worker.ratelimit import RateLimiter, binds, lateness
+from oaksend.worker.delivery.ratelimit import RateLimiter, binds, lateness
 from oaksend.worker.settings import Settings
-from oaksend.worker.transition import RetryPolicy, attempt_record, plan
-from oaksend.worker.transport import Call, CallResult, Transport
+from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
+from oaksend.worker.newoaks.transport import Call, CallResult, Transport
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class Sender:
         """Inside the recipient's quiet hours: wait for the next allowed time, or expire if that is too late."""
         if not any(w.quiet for w in group):
             return group
-        from oaksend.worker.quiet import at_send
+        from oaksend.worker.message.quiet import at_send
 
         keep = []
         for work in group:

@@ -69,7 +69,7 @@ def check(settings: Settings, *, parts: Iterable[str] = PARTS, this_host: bool =
     import redis
 
     from oaksend.worker.clock import utcnow
-    from oaksend.worker.heartbeat import alive_workers, dispatcher_heartbeat
+    from oaksend.worker.delivery.heartbeat import alive_workers, dispatcher_heartbeat
 
     wanted = set(parts)
     now_s = time.time() if now_s is None else now_s

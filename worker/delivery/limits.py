@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from oaksend.models.repository import Outbox
-from oaksend.worker.ratelimit import Limit
+from oaksend.worker.delivery.ratelimit import Limit
 from oaksend.worker.settings import Settings
 
 

@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 
 from oaksend.errors import ValidationError
-from oaksend.worker import phone as fast_phone
-from oaksend.worker.quiet import recipient_zone
+from oaksend.worker.message import phone as fast_phone
+from oaksend.worker.message.quiet import recipient_zone
 
 MAX_KEY_CHARS = 150
 MAX_COLUMNS = 100
@@ -221,8 +221,8 @@ def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_
 
 
 def _parse_phone(phone: str) -> tuple[phonenumbers.PhoneNumber, int]:
-    """The producer's phone rules (oaksend.worker.validation), parsing the number once for the zone too."""
-    from oaksend.worker.validation import _E164_RE, _phone
+    """The producer's phone rules (oaksend.worker.message.validation), parsing the number once for the zone too."""
+    from oaksend.worker.message.validation import _E164_RE, _phone
 
     if not _E164_RE.fullmatch(phone):
         _phone(phone)  # raises with the producer's message and hint

@@ -19,7 +19,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from oaksend.worker.render import attempt_dict, iso, message_dict, print_json, table
+from oaksend.worker.cli.render import attempt_dict, iso, message_dict, print_json, table
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -77,7 +77,7 @@ def _when(value: str | None, field: str) -> datetime | None:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from oaksend.worker.migrate import upgrade
+    from oaksend.migrations.runner import upgrade
 
     settings = _settings(args)
     upgrade(settings.database_url, args.revision, schema=settings.db_schema)
@@ -86,8 +86,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from oaksend.worker import cli_ops
-    from oaksend.worker.app import make_app
+    from oaksend.worker.cli import ops as cli_ops
+    from oaksend.worker.delivery.app import make_app
 
     settings = _settings(args)
     key = settings.api_key()  # refuses to start without a usable key, without printing it
@@ -101,8 +101,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
-    from oaksend.worker import cli_ops
-    from oaksend.worker.dispatcher import run
+    from oaksend.worker.cli import ops as cli_ops
+    from oaksend.worker.delivery.dispatcher import run
 
     settings = _settings(args)
     stop = threading.Event()
@@ -215,7 +215,7 @@ def _selected_ids(args: argparse.Namespace, status: Any) -> list[int]:
 
 
 def _apply(args: argparse.Namespace, verb: str) -> int:
-    from oaksend.worker import cli_ops
+    from oaksend.worker.cli import ops as cli_ops
 
     settings = _settings(args)
     deadline = _when(getattr(args, "deadline", None), "deadline")
@@ -266,8 +266,8 @@ def cmd_chatbot(args: argparse.Namespace) -> int:
     import redis
 
     from oaksend.worker.clock import utcnow
-    from oaksend.worker.limits import LimitBook
-    from oaksend.worker.ratelimit import RateLimiter
+    from oaksend.worker.delivery.limits import LimitBook
+    from oaksend.worker.delivery.ratelimit import RateLimiter
 
     settings = _settings(args)
     outbox = _outbox(settings)
@@ -406,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sandbox", help="run the fake NewOaks API (see `oaksend sandbox --help`)", add_help=False)
     p.set_defaults(func=cmd_sandbox)
-    __import__("oaksend.worker.cli_campaign", fromlist=["add_commands"]).add_commands(sub)  # campaign, scheduler
-    __import__("oaksend.worker.cli_ops", fromlist=["add_commands"]).add_commands(sub)  # health, stats, audit, run, ...
+    __import__("oaksend.worker.cli.campaign", fromlist=["add_commands"]).add_commands(sub)  # campaign, scheduler
+    __import__("oaksend.worker.cli.ops", fromlist=["add_commands"]).add_commands(sub)  # health, stats, audit, run, ...
     return parser
 
 

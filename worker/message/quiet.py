@@ -23,8 +23,8 @@ import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
 from oaksend.errors import ValidationError
-from oaksend.worker import phone as fast_phone
-from oaksend.worker.schedule import zone as parse_zone
+from oaksend.worker.message import phone as fast_phone
+from oaksend.worker.campaigns.schedule import zone as parse_zone
 
 DEFAULT_WINDOW = "21:00-08:00"
 _HHMM = re.compile(r"\d\d:\d\d")

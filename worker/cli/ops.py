@@ -15,7 +15,7 @@ from typing import Any
 
 from oaksend.errors import ValidationError
 from oaksend.worker.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_PARTIAL, _outbox, _settings, _when
-from oaksend.worker.render import iso, print_json, table
+from oaksend.worker.cli.render import iso, print_json, table
 
 #: Above this many messages, a selection needs `--yes` (or a "y" at the prompt).
 CONFIRM_ABOVE = 100
@@ -115,7 +115,7 @@ def start_worker_services(settings: Any, args: argparse.Namespace, secrets: tupl
         raise ValidationError("metrics-port", f"needs --pool threads (or solo); a {args.pool} pool's children "
                        f"would not be counted")
     metrics.serve(port, settings.metrics_host)
-    # The liveness beat starts with the send path (oaksend.worker.tasks) when the worker is ready.
+    # The liveness beat starts with the send path (oaksend.worker.delivery.task) when the worker is ready.
 
 
 def start_dispatcher_services(settings: Any, args: argparse.Namespace, stop: threading.Event) -> None:
@@ -132,7 +132,7 @@ def start_dispatcher_services(settings: Any, args: argparse.Namespace, stop: thr
     if settings.retention_days:
         import redis
 
-        from oaksend.worker.purge import PeriodicPurge
+        from oaksend.worker.ops.purge import PeriodicPurge
 
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         PeriodicPurge(settings, _outbox(settings), client, stop, utcnow).start()
@@ -140,7 +140,7 @@ def start_dispatcher_services(settings: Any, args: argparse.Namespace, stop: thr
 
 # -- commands -------------------------------------------------------------------------------------
 def cmd_health(args: argparse.Namespace) -> int:
-    from oaksend.worker.health import PARTS, check, healthy
+    from oaksend.worker.ops.health import PARTS, check, healthy
 
     parts = [p.strip() for p in args.only.split(",")] if args.only else list(PARTS)
     unknown = [p for p in parts if p not in PARTS]
@@ -162,8 +162,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from oaksend.worker.clock import utcnow
-    from oaksend.worker.purge import parse_age
-    from oaksend.worker.stats import gather, sparkline
+    from oaksend.worker.ops.purge import parse_age
+    from oaksend.worker.ops.stats import gather, sparkline
 
     try:
         window = parse_age(args.window)
@@ -227,7 +227,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     from oaksend.worker.clock import utcnow
-    from oaksend.worker.purge import purge, parse_age
+    from oaksend.worker.ops.purge import purge, parse_age
 
     try:
         age = parse_age(args.older_than)
@@ -269,7 +269,7 @@ def _subcommands() -> set[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from oaksend.worker.logs import configure_logging
-    from oaksend.worker.supervisor import Supervisor, child_commands
+    from oaksend.worker.ops.supervisor import Supervisor, child_commands
 
     settings = _settings(args)
     settings.api_key()  # refuse now rather than restart workers that refuse forever

@@ -16,9 +16,9 @@ import phonenumbers
 
 from oaksend.models.records import PRIORITIES, NewMessage
 from oaksend.errors import ValidationError
-from oaksend.worker import phone
+from oaksend.worker.message import phone
 from oaksend.worker.logs import mask_phone
-from oaksend.worker.segments import count_segments
+from oaksend.worker.message.segments import count_segments
 
 #: The API's documented limit on a body, in characters.
 MAX_BODY_CHARS = 1600

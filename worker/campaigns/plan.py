@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 
 from oaksend.errors import ValidationError
 from oaksend.models.records import PRIORITIES
-from oaksend.worker.audience import Recipient
-from oaksend.worker.quiet import QuietHours, compact, next_allowed, parse_window
-from oaksend.worker.schedule import (
+from oaksend.worker.campaigns.audience import Recipient
+from oaksend.worker.message.quiet import QuietHours, compact, next_allowed, parse_window
+from oaksend.worker.campaigns.schedule import (
     Cron,
     Once,
     Relative,
@@ -30,9 +30,9 @@ from oaksend.worker.schedule import (
     relative_times,
     zone,
 )
-from oaksend.worker.segments import count_segments
-from oaksend.worker.template import Template
-from oaksend.worker.validation import MAX_BODY_CHARS
+from oaksend.worker.message.segments import count_segments
+from oaksend.worker.campaigns.template import Template
+from oaksend.worker.message.validation import MAX_BODY_CHARS
 
 #: With --missed skip, an occurrence this late is still "on time" (a scheduler's restart, a slow tick).
 MISSED_GRACE = timedelta(minutes=5)

@@ -1,6 +1,6 @@
 """What a campaign is asked to be (`CampaignSpec`), what an action did (`Result`), and their shared constants.
 
-Kept apart from the service (oaksend.worker.campaigns) so that its parts, creating
+Kept apart from the service (oaksend.worker.campaigns.service) so that its parts, creating
 and syncing, share them without importing each other.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from oaksend.worker.audience import AudienceSpec
-from oaksend.worker.schedule import Cron, Once, Relative, Schedule
+from oaksend.worker.campaigns.audience import AudienceSpec
+from oaksend.worker.campaigns.schedule import Cron, Once, Relative, Schedule
 
 #: How far ahead the scheduler materializes cron occurrences.
 CRON_HORIZON = timedelta(hours=6)
@@ -74,7 +74,7 @@ def schedule_from_json(kind: str, data: dict[str, Any]) -> Schedule:
 
 
 def needed_columns(spec_schedule: Schedule, template_names: tuple[str, ...]) -> list[str]:
-    from oaksend.worker.template import BUILTINS
+    from oaksend.worker.campaigns.template import BUILTINS
 
     needed = [n for n in template_names if n not in BUILTINS]
     if isinstance(spec_schedule, Relative):

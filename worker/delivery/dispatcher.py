@@ -46,12 +46,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from oaksend.models.repository import Outbox
 from oaksend.worker import metrics
-from oaksend.worker.tasks import SEND_TASK
+from oaksend.worker.delivery.task import SEND_TASK
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import WAKE_KEY
-from oaksend.worker.heartbeat import LivenessView, write_dispatcher_heartbeat
-from oaksend.worker.limits import LimitBook
-from oaksend.worker.ratelimit import RateLimiter, lateness
+from oaksend.worker.delivery.heartbeat import LivenessView, write_dispatcher_heartbeat
+from oaksend.worker.delivery.limits import LimitBook
+from oaksend.worker.delivery.ratelimit import RateLimiter, lateness
 from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -396,7 +396,7 @@ def _which(exc: BaseException) -> str:
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Build a dispatcher from settings and run it until stopped (SIGTERM/SIGINT in the CLI)."""
     from oaksend.models.db import make_engine
-    from oaksend.worker.app import make_app
+    from oaksend.worker.delivery.app import make_app
 
     settings.check_timeouts()
     outbox = Outbox(make_engine(settings.database_url, schema=settings.db_schema))

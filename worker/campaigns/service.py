@@ -1,7 +1,7 @@
 """Campaigns: an audience and a schedule become outbox messages, each exactly once.
 
-    from oaksend.worker.campaigns import Campaigns, CampaignSpec
-    from oaksend.worker.audience import read_csv
+    from oaksend import Campaigns, CampaignSpec
+    from oaksend.worker.campaigns.audience import read_csv
 
     campaigns = Campaigns(load_settings())
     spec = CampaignSpec(name="reminders", chatbot="3254a9d0...", template="Hi {first_name}, ...",
@@ -14,7 +14,7 @@ are materialized by the scheduler's `tick` within a horizon. Every message's
 idempotency key names (campaign, recipient key, occurrence), and rows are
 inserted with ON CONFLICT DO NOTHING: ticks, restarts and a second scheduler
 never make a second message. Quiet hours and the deadline go with each message
-and are checked again when it is sent (oaksend.worker.quiet.at_send).
+and are checked again when it is sent (oaksend.worker.message.quiet.at_send).
 
 Application code keeps a campaign in step with its own data, in its own
 transaction: `upsert_recipient(campaign_id, row, session=...)` when a booking is
@@ -38,7 +38,7 @@ from oaksend.errors import InvalidTransition, NotFound, ValidationError
 from oaksend.models.db import make_engine
 from oaksend.models.repository import Outbox
 from oaksend.models.repository.bulk import BulkWriter
-from oaksend.worker.audience import (
+from oaksend.worker.campaigns.audience import (
     AudienceError,
     AudienceSpec,
     Recipient,
@@ -48,7 +48,7 @@ from oaksend.worker.audience import (
     check_row,
     from_dicts,
 )
-from oaksend.worker.campaign_spec import (
+from oaksend.worker.campaigns.spec import (
     BAD_ROWS,
     CRON_HORIZON,
     LIVE,
@@ -58,11 +58,11 @@ from oaksend.worker.campaign_spec import (
     schedule_from_json,
     schedule_json,
 )
-from oaksend.worker.campaign_build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all, planned_for
-from oaksend.worker.campaign_sync import AudienceSync
+from oaksend.worker.campaigns.build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all, planned_for
+from oaksend.worker.campaigns.sync import AudienceSync
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
-from oaksend.worker.plan import (
+from oaksend.worker.campaigns.plan import (
     CAP_WINDOW,
     DEFAULT_DEADLINE,
     MESSAGE_COLUMNS,
@@ -72,12 +72,12 @@ from oaksend.worker.plan import (
     message_row,
     plan_from_row,
 )
-from oaksend.worker.quiet import parse_window
-from oaksend.worker.schedule import Cron, Once, once_at, parse_duration, zone
-from oaksend.worker.segments import count_segments, encoding
+from oaksend.worker.message.quiet import parse_window
+from oaksend.worker.campaigns.schedule import Cron, Once, once_at, parse_duration, zone
+from oaksend.worker.message.segments import count_segments, encoding
 from oaksend.worker.settings import Settings
-from oaksend.worker.template import parse as parse_template
-from oaksend.worker.validation import _serial_number
+from oaksend.worker.campaigns.template import parse as parse_template
+from oaksend.worker.message.validation import _serial_number
 
 log = logging.getLogger(__name__)
 #: A create that writes at least this many messages refreshes the database's statistics.
@@ -242,7 +242,7 @@ class Campaigns(AudienceSync):
         return kept
 
     def _spread(self, s: Session, cid: int, rate_per_s: float) -> None:
-        from oaksend.worker.schedule import spread
+        from oaksend.worker.campaigns.schedule import spread
 
         rows = self.outbox.pending_times(s, cid)
         times = spread([at for _, at in rows], rate_per_s)

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 import h11
 from httpcore import ConnectionNotAvailable, LocalProtocolError, RemoteProtocolError
 
-from oaksend.worker.netbackend import AsyncioBackend, AsyncioStream
+from oaksend.worker.newoaks.netbackend import AsyncioBackend, AsyncioStream
 
 _READ_CHUNK = 65536
 

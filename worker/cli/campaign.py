@@ -1,4 +1,4 @@
-"""`oaksend campaign ...` and `oaksend scheduler`: a thin shell over oaksend.worker.campaigns.
+"""`oaksend campaign ...` and `oaksend scheduler`: a thin shell over oaksend.worker.campaigns.service.
 
 Exit codes are the CLI's (see oaksend.worker.cli): 2 for bad input (with
 `--json`, the bad rows are also printed as JSON on stdout), 3 for an unknown
@@ -15,13 +15,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from oaksend.worker.render import print_json, table
+from oaksend.worker.cli.render import print_json, table
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def _service(args: argparse.Namespace) -> Any:
-    from oaksend.worker.campaigns import Campaigns
+    from oaksend.worker.campaigns.service import Campaigns
     from oaksend.worker.cli import _settings
 
     return Campaigns(_settings(args))
@@ -29,9 +29,9 @@ def _service(args: argparse.Namespace) -> Any:
 
 def _spec(args: argparse.Namespace) -> Any:
     from oaksend.errors import ValidationError
-    from oaksend.worker.audience import AudienceSpec
-    from oaksend.worker.campaigns import CampaignSpec
-    from oaksend.worker.schedule import parse_schedule
+    from oaksend.worker.campaigns.audience import AudienceSpec
+    from oaksend.worker.campaigns.service import CampaignSpec
+    from oaksend.worker.campaigns.schedule import parse_schedule
 
     if args.template is not None and args.template_file is not None:
         raise ValidationError("template", "give --template or --template-file, not both")
@@ -57,7 +57,7 @@ def _spec(args: argparse.Namespace) -> Any:
 
 def _audience_errors(args: argparse.Namespace, exc: Exception) -> None:
     """With --json, bad rows go to stdout as JSON too (the one-line error still goes to stderr)."""
-    from oaksend.worker.audience import AudienceError
+    from oaksend.worker.campaigns.audience import AudienceError
 
     if getattr(args, "json", False) and isinstance(exc, AudienceError):
         print_json({"error": str(exc), "bad_rows": exc.total,
@@ -66,7 +66,7 @@ def _audience_errors(args: argparse.Namespace, exc: Exception) -> None:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from oaksend.errors import ValidationError
-    from oaksend.worker.audience import read_csv
+    from oaksend.worker.campaigns.audience import read_csv
 
     spec = _spec(args)
     service = _service(args)
@@ -87,7 +87,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from oaksend.errors import ValidationError
-    from oaksend.worker.audience import read_csv
+    from oaksend.worker.campaigns.audience import read_csv
 
     service = _service(args)
     try:
@@ -172,7 +172,7 @@ def _action(verb: str) -> Any:
 
 def cmd_update(args: argparse.Namespace) -> int:
     from oaksend.errors import ValidationError
-    from oaksend.worker.audience import read_csv
+    from oaksend.worker.campaigns.audience import read_csv
 
     service = _service(args)
     try:
@@ -195,7 +195,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from oaksend.worker.cli import _settings
     from oaksend.worker.logs import configure_logging
-    from oaksend.worker.scheduler import run
+    from oaksend.worker.campaigns.scheduler import run
 
     settings = _settings(args)
     configure_logging(args.log_level)

@@ -1,0 +1,1 @@
+"""Getting messages to the API: the Celery app and task, the dispatcher, limits, classification, transitions."""

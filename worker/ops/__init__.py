@@ -1,0 +1,1 @@
+"""Running oaksend: health checks, statistics, retention and the single-machine supervisor."""
