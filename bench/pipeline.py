@@ -678,7 +678,7 @@ def run_raw_loop(opts: argparse.Namespace, stack: Stack) -> dict[str, float]:
     """N POSTs one after the other from this process, one keep-alive client: the API's bare pace."""
     import httpx
 
-    from oaksend.worker.newoaks.client import SEND_PATH
+    from oaksend.worker.newoaks.endpoint import SEND_PATH
 
     n = opts.messages
     say(f"raw httpx: {n:,} POSTs one after the other from one process ...")

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     def _https_unless_loopback(cls, value: str | None, info: ValidationInfo) -> str | None:
         # The key travels in a header: refuse at start what would send it in cleartext.
         if value is not None:
-            from oaksend.worker.newoaks.client import check_base_url
+            from oaksend.worker.newoaks.endpoint import check_base_url
 
             try:
                 check_base_url(value.strip(), allow_insecure=bool(info.data.get("allow_insecure_base_url")))
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         """The API base URL: NEWOAKS_BASE_URL when set, else the region's."""
-        from oaksend.worker.newoaks.client import base_url_for
+        from oaksend.worker.newoaks.endpoint import base_url_for
 
         return base_url_for(self.newoaks_region, self.newoaks_base_url,
                             allow_insecure=self.allow_insecure_base_url)

@@ -17,7 +17,7 @@ import pytest
 from oaksend.models.fit import TEXT_MAX_CHARS
 from oaksend.models.records import AttemptRecord, Transition
 from oaksend.worker.delivery.classify import classify
-from oaksend.worker.newoaks.client import parse_envelope
+from oaksend.worker.newoaks.envelope import parse_envelope
 from oaksend.worker.clock import utcnow
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 from oaksend.worker.message.validation import SendRequest, validate

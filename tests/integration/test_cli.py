@@ -23,7 +23,7 @@ from oaksend.models.db import make_engine
 from oaksend.models.repository import Outbox
 from tests.support import CHATBOT, REDIS_URL
 from oaksend.worker.delivery.classify import classify
-from oaksend.worker.newoaks.client import Envelope
+from oaksend.worker.newoaks.envelope import Envelope
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 
 PHONE = "+14155550123"

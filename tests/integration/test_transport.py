@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from oaksend.sandbox.server import running_sandbox
-from oaksend.worker.newoaks.client import Envelope, TransportError
-from oaksend.worker.newoaks.transport import Call, CallResult, Transport
+from oaksend.worker.newoaks.outcome import Envelope, TransportError
+from oaksend.worker.newoaks.client import Call, CallResult, Transport
 
 KEY = "transport-test-key"
 SERIAL = "0be4c0a4c5e6f708192a3b4c5d6e7f80"

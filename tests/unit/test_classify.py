@@ -18,7 +18,8 @@ from oaksend.worker.delivery.classify import (
     Verdict,
     classify,
 )
-from oaksend.worker.newoaks.client import Envelope, TransportError, parse_envelope
+from oaksend.worker.newoaks.envelope import parse_envelope
+from oaksend.worker.newoaks.outcome import Envelope, TransportError
 
 SENT, RETRY, FINAL, AMBIGUOUS = Verdict.SENT, Verdict.RETRY, Verdict.FINAL, Verdict.AMBIGUOUS
 

@@ -11,7 +11,7 @@ import pytest
 
 from oaksend.models.records import INDEFINITE, AttemptRecord
 from oaksend.worker.delivery.classify import Decision, Verdict, classify
-from oaksend.worker.newoaks.client import Envelope, TransportError
+from oaksend.worker.newoaks.outcome import Envelope, TransportError
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)

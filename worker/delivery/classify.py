@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
-from oaksend.worker.newoaks.client import Envelope, Outcome, TransportError
+from oaksend.worker.newoaks.outcome import Envelope, Outcome, TransportError
 
 __all__ = [
     "Decision",

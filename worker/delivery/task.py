@@ -44,7 +44,7 @@ from oaksend.worker.logs import mask_phone, send_fields
 from oaksend.worker.delivery.ratelimit import RateLimiter, binds, lateness
 from oaksend.worker.settings import Settings
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
-from oaksend.worker.newoaks.transport import Call, CallResult, Transport
+from oaksend.worker.newoaks.client import Call, CallResult, Transport
 
 log = logging.getLogger(__name__)
 

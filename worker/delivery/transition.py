@@ -16,7 +16,7 @@ from oaksend.models.fit import fit_attempt
 from oaksend.models.records import INDEFINITE, AttemptRecord, Transition
 from oaksend.worker.delivery.backoff import compute_backoff, deadline_allows
 from oaksend.worker.delivery.classify import Decision, Verdict
-from oaksend.worker.newoaks.client import Outcome, TransportError
+from oaksend.worker.newoaks.outcome import Outcome, TransportError
 
 
 @dataclass(frozen=True)
