@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from oaksend.errors import ConfigError
 
@@ -89,3 +89,14 @@ def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Connection-class database errors: the database is away, the write may succeed later.
+
+    Anything else (a constraint, a value the column refuses) would fail the same way
+    again: it is not retried as an outage.
+    """
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)

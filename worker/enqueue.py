@@ -27,21 +27,18 @@ from oaksend.models.records import NewMessage
 from oaksend.models.repository import Outbox
 from oaksend.worker.clock import utcnow
 from oaksend.errors import ValidationError
+from oaksend.worker.keys import Keys
 from oaksend.worker.settings import Settings
 from oaksend.worker.message.validation import SendRequest, validate
 
 log = logging.getLogger(__name__)
 
-#: The Redis list the dispatcher blocks on; producers push to it after a commit.
-WAKE_KEY = "oaksend:wake"
-
-
-def wake(client: redis.Redis) -> None:
-    """Tell the dispatcher there is new work. Best effort: the database is the truth."""
+def wake(client: redis.Redis, keys: Keys) -> None:
+    """Tell the dispatcher there is new work (the list it blocks on). Best effort: the database is the truth."""
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.lpush(WAKE_KEY, "1")
-        pipe.ltrim(WAKE_KEY, 0, 9)
+        pipe.lpush(keys.wake, "1")
+        pipe.ltrim(keys.wake, 0, 9)
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not wake the dispatcher (%s); it will find the work on its next poll", type(exc).__name__)
@@ -99,10 +96,10 @@ class Producer:
         # the caller's own write lock, so nothing runs outside `session` when one is given.
         ids = self.outbox.add(rows, now, session=session, refuse=_refuse_suppressed)
         if session is None:
-            wake(self.redis)
+            wake(self.redis, self.settings.keys)
         else:
             # Wake only once the caller's transaction has really committed.
-            event.listen(session, "after_commit", lambda _s: wake(self.redis), once=True)
+            event.listen(session, "after_commit", lambda _s: wake(self.redis, self.settings.keys), once=True)
         return ids
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from oaksend.errors import ConfigError
+from oaksend.worker.keys import DEFAULT_PREFIX, Keys, check_prefix
 
 #: Values that look like a key but are only the documentation's placeholder.
 _PLACEHOLDER_KEYS = {"", "<your-secret-key>", "your-secret-key", "changeme", "xxx"}
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     # -- stores ---------------------------------------------------------------------------
     database_url: str = Field("sqlite:///oaksend.db", validation_alias=_env("DATABASE_URL"))
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    #: Every Redis key oaksend writes starts with this (see worker/keys.py): two deployments
+    #: sharing a Redis database keep apart with a prefix each.
+    redis_prefix: str = Field(DEFAULT_PREFIX, validation_alias=_env("REDIS_PREFIX"))
     #: PostgreSQL schema for oaksend's tables (default: the connection's search_path, e.g. public).
     db_schema: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
                                   validation_alias=AliasChoices("OAKSEND_DB_SCHEMA", "DB_SCHEMA"))
@@ -130,6 +134,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"CODE_OVERRIDES verdicts must be one of {sorted(_VERDICTS)}")
             return {int(k): str(v).lower() for k, v in value.items()}
         return value
+
+    @field_validator("redis_prefix", mode="after")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        return check_prefix(value)
+
+    @property
+    def keys(self) -> Keys:
+        """The Redis key names of this deployment."""
+        return Keys(self.redis_prefix)
 
     @field_validator("newoaks_base_url", "db_schema", "metrics_port", "retention_days", "call_lease_s",
                      mode="before")

@@ -199,7 +199,7 @@ class Status:
 
         if self._redis is None:
             self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        wake(self._redis)
+        wake(self._redis, self.settings.keys)
 
     def close(self) -> None:
         if self._own_redis and self._redis is not None:

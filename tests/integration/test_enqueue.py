@@ -14,13 +14,16 @@ from sqlalchemy.orm import Session
 
 from oaksend.models.repository import Outbox
 from tests.support import CHATBOT, private_redis_server
-from oaksend.worker.enqueue import WAKE_KEY, Producer
+from oaksend.worker.enqueue import Producer
+from oaksend.worker.keys import Keys
 from oaksend.worker.settings import Settings
 from oaksend.errors import IdempotencyConflict, ValidationError
 from oaksend.worker.message.validation import SendRequest
 
 PHONE = "+14155550123"
 OTHER = "+14155550124"
+
+WAKE_KEY = Keys().wake
 
 
 @pytest.fixture(scope="module")

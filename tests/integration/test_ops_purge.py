@@ -135,10 +135,13 @@ def test_purge_input_errors_are_one_line(database_url: str) -> None:
 
 def test_the_retention_setting_purges_once_per_interval(settings: Any, outbox: Any, db: Db,
                                                         aged: dict[str, dict[str, int]]) -> None:
-    from oaksend.worker.ops.purge import LOCK_KEY, PeriodicPurge
+    from oaksend.worker.keys import Keys
+    from oaksend.worker.ops.purge import PeriodicPurge
+
+    lock_key = Keys().purge_lock
 
     client = redis.Redis.from_url(settings.redis_url)
-    client.delete(LOCK_KEY)
+    client.delete(lock_key)
     try:
         tuned = settings.model_copy(update={"retention_days": 90.0, "purge_interval_s": 60.0})
         first = PeriodicPurge(tuned, outbox, client, threading.Event(), utcnow)
@@ -149,5 +152,5 @@ def test_the_retention_setting_purges_once_per_interval(settings: Any, outbox: A
         assert [(a.command, a.actor, a.count) for a in audit] == [
             ("purge --older-than 90d (OAKSEND_RETENTION_DAYS)", "retention", len(TERMINAL_STATES))]
     finally:
-        client.delete(LOCK_KEY)
+        client.delete(lock_key)
         client.close()

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.support import ROOT, private_redis_server
+from oaksend.worker.keys import Keys
 from oaksend.worker.delivery.ratelimit import Limit, RateLimiter
 
 
@@ -31,7 +32,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def limiter(client: redis.Redis) -> RateLimiter:
-    return RateLimiter(client)
+    return RateLimiter(client, Keys())
 
 
 def chatbot() -> str:
@@ -167,7 +168,7 @@ def test_pause_reaches_another_client(redis_url: str, limiter: RateLimiter) -> N
     now = datetime.now(timezone.utc)
     other = redis.Redis.from_url(redis_url)
     try:
-        RateLimiter(other).pause(sn, now + timedelta(seconds=10), now)
+        RateLimiter(other, Keys()).pause(sn, now + timedelta(seconds=10), now)
         assert limiter.admit(sn, limit).paused
     finally:
         other.close()
@@ -180,7 +181,7 @@ RATE_PER_S, BURST, WINDOW_S = 40.0, 5, 2.0
 def hammer(redis_url: str, serial_number: str, threads: int, start_at: float, stop_at: float) -> dict[str, Any]:
     """Ask for tokens from `threads` threads between start_at and stop_at (wall clock); report admissions."""
     c = redis.Redis.from_url(redis_url)
-    limiter = RateLimiter(c)
+    limiter = RateLimiter(c, Keys())
     limit = Limit(RATE_PER_S, BURST)
     lock = threading.Lock()
     admitted: list[tuple[float, float]] = []  # (asked at, answered at)
@@ -275,7 +276,7 @@ def private_redis(tmp_path: Path) -> Iterator[str]:
 def test_flushall_midway_rebuilds_the_bucket(private_redis: str) -> None:
     c = redis.Redis.from_url(private_redis)
     try:
-        limiter = RateLimiter(c)
+        limiter = RateLimiter(c, Keys())
         sn, limit = chatbot(), Limit(0.5, 2)
         assert [limiter.admit(sn, limit).allowed for _ in range(3)] == [True, True, False]
         now = datetime.now(timezone.utc)

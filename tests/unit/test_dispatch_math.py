@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oaksend.worker.delivery.dispatcher import allowance, interleave
+from oaksend.worker.delivery.fairness import allowance, interleave
 
 
 @pytest.mark.parametrize(

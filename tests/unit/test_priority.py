@@ -9,7 +9,7 @@ import pytest
 
 from oaksend.errors import ValidationError
 from oaksend.models.records import NORMAL, PRIORITIES, priority_name
-from oaksend.worker.delivery.dispatcher import capped_wait
+from oaksend.worker.delivery.fairness import capped_wait
 from oaksend.worker.message.validation import SendRequest, validate
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)

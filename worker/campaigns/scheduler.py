@@ -24,22 +24,14 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from oaksend.worker.campaigns.service import CRON_HORIZON, Campaigns
+from oaksend.worker.leadership import Leadership
 from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "oaksend:scheduler:lock"
 LOCK_TTL_S = 10.0
 #: Seconds between ticks by default.
 TICK_S = 5.0
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
 
 class Scheduler:
     """Ticks campaigns while it holds the scheduler lock."""
@@ -52,29 +44,21 @@ class Scheduler:
         self.horizon = horizon
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.use_lock = use_lock
-        self._renew = redis_client.register_script(_RENEW)
-        self.active = False
+        self.leader = Leadership(redis_client, campaigns.settings.keys.scheduler_lock, self.name, role="scheduler")
+
+    @property
+    def active(self) -> bool:
+        return self.leader.active
 
     def hold_lock(self) -> bool:
         """Acquire or renew the lock; False means: stand by."""
         if not self.use_lock:
             return True
-        ttl_ms = int(max(LOCK_TTL_S, self.tick_s * 3) * 1000)
-        if self.active and self._renew(keys=[LOCK_KEY], args=[self.name, ttl_ms]):
-            return True
-        got = bool(self.redis.set(LOCK_KEY, self.name, nx=True, px=ttl_ms))
-        if got != self.active:
-            log.info("scheduler %s is now %s", self.name, "active" if got else "standby")
-        self.active = got
-        return got
+        return self.leader.hold(max(LOCK_TTL_S, self.tick_s * 3))
 
     def release_lock(self) -> None:
-        try:
-            if self.use_lock and self.redis.get(LOCK_KEY) == self.name.encode():
-                self.redis.delete(LOCK_KEY)
-        except redis.RedisError:
-            pass
-        self.active = False
+        if self.use_lock:
+            self.leader.release()
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("scheduler %s started", self.name)

@@ -213,7 +213,7 @@ class Campaigns(AudienceSync):
                 self.outbox.hold_campaign(s, cid, now)  # in this transaction: never visible unheld
         if result.messages >= ANALYZE_AFTER:
             self.outbox.analyze()
-        wake(self.redis)
+        wake(self.redis, self.settings.keys)
         log.info("campaign %s created: %d recipients, %d messages, skipped %s", cid, result.recipients,
                  result.messages, dict(result.skipped))
         return result
@@ -362,7 +362,7 @@ class Campaigns(AudienceSync):
             if not self.outbox.set_campaign(s, campaign_id, ("draft",), now, state="scheduled"):
                 raise InvalidTransition(f"campaign {campaign_id} is {c.state}; only a draft can be started")
             n = self.outbox.release_campaign(s, campaign_id, now)
-        wake(self.redis)
+        wake(self.redis, self.settings.keys)
         return n
 
     def resume(self, campaign_id: int) -> int:
@@ -374,7 +374,7 @@ class Campaigns(AudienceSync):
             if not self.outbox.set_campaign(s, campaign_id, ("paused",), now, state=state):
                 raise InvalidTransition(f"campaign {campaign_id} is {c.state}; only a paused one can be resumed")
             n = self.outbox.release_campaign(s, campaign_id, now)
-        wake(self.redis)
+        wake(self.redis, self.settings.keys)
         return n
 
     def cancel(self, campaign_id: int) -> int:
@@ -411,7 +411,7 @@ class Campaigns(AudienceSync):
                     if self.outbox.set_campaign(s, c.id, ("scheduled", "running"), now, state="finished"):
                         stats["finished"] += 1
         if stats["messages"]:
-            wake(self.redis)
+            wake(self.redis, self.settings.keys)
         return dict(stats)
 
     def _materialize(self, c: Any, now: datetime, horizon: timedelta) -> int:

@@ -27,6 +27,7 @@ from oaksend.worker.campaigns.plan import CampaignPlan, Planned, message_row, re
 class AudienceSync:
     """update / upsert_recipient / remove_recipient of the Campaigns service."""
 
+    settings: Any
     outbox: Any
     redis: Any
     clock: Callable[[], datetime]
@@ -74,7 +75,7 @@ class AudienceSync:
             if c.rate_cap_per_s and result.messages and c.state not in HELD:
                 self._spread(s, campaign_id, c.rate_cap_per_s)
             result.skipped = counts
-        wake(self.redis)
+        wake(self.redis, self.settings.keys)
         return result
 
     def upsert_recipient(self, campaign_id: int, row: dict[str, Any], *, session: Session | None = None) -> Result:
@@ -125,11 +126,11 @@ class AudienceSync:
         if session is not None:
             out = work(session)
             session.flush()
-            event.listen(session, "after_commit", lambda _s: wake(self.redis), once=True)
+            event.listen(session, "after_commit", lambda _s: wake(self.redis, self.settings.keys), once=True)
             return out
         with self.outbox.session() as s:
             out = work(s)
-        wake(self.redis)
+        wake(self.redis, self.settings.keys)
         return out
 
     def _cancel_recipient(self, s: Session, campaign_id: int, key: str, now: datetime) -> int:

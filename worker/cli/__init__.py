@@ -283,7 +283,7 @@ def cmd_chatbot(args: argparse.Namespace) -> int:
                          segments_per_s=args.segments_per_s)
     elif args.action in ("pause", "resume"):
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        limiter = RateLimiter(client)
+        limiter = RateLimiter(client, settings.keys)
         if args.action == "pause":
             until = now + timedelta(seconds=args.for_s) if args.for_s else now + timedelta(days=3650)
             reason = f"paused by operator{': ' + args.reason if args.reason else ''}"

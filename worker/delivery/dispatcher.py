@@ -38,7 +38,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import zip_longest
 
 import redis
 from celery import Celery
@@ -48,15 +47,15 @@ from oaksend.models.repository import Outbox
 from oaksend.worker import metrics
 from oaksend.worker.delivery.task import SEND_TASK
 from oaksend.worker.clock import utcnow
-from oaksend.worker.enqueue import WAKE_KEY
+from oaksend.worker.delivery.fairness import allowance, capped_wait, interleave
 from oaksend.worker.delivery.heartbeat import LivenessView, write_dispatcher_heartbeat
 from oaksend.worker.delivery.limits import LimitBook
 from oaksend.worker.delivery.ratelimit import RateLimiter, lateness
+from oaksend.worker.leadership import Leadership
 from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "oaksend:dispatcher:lock"
 #: How often dead workers, lost leases and overdue messages are looked for (while workers hold
 #: messages the dispatcher wakes this often even when idle): part of the time a dead worker's
 #: messages wait, on top of OAKSEND_WORKER_HEARTBEAT_TTL_S.
@@ -72,17 +71,6 @@ LOCK_TTL_S = 5.0
 CHATBOTS_PER_PASS = 500
 #: Most waiting messages marked ready in one pass (more: the next pass follows at once).
 STAGE_PER_PASS = 5000
-#: While the broker is full, sleep for this share of the time workers need to drain it.
-DRAIN_SHARE = 0.25
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-
 @dataclass
 class PassStats:
     """What one dispatch pass did."""
@@ -100,45 +88,6 @@ class PassStats:
     wait_s: float = float("inf")
     #: Messages dispatched and not yet claimed, all chatbots, after this pass.
     inflight: int = 0
-
-
-def allowance(rate_per_s: float, burst: int, inflight: int, *, lookahead_s: float, max_per_pass: int,
-              ahead_s: float = 0.0) -> int:
-    """Pure: how many more messages of a chatbot may enter the broker now.
-
-    GCRA admits `rate * (H - ahead) + burst` requests within a horizon H when
-    `ahead` seconds of slots are already reserved; messages dispatched but not
-    yet at the limiter (`inflight`) will take some of those.
-    """
-    budget = math.ceil(rate_per_s * max(0.0, lookahead_s - ahead_s)) + burst
-    return max(0, min(max_per_pass, budget - inflight))
-
-
-def interleave(batches_by_chatbot: list[list[list[int]]]) -> list[int]:
-    """Pure: the order to publish batches: one of each chatbot in turn (indices into a flat list)."""
-    order: list[int] = []
-    offsets = []
-    total = 0
-    for batches in batches_by_chatbot:
-        offsets.append(total)
-        total += len(batches)
-    for round_ in zip_longest(*[range(len(b)) for b in batches_by_chatbot]):
-        for chatbot, index in enumerate(round_):
-            if index is not None:
-                order.append(offsets[chatbot] + index)
-    return order
-
-
-def capped_wait(inflight: int, drain_per_s: float, *, longest_s: float, shortest_s: float = 0.01) -> float:
-    """Pure: how long to sleep while the broker is full (no busy loop, no idle workers).
-
-    The workers need `inflight / drain_per_s` seconds for what is queued; sleeping
-    a quarter of that leaves them three quarters in reserve. With no estimate yet,
-    the longest wait.
-    """
-    if drain_per_s <= 0 or inflight <= 0:
-        return longest_s
-    return max(shortest_s, min(longest_s, DRAIN_SHARE * inflight / drain_per_s))
 
 
 def newly_gone(dead: list[str], stopped: Mapping[str, float], handled: Mapping[str, float]) -> list[str]:
@@ -163,39 +112,33 @@ class Dispatcher:
         self.clock = clock
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.limits = LimitBook(outbox, settings, ttl_s=1.0)
-        self.limiter = RateLimiter(redis_client)
-        self._renew = redis_client.register_script(_RENEW)
+        self.keys = settings.keys
+        self.limiter = RateLimiter(redis_client, self.keys)
+        self.leader = Leadership(redis_client, self.keys.dispatcher_lock, self.name, role="dispatcher")
         self._cursor = ""  # round-robin over chatbots with due work: the next pass starts after it
         self._last_rescue: datetime | None = None
         self._drain_per_s = 0.0  # how fast workers claim dispatched messages (smoothed)
         self._last_inflight: tuple[float, int] | None = None  # (monotonic time, in flight after a pass)
-        self.liveness = LivenessView(settings.worker_heartbeat_ttl_s)
+        self.liveness = LivenessView(settings.worker_heartbeat_ttl_s, self.keys)
         #: Workers found stopped (member -> last beat): the tasks they had not started were taken back once.
         self._stopped: dict[str, float] = {}
         self._holding = False  # workers held claimed messages at the last rescue
-        self.active = False
 
     # -- leadership -----------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.leader.active
+
     def hold_lock(self) -> bool:
         """Acquire or renew the active-dispatcher lock; False means: stay standby."""
-        ttl_ms = int(LOCK_TTL_S * 1000)
-        if self.active and self._renew(keys=[LOCK_KEY], args=[self.name, ttl_ms]):
-            return True
-        got = bool(self.redis.set(LOCK_KEY, self.name, nx=True, px=ttl_ms))
-        if got and not self.active:
+        was = self.leader.active
+        got = self.leader.hold(LOCK_TTL_S)
+        if got and not was:
             self.liveness.interrupted()  # judge workers only after watching them a whole TTL
-        if got != self.active:
-            log.info("dispatcher %s is now %s", self.name, "active" if got else "standby")
-        self.active = got
         return got
 
     def release_lock(self) -> None:
-        try:
-            if self.redis.get(LOCK_KEY) == self.name.encode():
-                self.redis.delete(LOCK_KEY)
-        except redis.RedisError:
-            pass
-        self.active = False
+        self.leader.release()
 
     # -- one pass -------------------------------------------------------------------------
     def run_pass(self) -> PassStats:
@@ -360,7 +303,7 @@ class Dispatcher:
                 if not self.hold_lock():
                     stop.wait(LOCK_TTL_S / 5)
                     continue
-                write_dispatcher_heartbeat(self.redis, self.name, time.time())
+                write_dispatcher_heartbeat(self.redis, self.keys, self.name, time.time())
                 started = time.perf_counter()
                 stats = self.run_pass()
                 metrics.observe_pass(stats, time.perf_counter() - started)
@@ -384,9 +327,9 @@ class Dispatcher:
         if seconds <= 0.01 or stop.is_set():
             return
         # BLPOP takes whole or fractional seconds on Redis >= 6.
-        got = self.redis.blpop([WAKE_KEY], timeout=min(seconds, LOCK_TTL_S / 3))
+        got = self.redis.blpop([self.keys.wake], timeout=min(seconds, LOCK_TTL_S / 3))
         if got:
-            self.redis.delete(WAKE_KEY)
+            self.redis.delete(self.keys.wake)
 
 
 def _which(exc: BaseException) -> str:

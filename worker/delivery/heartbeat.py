@@ -1,10 +1,10 @@
 """Liveness in Redis: worker processes and the active dispatcher say they are alive.
 
-Keys (see the shared contract):
-- `oaksend:workers`, a sorted set: member "<hostname>:<pid>" per worker process, score
+Keys (named in worker/keys.py, under the deployment's prefix):
+- `<prefix>:workers`, a sorted set: member "<hostname>:<pid>" per worker process, score
   the unix time (seconds, float) of its last beat. Beats every second; a clean
   shutdown removes the member. Alive = score younger than the TTL.
-- `oaksend:dispatcher:heartbeat`: `{"name": ..., "at": <unix seconds>}` with a 10 s
+- `<prefix>:dispatcher:heartbeat`: `{"name": ..., "at": <unix seconds>}` with a 10 s
   expiry, written by the active dispatcher on every loop iteration.
 
 The dispatcher's rescue uses `LivenessView` to tell a dead worker from a Redis that
@@ -25,10 +25,10 @@ from typing import Any
 
 import redis
 
+from oaksend.worker.keys import Keys
+
 log = logging.getLogger(__name__)
 
-WORKERS_KEY = "oaksend:workers"
-DISPATCHER_KEY = "oaksend:dispatcher:heartbeat"
 BEAT_EVERY_S = 1.0
 DISPATCHER_TTL_MS = 10_000
 #: Members that have not beaten for a day are removed from the set by the dispatcher.
@@ -40,13 +40,13 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def beat(client: redis.Redis, member: str, now_s: float) -> None:
-    client.zadd(WORKERS_KEY, {member: now_s})
+def beat(client: redis.Redis, keys: Keys, member: str, now_s: float) -> None:
+    client.zadd(keys.workers, {member: now_s})
 
 
-def alive_workers(redis_client: redis.Redis, now_s: float, ttl_s: float) -> list[str]:
+def alive_workers(redis_client: redis.Redis, keys: Keys, now_s: float, ttl_s: float) -> list[str]:
     """Workers whose last beat is younger than `ttl_s`."""
-    members = redis_client.zrangebyscore(WORKERS_KEY, now_s - ttl_s, "+inf")
+    members = redis_client.zrangebyscore(keys.workers, now_s - ttl_s, "+inf")
     return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
 
@@ -59,13 +59,13 @@ def stopped_beating(scores: Mapping[str, float], wall_s: float, ttl_s: float, ho
     return {m: score for m, score in scores.items() if ttl_s <= wall_s - score < horizon_s}
 
 
-def write_dispatcher_heartbeat(redis_client: redis.Redis, name: str, now_s: float) -> None:
-    redis_client.set(DISPATCHER_KEY, json.dumps({"name": name, "at": now_s}), px=DISPATCHER_TTL_MS)
+def write_dispatcher_heartbeat(redis_client: redis.Redis, keys: Keys, name: str, now_s: float) -> None:
+    redis_client.set(keys.dispatcher_heartbeat, json.dumps({"name": name, "at": now_s}), px=DISPATCHER_TTL_MS)
 
 
-def dispatcher_heartbeat(redis_client: redis.Redis) -> dict[str, Any] | None:
+def dispatcher_heartbeat(redis_client: redis.Redis, keys: Keys) -> dict[str, Any] | None:
     """The active dispatcher's last heartbeat, or None when no dispatcher is active."""
-    raw = redis_client.get(DISPATCHER_KEY)
+    raw = redis_client.get(keys.dispatcher_heartbeat)
     if raw is None:
         return None
     try:
@@ -78,9 +78,10 @@ def dispatcher_heartbeat(redis_client: redis.Redis) -> dict[str, Any] | None:
 class WorkerHeartbeat:
     """A daemon thread that beats for this worker process every second until stopped."""
 
-    def __init__(self, client: redis.Redis, member: str | None = None,
+    def __init__(self, client: redis.Redis, keys: Keys, member: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = client
+        self.keys = keys
         self.member = member or worker_id()
         self.clock = clock
         self._stop = threading.Event()
@@ -95,7 +96,7 @@ class WorkerHeartbeat:
 
     def _beat_once(self) -> bool:
         try:
-            beat(self.redis, self.member, self.clock())
+            beat(self.redis, self.keys, self.member, self.clock())
             return True
         except redis.RedisError:
             return False
@@ -116,7 +117,7 @@ class WorkerHeartbeat:
             self._thread.join(timeout=2)
             self._thread = None
         try:
-            self.redis.zrem(WORKERS_KEY, self.member)
+            self.redis.zrem(self.keys.workers, self.member)
         except redis.RedisError:
             pass
 
@@ -130,9 +131,10 @@ class LivenessView:
     or, if it is absent from the set, when the view has not seen it beat for a TTL.
     """
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, ttl_s: float, keys: Keys, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.ttl_s = ttl_s
+        self.keys = keys
         self.clock = clock
         self.wall = wall
         self._since: float | None = None
@@ -147,9 +149,9 @@ class LivenessView:
     def observe(self, client: redis.Redis) -> None:
         now, wall = self.clock(), self.wall()
         if now - self._pruned > 60:
-            client.zremrangebyscore(WORKERS_KEY, "-inf", wall - STALE_MEMBER_S)
+            client.zremrangebyscore(self.keys.workers, "-inf", wall - STALE_MEMBER_S)
             self._pruned = now
-        pairs = client.zrange(WORKERS_KEY, 0, -1, withscores=True)
+        pairs = client.zrange(self.keys.workers, 0, -1, withscores=True)
         if self._since is None:
             self._since = now
             self._seen.clear()

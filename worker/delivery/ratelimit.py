@@ -19,6 +19,8 @@ from datetime import datetime
 
 import redis
 
+from oaksend.worker.keys import Keys
+
 #: KEYS: message tat, segment tat, pause.
 #: ARGV: T_msg_ms, burst, T_seg_ms (0 = none), cost_segments, max_wait_ms.
 #: Returns {allowed, wait_ms, paused}. With max_wait_ms > 0 a slot up to that far ahead
@@ -203,16 +205,11 @@ class Admission:
     paused: bool = False
 
 
-def _keys(serial_number: str) -> list[str]:
-    # One hash tag per chatbot, so the script's keys share a slot on Redis Cluster.
-    tag = "{" + serial_number + "}"
-    return [f"oaksend:rl:{tag}:msg", f"oaksend:rl:{tag}:seg", f"oaksend:pause:{tag}", f"oaksend:hold:{tag}"]
-
-
 class RateLimiter:
     """Admission control for sends, shared by all worker processes through Redis."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
         self.redis = client
         self._script = client.register_script(_GCRA)
         self._ahead = client.register_script(_AHEAD)
@@ -231,7 +228,7 @@ class RateLimiter:
         interval_ms = 1000.0 / limit.rate_per_s
         seg_interval_ms = 1000.0 / limit.segments_per_s if limit.segments_per_s else 0
         allowed, wait_ms, paused = self._script(
-            keys=_keys(serial_number)[:3],
+            keys=self.keys.chatbot(serial_number)[:3],
             args=[f"{interval_ms:.6f}", max(1, limit.burst), f"{seg_interval_ms:.6f}", max(1, segments),
                   int(max_wait_s * 1000)],
         )
@@ -247,7 +244,7 @@ class RateLimiter:
         interval_ms = 1000.0 / limit.rate_per_s
         seg_interval_ms = 1000.0 / limit.segments_per_s if limit.segments_per_s else 0
         out = self._many(
-            keys=_keys(serial_number)[:3],
+            keys=self.keys.chatbot(serial_number)[:3],
             args=[f"{interval_ms:.6f}", max(1, limit.burst), f"{seg_interval_ms:.6f}", int(max_wait_s * 1000),
                   int(lead_s * 1000), *[max(1, int(s)) for s in segments]],
         )
@@ -258,11 +255,11 @@ class RateLimiter:
 
     def paused(self, serial_number: str) -> bool:
         """Whether the chatbot is paused right now (an API 429 or an operator)."""
-        return bool(self.redis.exists(_keys(serial_number)[2]))
+        return bool(self.redis.exists(self.keys.chatbot(serial_number)[2]))
 
     def ahead(self, serial_number: str) -> tuple[float, float]:
         """(seconds of slots already reserved ahead of now, seconds the dispatcher should hold off)."""
-        keys = _keys(serial_number)
+        keys = self.keys.chatbot(serial_number)
         ahead_ms, hold_ms = self._ahead(keys=[keys[0], keys[3]])
         return float(ahead_ms) / 1000.0, max(0.0, float(hold_ms) / 1000.0)
 
@@ -274,16 +271,16 @@ class RateLimiter:
         """
         ms = int(seconds * 1000)
         if ms > 0:
-            self.redis.set(_keys(serial_number)[3], "1", px=ms)
+            self.redis.set(self.keys.chatbot(serial_number)[3], "1", px=ms)
 
     def pause(self, serial_number: str, until: datetime, now: datetime) -> None:
         """Pause every send of this chatbot until `until` (mirrors the database's pause)."""
         ms = int((until - now).total_seconds() * 1000)
         if ms > 0:
-            self.redis.set(_keys(serial_number)[2], "1", px=ms)
+            self.redis.set(self.keys.chatbot(serial_number)[2], "1", px=ms)
 
     def resume(self, serial_number: str) -> None:
-        self.redis.delete(_keys(serial_number)[2])
+        self.redis.delete(self.keys.chatbot(serial_number)[2])
 
     def sync_pauses(self, paused: dict[str, datetime], now: datetime) -> None:
         """Re-create pause keys from the database (after Redis lost them)."""

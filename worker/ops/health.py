@@ -116,7 +116,7 @@ def _dispatcher(client: Any, redis_ok: bool, now_s: float, settings: Settings, r
     if not redis_ok:
         return Check("dispatcher", False, "unknown: Redis does not answer")
     try:
-        beat = read(client)
+        beat = read(client, settings.keys)
     except Exception as exc:  # noqa: BLE001
         return Check("dispatcher", False, _error(exc))
     if beat is None:
@@ -133,7 +133,7 @@ def _workers(client: Any, redis_ok: bool, now_s: float, settings: Settings, this
     if not redis_ok:
         return Check("workers", False, "unknown: Redis does not answer")
     try:
-        alive = read(client, now_s, settings.worker_heartbeat_ttl_s)
+        alive = read(client, settings.keys, now_s, settings.worker_heartbeat_ttl_s)
     except Exception as exc:  # noqa: BLE001
         return Check("workers", False, _error(exc))
     if this_host:

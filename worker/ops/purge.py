@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 BATCH = 500
 #: Pause between batches, so a large purge leaves room for the send path.
 PAUSE_S = 0.05
-LOCK_KEY = "oaksend:purge:lock"
 
 _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -77,7 +76,7 @@ class PeriodicPurge:
     def run_once(self) -> int | None:
         """Purge if no other process did within the interval; None when another holds the turn."""
         interval_ms = int(self.settings.purge_interval_s * 1000)
-        if not self.redis.set(LOCK_KEY, "1", nx=True, px=interval_ms):
+        if not self.redis.set(self.settings.keys.purge_lock, "1", nx=True, px=interval_ms):
             return None
         days = self.settings.retention_days
         cutoff = self.clock() - timedelta(days=days)
