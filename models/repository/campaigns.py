@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from oaksend.models.repository.base import Repository, _chunks
+from oaksend.models.repository.base import Repository, chunks
 from oaksend.models.repository.bulk import BulkWriter
 from oaksend.models.tables import OPEN_STATES, Campaign, CampaignRecipient, Message, SuppressedNumber
 
@@ -114,7 +114,7 @@ class CampaignRepository(Repository):
 
     def drop_recipients(self, session: Session, campaign_id: int, keys: Sequence[str]) -> int:
         n = 0
-        for chunk in _chunks(list(keys), 500):
+        for chunk in chunks(list(keys), 500):
             n += session.execute(_recipients.delete().where(_recipients.c.campaign_id == campaign_id,
                                                             _recipients.c.key.in_(list(chunk)))).rowcount
         return n
@@ -202,7 +202,7 @@ class CampaignRepository(Repository):
     def campaign_messages_by_key(self, session: Session, campaign_id: int,
                                  keys: Sequence[str]) -> dict[str, Message]:
         out: dict[str, Message] = {}
-        for chunk in _chunks(list(keys), 500):
+        for chunk in chunks(list(keys), 500):
             for row in session.scalars(select(Message).where(Message.campaign_id == campaign_id,
                                                              Message.idempotency_key.in_(list(chunk)))):
                 out[row.idempotency_key] = row  # type: ignore[index]
@@ -229,7 +229,7 @@ class CampaignRepository(Repository):
         if ids is None:
             return session.execute(q.values(**values)).rowcount
         n = 0
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             n += session.execute(q.where(Message.id.in_(list(chunk))).values(**values)).rowcount
         return n
 
@@ -268,7 +268,7 @@ class CampaignRepository(Repository):
         # transaction (SQLite serializes writers, so nothing changes under us).
         rows = list(session.execute(select(Message.id, Message.next_attempt_at).where(*where)))
         delta = PAUSE_SHIFT if forward else -PAUSE_SHIFT
-        for chunk in _chunks(rows, 500):
+        for chunk in chunks(rows, 500):
             for mid, at in chunk:
                 session.execute(update(Message).where(Message.id == mid, Message.state == "pending")
                                 .values(next_attempt_at=at + delta, updated_at=now))
@@ -285,7 +285,7 @@ class CampaignRepository(Repository):
             ).rowcount)
 
     def spread_campaign(self, session: Session, campaign_id: int, times: Sequence[tuple[int, datetime]]) -> None:
-        for chunk in _chunks(list(times), 500):
+        for chunk in chunks(list(times), 500):
             for mid, at in chunk:
                 session.execute(update(Message).where(Message.id == mid).values(next_attempt_at=at))
 
@@ -327,7 +327,7 @@ class CampaignRepository(Repository):
                        hi: datetime) -> dict[str, list[datetime]]:
         """Send times of every campaign's live or sent messages to these numbers within [lo, hi] (frequency cap)."""
         out: dict[str, list[datetime]] = {}
-        for chunk in _chunks(sorted(set(phones)), 500):
+        for chunk in chunks(sorted(set(phones)), 500):
             rows = session.execute(
                 select(Message.to_phone, Message.next_attempt_at)
                 .where(Message.campaign_id.is_not(None), Message.to_phone.in_(list(chunk)),

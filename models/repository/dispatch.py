@@ -264,52 +264,60 @@ class DispatchRepository(Repository):
             counts["dispatched"] = res.rowcount
             if unstarted_before is not None:
                 counts["unstarted"] = self._take_back_unstarted(s, unstarted_before, now)
-            taken = Message.lease_until < now
-            if dead_workers:
-                taken = taken | Message.claimed_by.in_(list(dead_workers))
-            if unmarked_after is not None:
-                taken = taken | (Message.calling_at.is_(None) & (Message.updated_at < unmarked_after))
-            lost = list(
-                s.execute(
-                    select(Message.id, Message.attempts, Message.failures, Message.lost, Message.lease_token,
-                           Message.calling_at)
-                    .where(text(LEASED), Message.state == "sending", taken)
-                    .with_for_update()
-                )
+            counts.update(self._take_back_sending(s, now, worker, limit, ambiguous_policy, dead_workers,
+                                                  unmarked_after))
+        return counts
+
+    def _take_back_sending(self, s: Session, now: datetime, worker: str, limit: int, ambiguous_policy: str,
+                           dead_workers: Sequence[str], unmarked_after: datetime | None) -> dict[str, int]:
+        """The `sending` part of `rescue`: uncalled rows due again, called ones an ambiguous attempt."""
+        counts = {"sending": 0, "uncalled": 0}
+        taken = Message.lease_until < now
+        if dead_workers:
+            taken = taken | Message.claimed_by.in_(list(dead_workers))
+        if unmarked_after is not None:
+            taken = taken | (Message.calling_at.is_(None) & (Message.updated_at < unmarked_after))
+        lost = list(
+            s.execute(
+                select(Message.id, Message.attempts, Message.failures, Message.lost, Message.lease_token,
+                       Message.calling_at)
+                .where(text(LEASED), Message.state == "sending", taken)
+                .with_for_update()
             )
-            # One UPDATE per outcome (usually two: uncalled and called), not one per message: the rescue
-            # runs while a dead worker's messages wait. Each row is still held by its own token.
-            groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[int, str]]] = {}
-            for mid, _attempts, failures, lost_before, token, calling_at in lost:
-                kind, values = lost_outcome(calling_at is not None, failures, lost_before, limit, ambiguous_policy)
-                groups.setdefault((kind, tuple(sorted(values.items()))), []).append((mid, token))
-            rows = {r[0]: r for r in lost}
-            for (kind, values), held in groups.items():
-                counters = ({"lost": Message.lost + 1} if kind == "uncalled" else
-                            {"attempts": Message.attempts + 1, "failures": Message.failures + 1,
-                             "ambiguous": Message.ambiguous + 1, "calling_at": None})
-                changed = list(s.scalars(
-                    update(Message)
-                    .where(tuple_(Message.id, Message.lease_token).in_(held), Message.state == "sending")
-                    .values(lease_token=None, lease_until=None, claimed_by=None, updated_at=now, **counters,
-                            **dict(values))
-                    .returning(Message.id)
-                    .execution_options(synchronize_session=False)
-                ))
-                counts[kind] += len(changed)
-                if kind == "sending":
-                    s.add_all(
-                        Attempt(
-                            message_id=mid,
-                            number=rows[mid][1] + 1,
-                            started_at=rows[mid][5],
-                            classification="ambiguous",
-                            reason="worker_lost",
-                            error="the worker holding this message stopped after its call may have left",
-                            worker=worker,
-                        )
-                        for mid in sorted(changed)
+        )
+        # One UPDATE per outcome (usually two: uncalled and called), not one per message: the rescue
+        # runs while a dead worker's messages wait. Each row is still held by its own token.
+        groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[int, str]]] = {}
+        for mid, _attempts, failures, lost_before, token, calling_at in lost:
+            kind, values = lost_outcome(calling_at is not None, failures, lost_before, limit, ambiguous_policy)
+            groups.setdefault((kind, tuple(sorted(values.items()))), []).append((mid, token))
+        rows = {r[0]: r for r in lost}
+        for (kind, values), held in groups.items():
+            counters = ({"lost": Message.lost + 1} if kind == "uncalled" else
+                        {"attempts": Message.attempts + 1, "failures": Message.failures + 1,
+                         "ambiguous": Message.ambiguous + 1, "calling_at": None})
+            changed = list(s.scalars(
+                update(Message)
+                .where(tuple_(Message.id, Message.lease_token).in_(held), Message.state == "sending")
+                .values(lease_token=None, lease_until=None, claimed_by=None, updated_at=now, **counters,
+                        **dict(values))
+                .returning(Message.id)
+                .execution_options(synchronize_session=False)
+            ))
+            counts[kind] += len(changed)
+            if kind == "sending":
+                s.add_all(
+                    Attempt(
+                        message_id=mid,
+                        number=rows[mid][1] + 1,
+                        started_at=rows[mid][5],
+                        classification="ambiguous",
+                        reason="worker_lost",
+                        error="the worker holding this message stopped after its call may have left",
+                        worker=worker,
                     )
+                    for mid in sorted(changed)
+                )
         return counts
 
     @staticmethod

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from oaksend.errors import IdempotencyConflict
 from oaksend.models.records import NewMessage
-from oaksend.models.repository.base import Repository, _chunks
+from oaksend.models.repository.base import Repository, chunks
 from oaksend.models.tables import Message, SuppressedNumber
 
 #: Rows per INSERT statement on the portable path (SQLite).
@@ -134,7 +134,7 @@ class EnqueueRepository(Repository):
         # look-up, insert the rest (COPY, or ON CONFLICT DO NOTHING if raced again).
         found: dict[tuple[str, str], Stored] = {}
         if large:
-            for chunk in _chunks(pairs, PG_LOOKUP_CHUNK):
+            for chunk in chunks(pairs, PG_LOOKUP_CHUNK):
                 found.update(pg_bulk.existing(conn, schema, _TABLE, chunk))
         fresh = [i for i, m in enumerate(rows) if (m.serial_number, m.idempotency_key) not in found]
         ids = pg_bulk.take_ids(conn, schema, _TABLE, len(fresh)) if fresh else []
@@ -163,7 +163,7 @@ class EnqueueRepository(Repository):
                 fresh.append(i)
             else:
                 ids.append(_same_or_conflict(row, other))
-        for chunk in _chunks(fresh, INSERT_CHUNK):
+        for chunk in chunks(fresh, INSERT_CHUNK):
             values = [_values(rows[i], now) for i in chunk]
             result = session.execute(insert(_TABLE).returning(_TABLE.c.id, sort_by_parameter_order=True), values,
                                      execution_options=options)
@@ -177,7 +177,7 @@ class EnqueueRepository(Repository):
         """Stored rows holding these (chatbot, key) pairs: (id, serial_number, to_phone, body) by pair."""
         pairs = sorted({(m.serial_number, m.idempotency_key) for m in rows if m.idempotency_key})
         found: dict[tuple[str, str], Stored] = {}
-        for chunk in _chunks(pairs, LOOKUP_CHUNK):
+        for chunk in chunks(pairs, LOOKUP_CHUNK):
             by_chatbot: dict[str, list[str]] = {}
             for sn, key in chunk:
                 by_chatbot.setdefault(sn, []).append(key)  # type: ignore[arg-type]
@@ -204,11 +204,11 @@ class EnqueueRepository(Repository):
             from oaksend.models.repository import pg_bulk  # noqa: PLC0415
 
             table = SuppressedNumber.__table__
-            for chunk in _chunks(phones, PG_LOOKUP_CHUNK):
+            for chunk in chunks(phones, PG_LOOKUP_CHUNK):
                 out.update(_as_sqlalchemy_errors(s, lambda c=chunk: pg_bulk.suppressed(driver, self.schema, table, c)))
             return out
         options = self._foreign_options
-        for chunk in _chunks(phones, LOOKUP_CHUNK):
+        for chunk in chunks(phones, LOOKUP_CHUNK):
             q = select(SuppressedNumber.to_phone, SuppressedNumber.reason).where(SuppressedNumber.to_phone.in_(chunk))
             for phone, reason in s.execute(q, execution_options=options):
                 out[phone] = reason

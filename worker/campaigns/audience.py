@@ -222,10 +222,10 @@ def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_
 
 def _parse_phone(phone: str) -> tuple[phonenumbers.PhoneNumber, int]:
     """The producer's phone rules (oaksend.worker.message.validation), parsing the number once for the zone too."""
-    from oaksend.worker.message.validation import _E164_RE, _phone
+    from oaksend.worker.message.validation import E164_RE, check_phone
 
-    if not _E164_RE.fullmatch(phone):
-        _phone(phone)  # raises with the producer's message and hint
+    if not E164_RE.fullmatch(phone):
+        check_phone(phone)  # raises with the producer's message and hint
     try:
         parsed, kind = fast_phone.parse_and_type(phone)
     except phonenumbers.NumberParseException:

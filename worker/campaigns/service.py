@@ -60,6 +60,7 @@ from oaksend.worker.campaigns.spec import (
 )
 from oaksend.worker.campaigns.build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all, planned_for
 from oaksend.worker.campaigns.sync import AudienceSync
+from oaksend.worker.campaigns.ticks import CronTicks
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
 from oaksend.worker.campaigns.plan import (
@@ -69,7 +70,6 @@ from oaksend.worker.campaigns.plan import (
     CampaignPlan,
     Planned,
     apply_frequency_cap,
-    message_row,
     plan_from_row,
 )
 from oaksend.worker.message.quiet import parse_window
@@ -77,14 +77,15 @@ from oaksend.worker.campaigns.schedule import Cron, Once, once_at, parse_duratio
 from oaksend.worker.message.segments import count_segments, encoding
 from oaksend.worker.settings import Settings
 from oaksend.worker.campaigns.template import parse as parse_template
-from oaksend.worker.message.validation import _serial_number
+from oaksend.worker.campaigns.template import placeholder_names
+from oaksend.worker.message.validation import check_serial_number
 
 log = logging.getLogger(__name__)
 #: A create that writes at least this many messages refreshes the database's statistics.
 ANALYZE_AFTER = 5000
 
 
-class Campaigns(AudienceSync):
+class Campaigns(AudienceSync, CronTicks):
     """The campaign service: create, preview, update, pause, resume, cancel, and the scheduler's tick."""
 
     def __init__(self, settings: Settings, *, outbox: Outbox | None = None, redis_client: redis.Redis | None = None,
@@ -98,7 +99,7 @@ class Campaigns(AudienceSync):
     def _plan(self, spec: CampaignSpec, header: list[str]) -> CampaignPlan:
         if not isinstance(spec.name, str) or not spec.name.strip() or len(spec.name) > 200:
             raise ValidationError("name", "is required (at most 200 characters)")
-        _serial_number(spec.chatbot)
+        check_serial_number(spec.chatbot)
         tz = zone(spec.tz, "tz")
         template = parse_template(spec.template, header)
         check_columns(header, spec.audience, needed_columns(spec.schedule, template.names))
@@ -302,7 +303,7 @@ class Campaigns(AudienceSync):
         spec = AudienceSpec(campaign.phone_column, campaign.key_column, campaign.tz_column)
         header = [c for c in (campaign.phone_column, campaign.key_column, campaign.tz_column) if c]
         # Stored templates were checked against the audience at creation; check names only loosely now.
-        template = parse_template(campaign.template, _template_names(campaign.template) + header)
+        template = parse_template(campaign.template, placeholder_names(campaign.template) + header)
         return plan_from_row(campaign, template, schedule), spec
 
     def get(self, campaign_id: int) -> Any:
@@ -386,84 +387,9 @@ class Campaigns(AudienceSync):
                 raise InvalidTransition(f"campaign {campaign_id} is {c.state}; it cannot be cancelled")
             return self.outbox.cancel_campaign_messages(s, campaign_id, now, "campaign cancelled")
 
-    # -- the scheduler's tick -------------------------------------------------------------
-    def _cron_window(self, c: Any, now: datetime) -> tuple[datetime, datetime] | None:
-        if c.schedule_kind != "cron":
-            return None
-        return (now - timedelta(seconds=1), c.materialized_until or now)
-
-    def tick(self, now: datetime | None = None, horizon: timedelta = CRON_HORIZON) -> dict[str, int]:
-        """Materialize cron occurrences within `horizon` and move campaign states along.
-
-        Safe to run in several processes at once: materializing is idempotent (ON CONFLICT
-        DO NOTHING on the occurrence's key) and state changes are conditional.
-        """
-        now = now or self.clock()
-        stats: Counter[str] = Counter()
-        for c in self.outbox.campaigns(("scheduled", "running")):
-            if c.schedule_kind == "cron":
-                stats["messages"] += self._materialize(c, now, horizon)
-            with self.outbox.session() as s:
-                if c.state == "scheduled" and self.outbox.campaign_sent_any(s, c.id):
-                    if self.outbox.set_campaign(s, c.id, ("scheduled",), now, state="running"):
-                        stats["running"] += 1
-                elif c.schedule_kind != "cron" and not self.outbox.campaign_open(s, c.id):
-                    if self.outbox.set_campaign(s, c.id, ("scheduled", "running"), now, state="finished"):
-                        stats["finished"] += 1
-        if stats["messages"]:
-            wake(self.redis, self.settings.keys)
-        return dict(stats)
-
-    def _materialize(self, c: Any, now: datetime, horizon: timedelta) -> int:
-        start = c.materialized_until or c.created_at
-        if c.missed == "skip":
-            start = max(start, now - timedelta(minutes=5))
-        end = now + horizon
-        if end <= start:
-            return 0
-        plan, spec = self._stored(c)
-        written = 0
-        counts: Counter[str] = Counter()
-        for page in self.outbox.recipient_pages(c.id):
-            rows = []
-            with self.outbox.session() as s:
-                suppressed = self.outbox.suppressed_set(s) if page else set()
-                for r in page:
-                    recipient = Recipient(r.key, r.phone, zone(r.tz), dict(r.data))
-                    try:
-                        planned, skipped = plan.occurrences(recipient, now, window=(start, end))
-                    except ValidationError as exc:
-                        log.warning("campaign %s recipient %s: %s", c.id, r.key, exc)
-                        continue
-                    counts.update(skipped)
-                    if r.phone in suppressed:
-                        counts["suppressed"] += len(planned)
-                        continue
-                    quiet = plan.quiet_compact(recipient)
-                    rows += [message_row(c.id, c.serial_number, recipient, p, quiet, now) for p in planned]
-                rows = self._capped(s, rows, c.frequency_cap, counts)
-                self.outbox.insert_campaign_messages(s, rows)
-                written += len(rows)
-        with self.outbox.session() as s:
-            # Only the first of two racing schedulers moves the mark (and counts the skips).
-            if self.outbox.set_campaign_mark(s, c.id, c.materialized_until, end, now):
-                self.outbox.add_skipped(s, c.id, counts, now)
-                if c.rate_cap_per_s and written:
-                    self._spread(s, c.id, c.rate_cap_per_s)
-        return written
-
     def close(self) -> None:
         self.redis.close()
         self.outbox.engine.dispose()
-
-
-def _template_names(text: str) -> list[str]:
-    from string import Formatter
-
-    try:
-        return [name for _, name, _, _ in Formatter().parse(text) if name]
-    except ValueError:
-        return []
 
 
 __all__ = ["CRON_HORIZON", "CampaignSpec", "Campaigns", "Result"]

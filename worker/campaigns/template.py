@@ -97,6 +97,14 @@ def parse(text: str, columns: tuple[str, ...] | list[str], field: str = "templat
     return Template(text, tuple(parts))
 
 
+def placeholder_names(text: str) -> list[str]:
+    """The names a template's placeholders use (none when it does not parse)."""
+    try:
+        return [name for _, name, _, _ in Formatter().parse(text) if name]
+    except ValueError:
+        return []
+
+
 def _format_time(value: str, fmt: str, tz: ZoneInfo, field: str) -> str:
     try:
         return _formatted(str(value).strip(), fmt, tz)

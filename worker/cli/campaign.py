@@ -1,6 +1,6 @@
 """`oaksend campaign ...` and `oaksend scheduler`: a thin shell over oaksend.worker.campaigns.service.
 
-Exit codes are the CLI's (see oaksend.worker.cli): 2 for bad input (with
+Exit codes are the CLI's (oaksend.worker.cli.common): 2 for bad input (with
 `--json`, the bad rows are also printed as JSON on stdout), 3 for an unknown
 campaign, 1 for a state that does not allow the action (e.g. resume of a
 campaign that is not paused).
@@ -15,16 +15,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from oaksend.worker.cli.common import EXIT_OK, settings_of
 from oaksend.worker.cli.render import print_json, table
-
-EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def _service(args: argparse.Namespace) -> Any:
     from oaksend.worker.campaigns.service import Campaigns
-    from oaksend.worker.cli import _settings
 
-    return Campaigns(_settings(args))
+    return Campaigns(settings_of(args))
 
 
 def _spec(args: argparse.Namespace) -> Any:
@@ -193,11 +191,10 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    from oaksend.worker.cli import _settings
     from oaksend.worker.logs import configure_logging
     from oaksend.worker.campaigns.scheduler import run
 
-    settings = _settings(args)
+    settings = settings_of(args)
     configure_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,8 +1,8 @@
 """Operations commands of `oaksend`: health, stats, audit, resolve, purge, run; and what they add to others.
 
-`add_commands(sub)` registers them (one line in cli.py), and gives `retry` and
+`add_commands(sub)` registers them (one line in cli/__init__.py), and gives `retry` and
 `cancel` their `--dry-run` / `--yes` / `--note`, and `worker` and `dispatcher`
-their `--log-format` / `--metrics-port`. Exit codes are cli.py's; `health`
+their `--log-format` / `--metrics-port`. Exit codes are cli/common.py's; `health`
 exits 0 when healthy and 1 otherwise.
 """
 
@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from oaksend.errors import ValidationError
-from oaksend.worker.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_PARTIAL, _outbox, _settings, _when
+from oaksend.worker.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_PARTIAL, outbox_of, parse_when, settings_of
 from oaksend.worker.cli.render import iso, print_json, table
 
 #: Above this many messages, a selection needs `--yes` (or a "y" at the prompt).
@@ -128,14 +128,14 @@ def start_dispatcher_services(settings: Any, args: argparse.Namespace, stop: thr
     port = _metrics_port(args, settings)
     if port is not None:
         metrics.serve(port, settings.metrics_host)
-        metrics.OutboxSampler(_outbox(settings), stop, utcnow).start()
+        metrics.OutboxSampler(outbox_of(settings), stop, utcnow).start()
     if settings.retention_days:
         import redis
 
         from oaksend.worker.ops.purge import PeriodicPurge
 
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        PeriodicPurge(settings, _outbox(settings), client, stop, utcnow).start()
+        PeriodicPurge(settings, outbox_of(settings), client, stop, utcnow).start()
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValidationError("only", f"unknown part {unknown[0]!r} (choose from {', '.join(PARTS)})")
-    checks = check(_settings(args), parts=parts, this_host=args.this_host)
+    checks = check(settings_of(args), parts=parts, this_host=args.this_host)
     ok = healthy(checks)
     if args.json:
         print_json({"healthy": ok, "checks": {c.part: {"ok": c.ok, "detail": c.detail} for c in checks}})
@@ -169,7 +169,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         window = parse_age(args.window)
     except ValueError as exc:
         raise ValidationError("window", f"{exc}") from None
-    data = gather(_outbox(_settings(args)), utcnow(), window)
+    data = gather(outbox_of(settings_of(args)), utcnow(), window)
     if args.json:
         print_json(data)
         return EXIT_OK
@@ -193,7 +193,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    rows = _outbox(_settings(args)).audit_log(since=_when(args.since, "since"), command=args.command_name,
+    rows = outbox_of(settings_of(args)).audit_log(since=parse_when(args.since, "since"), command=args.command_name,
                                               limit=args.limit)
     data = [{"id": r.id, "at": iso(r.at), "actor": r.actor, "command": r.command, "selection": r.selection,
              "count": r.count, "note": r.note} for r in rows]
@@ -214,7 +214,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     if not note:
         raise ValidationError("note", "say what the check by hand found (e.g. --note 'carrier log shows delivered')")
     outcome = "sent" if args.sent else "failed"
-    results = _outbox(_settings(args)).resolve(list(args.ids), outcome, note, args.actor, utcnow())
+    results = outbox_of(settings_of(args)).resolve(list(args.ids), outcome, note, args.actor, utcnow())
     if args.json:
         print_json([{"id": k, "result": v} for k, v in results.items()])
     else:
@@ -235,7 +235,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         raise ValidationError("older-than", f"{exc}") from None
     if args.batch < 1:
         raise ValidationError("batch", "must be at least 1")
-    outbox = _outbox(_settings(args))
+    outbox = outbox_of(settings_of(args))
     cutoff = utcnow() - age
     verb = "anonymize" if args.anonymize else "purge"
     count, sample = outbox.purge_preview(cutoff, args.anonymize, SAMPLE)
@@ -258,25 +258,16 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _subcommands() -> set[str]:
-    from oaksend.worker.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from oaksend.worker.logs import configure_logging
     from oaksend.worker.ops.supervisor import Supervisor, child_commands
 
-    settings = _settings(args)
+    settings = settings_of(args)
     settings.api_key()  # refuse now rather than restart workers that refuse forever
     if args.workers < 1:
         raise ValidationError("workers", "must be at least 1")
     configure_logging(args.log_level, secrets=settings.secrets(), fmt=_log_format(args, settings))
-    scheduler = not args.no_scheduler and "scheduler" in _subcommands()
+    scheduler = not args.no_scheduler
     global_args = []
     if args.database_url:
         global_args += ["--database-url", args.database_url]

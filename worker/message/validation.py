@@ -27,7 +27,7 @@ MAX_METADATA_BYTES = 16 * 1024
 #: The chatbot ID: hex in the documentation's example; white-label ids may differ, so a
 #: conservative token of letters, digits, '-' and '_'.
 _SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{3,63}")
-_E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
+E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class SendRequest:
 
 def validate(req: SendRequest, *, now: datetime, default_deadline_s: float) -> NewMessage:
     """Check every field of `req`; return the row to insert or raise ValidationError."""
-    serial = _serial_number(req.serial_number)
-    to = _phone(req.to)
+    serial = check_serial_number(req.serial_number)
+    to = check_phone(req.to)
     text = _text(req.text)
     key = _idempotency_key(req.idempotency_key)
     send_at = _aware("send_at", req.send_at) if req.send_at is not None else now
@@ -85,7 +85,7 @@ def _priority(value: object) -> int:
     return PRIORITIES.index(value)
 
 
-def _serial_number(value: object) -> str:
+def check_serial_number(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError("serial_number", "is required (the chatbot ID from settings -> general)")
     if not _SERIAL_RE.fullmatch(value):
@@ -95,10 +95,10 @@ def _serial_number(value: object) -> str:
     return value
 
 
-def _phone(value: object) -> str:
+def check_phone(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError("to", "is required (an E.164 number such as +14155550123)")
-    if not _E164_RE.fullmatch(value):
+    if not E164_RE.fullmatch(value):
         hint = _e164_hint(value)
         raise ValidationError("to", f"is not an E.164 number (+ country code and digits only){hint}")
     try:
