@@ -1,21 +1,35 @@
-"""The outbox: tables and the one repository that holds SQL."""
+"""The outbox: tables and the one repository that holds SQL.
 
-from oaksend.models.db import make_engine
-from oaksend.models.records import AttemptRecord, NewMessage, Transition, Work
-from oaksend.models.repository import Outbox
-from oaksend.models.tables import Attempt, Base, Chatbot, Message, OperatorAction, SuppressedNumber
+Names are imported lazily, so that the pure modules of this package (records,
+fit) load without SQLAlchemy: ``from oaksend.models.records import NewMessage``
+imports no database library.
+"""
 
-__all__ = [
-    "Attempt",
-    "AttemptRecord",
-    "Base",
-    "Chatbot",
-    "Message",
-    "NewMessage",
-    "OperatorAction",
-    "Outbox",
-    "SuppressedNumber",
-    "Transition",
-    "Work",
-    "make_engine",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "Attempt": "oaksend.models.tables",
+    "AttemptRecord": "oaksend.models.records",
+    "Base": "oaksend.models.tables",
+    "Chatbot": "oaksend.models.tables",
+    "Message": "oaksend.models.tables",
+    "NewMessage": "oaksend.models.records",
+    "OperatorAction": "oaksend.models.tables",
+    "Outbox": "oaksend.models.repository",
+    "SuppressedNumber": "oaksend.models.tables",
+    "Transition": "oaksend.models.records",
+    "Work": "oaksend.models.records",
+    "make_engine": "oaksend.models.db",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(home), name)

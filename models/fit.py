@@ -14,8 +14,7 @@ import math
 from dataclasses import replace
 from typing import Any, Final
 
-from oaksend.models.records import AttemptRecord
-from oaksend.models.tables import Attempt
+from oaksend.models.records import ATTEMPT_STRING_LENGTHS, AttemptRecord
 
 __all__ = ["INT32_MAX", "INT32_MIN", "INT64_MAX", "INT64_MIN", "TEXT_MAX_CHARS", "clean_text", "fit_attempt",
            "fits_int64"]
@@ -27,10 +26,9 @@ INT64_MAX: Final = 2**63 - 1
 #: Longest text kept in an unbounded (Text) column of an attempt; the body excerpt holds the rest.
 TEXT_MAX_CHARS: Final = 2000
 
-_columns = Attempt.__table__.c
-#: Bounded string columns, read from the table so that the two cannot drift apart.
-_STRING_LIMITS: Final = {
-    name: getattr(_columns[name].type, "length", None) or TEXT_MAX_CHARS
+#: The attempt's string columns and their lengths (the table's, from the same numbers).
+STRING_LIMITS: Final = {
+    name: ATTEMPT_STRING_LENGTHS.get(name, TEXT_MAX_CHARS)
     for name in ("message", "data_status", "data_message", "classification", "reason", "error", "worker",
                  "session_id_text", "anomalies")
 }
@@ -103,7 +101,7 @@ def fit_attempt(record: AttemptRecord) -> AttemptRecord:
                                 or not math.isfinite(latency)):
         changes["latency_ms"] = None
 
-    for name, limit in _STRING_LIMITS.items():
+    for name, limit in STRING_LIMITS.items():
         value = changes.get(name, getattr(record, name))
         if value is None or name == "anomalies":
             continue
@@ -117,7 +115,7 @@ def fit_attempt(record: AttemptRecord) -> AttemptRecord:
 
     if notes or record.anomalies is not None:
         # What this function did is kept whole; the response's own list gives way if need be.
-        limit = _STRING_LIMITS["anomalies"]
+        limit = STRING_LIMITS["anomalies"]
         added = "; ".join(notes)
         room = limit - len(added) - 2 if added else limit
         given = _clamp(clean_text(record.anomalies), max(0, room)) if record.anomalies else ""

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+
+#: Lengths of the attempt's bounded text columns: models.tables builds the columns from
+#: these, and models.fit clamps values to them (one number, so the two cannot drift apart).
+ATTEMPT_STRING_LENGTHS: dict[str, int] = {"data_status": 64, "classification": 16, "worker": 200}
 #: Message priorities, most urgent first; a message stores its position here (0, 1, 2).
 #: A chatbot's due messages are dispatched in this order, then by due time.
 PRIORITIES = ("high", "normal", "bulk")

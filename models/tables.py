@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from oaksend.models.records import ATTEMPT_STRING_LENGTHS
+
 #: Every table, index, constraint and sequence of oaksend starts with this, so that
 #: oaksend can share the application's database (transactional outbox) without
 #: touching its `messages` or `alembic_version` tables.
@@ -202,7 +204,7 @@ class Attempt(Base):
     success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    data_status: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    data_status: Mapped[str | None] = mapped_column(String(ATTEMPT_STRING_LENGTHS["data_status"]), nullable=True)
     data_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     session_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: Data.SessionID when it is not a signed 64-bit integer (too large, a float, a word).
@@ -210,10 +212,10 @@ class Attempt(Base):
     #: What in the response differed from the documented envelope, and values that did not
     #: fit their column (a Code beyond 32 bits, a clamped text): "; "-separated.
     anomalies: Mapped[str | None] = mapped_column(Text, nullable=True)
-    classification: Mapped[str] = mapped_column(String(16))
+    classification: Mapped[str] = mapped_column(String(ATTEMPT_STRING_LENGTHS["classification"]))
     reason: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(ATTEMPT_STRING_LENGTHS["worker"]), nullable=True)
 
     __table_args__ = (Index("ix_oaksend_attempts_message", "message_id", "number"),)
 

@@ -55,3 +55,15 @@ def test_every_value_fits(message: str | None, data_status: str | None, data_mes
     if code is not None and not INT32_MIN <= code <= INT32_MAX:
         assert fitted.anomalies and "does not fit 32 bits" in fitted.anomalies
     assert fitted.latency_ms is None or fitted.latency_ms == latency
+
+
+def test_the_limits_are_the_table_columns() -> None:
+    """fit clamps to the same lengths the attempt table's columns have (Text: TEXT_MAX_CHARS)."""
+    from oaksend.models.fit import STRING_LIMITS, TEXT_MAX_CHARS
+    from oaksend.models.tables import Attempt
+
+    columns = Attempt.__table__.c
+    assert STRING_LIMITS == {name: getattr(columns[name].type, "length", None) or TEXT_MAX_CHARS
+                             for name in STRING_LIMITS}
+    assert {name for name in STRING_LIMITS if getattr(columns[name].type, "length", None)} == {
+        "data_status", "classification", "worker"}

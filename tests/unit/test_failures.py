@@ -1,0 +1,100 @@
+"""Translating a failed send into a `TransportError`: its kind, whether it may have been sent, a safe detail.
+
+`newoaks.failures` maps the httpcore exceptions the worker's connections raise;
+`newoaks.outcome` makes the one-line detail, with the API key cut out.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import httpcore
+import pytest
+
+from oaksend.worker.newoaks.failures import kind_of, transport_error
+from oaksend.worker.newoaks.outcome import redact, safe_detail
+
+KEY = "sk-test-0123456789abcdefSECRET"
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "sent"),
+    [
+        # Before the request was written: certainly not sent.
+        (httpcore.ConnectError, "connect", False),
+        (httpcore.ConnectTimeout, "connect_timeout", False),
+        (httpcore.PoolTimeout, "pool_timeout", False),
+        (httpcore.ConnectionNotAvailable, "connect", False),
+        (httpcore.ProxyError, "connect", False),
+        (httpcore.UnsupportedProtocol, "other", False),
+        (httpcore.LocalProtocolError, "protocol", False),
+        # After (part of) it was written: the server may have it.
+        (httpcore.ReadTimeout, "read_timeout", True),
+        (httpcore.WriteTimeout, "write_timeout", True),
+        (httpcore.RemoteProtocolError, "protocol", True),
+        (httpcore.ReadError, "reset", True),
+        (httpcore.WriteError, "reset", True),
+        (ConnectionResetError, "reset", True),
+        (ssl.SSLError, "tls", True),
+        (OSError, "other", True),
+        (RuntimeError, "other", True),
+    ],
+)
+def test_every_exception_is_translated_without_the_key(exc: type[Exception], kind: str, sent: bool) -> None:
+    assert kind_of(exc("boom")) == (kind, sent)
+    error = transport_error(exc(f"boom with {KEY}\nsecond line"), KEY)
+    assert (error.kind, error.sent) == (kind, sent)
+    assert KEY not in error.detail and KEY not in repr(error)
+    assert "\n" not in error.detail
+    assert error.detail.startswith(f"{exc.__name__}: ") and "[redacted]" in error.detail
+
+
+def test_a_connect_error_caused_by_tls_is_tls_and_never_sent() -> None:
+    try:
+        try:
+            raise ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+        except ssl.SSLError as cause:
+            raise httpcore.ConnectError("handshake") from cause
+    except httpcore.ConnectError as exc:
+        assert kind_of(exc) == ("tls", False)
+
+
+def test_a_connect_error_naming_a_certificate_is_tls() -> None:
+    assert kind_of(httpcore.ConnectError("certificate verify failed")) == ("tls", False)
+    assert kind_of(httpcore.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")) == ("tls", False)
+
+
+def test_a_plain_connect_error_is_connect() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as cause:
+            raise httpcore.ConnectError("All connection attempts failed") from cause
+    except httpcore.ConnectError as exc:
+        assert kind_of(exc) == ("connect", False)
+
+
+def test_a_cycle_of_causes_does_not_loop() -> None:
+    first, second = httpcore.ConnectError("a"), httpcore.ConnectError("b")
+    first.__cause__, second.__cause__ = second, first
+    assert kind_of(first) == ("connect", False)
+
+
+def test_safe_detail_is_one_bounded_line() -> None:
+    detail = safe_detail(httpcore.ReadError("x" * 1000 + "\r\n\t" + KEY), KEY)
+    assert len(detail) == 300 and "\n" not in detail and "\r" not in detail
+    assert safe_detail(httpcore.ReadTimeout(), KEY) == "ReadTimeout"
+
+
+def test_a_key_split_by_the_cut_leaves_no_prefix() -> None:
+    # Redacted before it is cut to 300 characters: no prefix of the key survives.
+    text = "y" * (300 - len("ReadError: ") - 5) + KEY
+    detail = safe_detail(httpcore.ReadError(text), KEY)
+    assert detail.endswith("[reda") and KEY[:5] not in detail
+
+
+def test_redact() -> None:
+    assert redact(f"a {KEY} b {KEY}", KEY) == "a [redacted] b [redacted]"
+    assert redact(f"a {KEY}", None) == f"a {KEY}"
+    assert redact(f"a {KEY}", "") == f"a {KEY}"  # an empty secret must not blank the text
+
