@@ -28,34 +28,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import (
+from bench.harness import (
     API_KEY,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     ROOT,
     BenchError,
+    Check,
     Processes,
-    _child_env,
-    _raise_interrupt,
-    _single_run_lock,
-    check_postgres,
-    check_redis,
+    Session,
+    child_env,
+    drop_postgres,
     flush_redis,
     fresh_postgres,
     oaksend_cli,
     percentile,
     report_checks,
+    run_session,
     say,
+    start_sandbox,
 )
 
 CHATBOT = "c0ffee00c5e6f708192a3b4c5d6e7f80"
@@ -115,7 +111,7 @@ def baseline_child(csv_path: str) -> int:
     return 0
 
 
-def run(opts: argparse.Namespace, procs: Processes, checks: list[tuple[str, bool, str]]) -> dict[str, float]:
+def run(opts: argparse.Namespace, procs: Processes, checks: list[Check]) -> dict[str, float]:
     now = datetime.now(timezone.utc)
     csv_path = procs.logdir / "audience.csv"
     write_audience(csv_path, opts.recipients, now)
@@ -124,7 +120,7 @@ def run(opts: argparse.Namespace, procs: Processes, checks: list[tuple[str, bool
     figures: dict[str, float] = {}
     if not opts.skip_baseline:
         base_url = fresh_postgres(opts.pg_admin_url, PG_DATABASE + "_base")
-        base_env = _child_env(DATABASE_URL=base_url, REDIS_URL=opts.redis_url)
+        base_env = child_env(DATABASE_URL=base_url, REDIS_URL=opts.redis_url)
         oaksend_cli(["migrate"], base_env)
         say(f"baseline: the same {opts.recipients:,} rows through Producer.send_many (5,000 a call) ...")
         code, base_s, base_mb, _ = run_child([sys.executable, "-m", "bench.campaign", "--baseline-child",
@@ -136,8 +132,8 @@ def run(opts: argparse.Namespace, procs: Processes, checks: list[tuple[str, bool
         drop_postgres(opts.pg_admin_url, PG_DATABASE + "_base")
     database_url = fresh_postgres(opts.pg_admin_url, PG_DATABASE)
     flush_redis(opts.redis_url)
-    env = _child_env(DATABASE_URL=database_url, REDIS_URL=opts.redis_url, NEWOAKS_API_KEY=API_KEY,
-                     OAKSEND_QUEUE_NAME=QUEUE, OAKSEND_DEFAULT_RATE_PER_S="1000", OAKSEND_DEFAULT_BURST="100")
+    env = child_env(DATABASE_URL=database_url, REDIS_URL=opts.redis_url, NEWOAKS_API_KEY=API_KEY,
+                    OAKSEND_QUEUE_NAME=QUEUE, OAKSEND_DEFAULT_RATE_PER_S="1000", OAKSEND_DEFAULT_BURST="100")
     say(f"campaign: database {PG_DATABASE} (fresh), Redis {opts.redis_url} (flushed); migrating ...")
     oaksend_cli(["migrate"], env)
     stack = LatencyStack(opts, procs, env, database_url, checks)
@@ -179,37 +175,18 @@ def run(opts: argparse.Namespace, procs: Processes, checks: list[tuple[str, bool
     return figures
 
 
-def drop_postgres(admin_url: str, name: str) -> None:
-    from sqlalchemy import text
-
-    from bench.pipeline import _pg_engine
-
-    engine = _pg_engine(admin_url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
-
-
 class LatencyStack:
     """The sandbox, a dispatcher and a worker on the benchmark's database, and a producer."""
 
     def __init__(self, opts: argparse.Namespace, procs: Processes, env: dict[str, str], database_url: str,
-                 checks: list[tuple[str, bool, str]]) -> None:
+                 checks: list[Check]) -> None:
         from oaksend.models.db import make_engine
         from oaksend.sandbox.control import SandboxControl
         from oaksend.worker.enqueue import Producer
         from oaksend.worker.settings import load_settings
 
         self.opts, self.checks = opts, checks
-        sandbox = procs.start("sandbox", [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key",
-                                          API_KEY], _child_env(), stdout_pipe=True)
-        assert sandbox.stdout is not None
-        line = sandbox.stdout.readline().decode(errors="replace").strip()
-        if "listening on" not in line:
-            raise BenchError(f"the sandbox did not start: {line!r}")
-        url = line.rsplit(" ", 1)[-1]
+        url = start_sandbox(procs, "sandbox", ["--port", "0", "--api-key", API_KEY])
         env = {**env, "NEWOAKS_BASE_URL": url}
         procs.start("dispatcher", [sys.executable, "-m", "oaksend.worker.cli", "dispatcher"], env)
         procs.start("worker", [sys.executable, "-m", "oaksend.worker.cli", "worker", "--concurrency", "8",
@@ -288,35 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     if opts.baseline_child:
         return baseline_child(opts.baseline_child)
-    try:
-        lock = _single_run_lock()  # noqa: F841 - held until the process exits
-        check_redis(opts.redis_url)
-        check_postgres(opts.pg_admin_url)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr, flush=True)
-        return exc.code
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    logdir = Path(tempfile.mkdtemp(prefix="oaksend-bench-campaign-"))
-    procs = Processes(logdir)
-    checks: list[tuple[str, bool, str]] = []
-    code = EXIT_OK
-    try:
-        figures = run(opts, procs, checks)
+
+    def body(session: Session) -> int:
+        figures = run(opts, session.procs, session.checks)
         say("figures: " + ", ".join(f"{k} {v:,.2f}" for k, v in figures.items()))
-        code = report_checks(checks, logdir)
-    except BenchError as exc:
-        say(f"bench: {exc}")
-        code = exc.code
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    finally:
-        procs.stop()
-    if code == EXIT_OK and not opts.keep_logs:
-        shutil.rmtree(logdir, ignore_errors=True)
-    else:
-        say(f"logs: {logdir}")
-    return code
+        return report_checks(session.checks, session.logdir)
+
+    return run_session(body, prefix="oaksend-bench-campaign-", keep_logs=opts.keep_logs, redis_urls=[opts.redis_url],
+                       pg_admin_url=opts.pg_admin_url)
 
 
 if __name__ == "__main__":

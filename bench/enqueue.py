@@ -32,40 +32,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_UNAVAILABLE = 0, 1, 4
+from bench.harness import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, fresh_postgres, phone, say, text_of
+
 CHATBOT = "3254a9d0424c4806b9ea3d0763a1b2c3"
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def phone(i: int) -> str:
-    """A distinct, valid US number per message (+1 415 200 0000 onwards)."""
-    return f"+1415{2000000 + i:07d}"
-
-
-def text_of(i: int) -> str:
-    return f"oaksend bench {i}: your appointment is tomorrow at 10:00"
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 def libpq_url(url: str) -> str:
@@ -82,7 +57,7 @@ class Bench:
         from oaksend.worker.settings import Settings
 
         self.opts = opts
-        self.url = fresh_database(opts.pg_admin_url, opts.pg_database)
+        self.url = fresh_postgres(opts.pg_admin_url, opts.pg_database)
         upgrade(self.url)
         self.settings = Settings(database_url=self.url, redis_url=opts.redis_url, _env_file=None)  # type: ignore[call-arg]
         self.producer = Producer(self.settings, redis_client=redis.Redis.from_url(opts.redis_url))
@@ -167,7 +142,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.enqueue", description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000, help="messages per send_many run (default 100,000)")
     parser.add_argument("--sends", type=int, default=2_000, help="single Producer.send calls (default 2,000)")
@@ -177,7 +152,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-database", default=os.environ.get("BENCH_PG_DATABASE", "oaksend_bench_enqueue"))
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"),
                         help="Redis for the dispatcher wake-ups (only a short list key is written)")
-    opts = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def bulk(bench: Bench, n: int, check: Callable[[str, bool, str], None]) -> None:
+    """Parts 1 and 2: the raw baselines, validation alone, and send_many without and with keys."""
+    bench.empty()
+    raw = bench.raw_insert(n)
+    check("raw insert rows", bench.rows() == n, f"{bench.rows():,}")
+    bench.empty()
+    copy = bench.raw_copy(n)
+    say(f"baseline  raw executemany INSERT (psycopg pipeline)  {n:>9,}  {raw:7.2f} s  {n / raw:9,.0f} rows/s")
+    say(f"baseline  raw COPY                                   {n:>9,}  {copy:7.2f} s  {n / copy:9,.0f} rows/s")
+
+    plain = bench.requests(n, keyed=False)
+    keyed = bench.requests(n, keyed=True)
+    validation = bench.validation_only(plain)
+    say(f"validation alone (phone numbers, segments, ...)      {n:>9,}  {validation:7.2f} s")
+
+    bench.empty()
+    t_plain, ids = bench.send_many(plain)
+    check("send_many rows", bench.rows() == n and len(set(ids)) == n, f"{bench.rows():,} rows, {len(set(ids)):,} ids")
+    bench.empty()
+    t_keyed, keyed_ids = bench.send_many(keyed)
+    check("send_many with keys rows", bench.rows() == n and len(set(keyed_ids)) == n, f"{bench.rows():,} rows")
+    t_again, again_ids = bench.send_many(keyed)
+    check("same keys again: same ids, nothing written", again_ids == keyed_ids and bench.rows() == n,
+          f"{bench.rows():,} rows")
+    for name, t in (("send_many", t_plain), ("send_many, a key each", t_keyed),
+                    ("send_many, same keys again (all found)", t_again)):
+        say(f"oaksend   {name:43}{n:>9,}  {t:7.2f} s  {n / t:9,.0f} msgs/s  "
+            f"{t / raw:5.2f}x raw INSERT  {t / copy:5.2f}x COPY")
+
+    say(f"oaksend   database part of send_many (minus validation alone)      {t_plain - validation:7.2f} s  "
+        f"{(t_plain - validation) / raw:5.2f}x raw INSERT")
+
+
+def single_sends(bench: Bench, m: int, check: Callable[[str, bool, str], None]) -> None:
+    """Part 3: Producer.send one at a time, interleaved with bare one-row INSERTs."""
+    bench.empty()
+    bench.singles(min(m, 200))  # warm-up: connections, statement caches
+    bench.empty()
+    raw_one, one = bench.singles(m)
+    check("single sends rows", bench.rows() == 2 * m, f"{bench.rows():,}")
+    for name, values in (("baseline  raw one-row INSERT, own transaction", raw_one),
+                         ("oaksend   Producer.send (interleaved with it)", one)):
+        say(f"{name:47} p50 {pct(values, 0.5) * 1e3:6.2f} ms  p99 {pct(values, 0.99) * 1e3:6.2f} ms  "
+            f"max {max(values) * 1e3:6.2f} ms  mean {statistics.fmean(values) * 1e3:6.2f} ms")
+    say(f"ratio     Producer.send p99 / raw p99: {pct(one, 0.99) / pct(raw_one, 0.99):.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
     n, m = opts.messages, opts.sends
     try:
         bench = Bench(opts)
@@ -193,46 +219,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         say(f"bench.enqueue: {n:,} messages per bulk run, {m:,} single sends, PostgreSQL {opts.pg_database}")
-        bench.empty()
-        raw = bench.raw_insert(n)
-        check("raw insert rows", bench.rows() == n, f"{bench.rows():,}")
-        bench.empty()
-        copy = bench.raw_copy(n)
-        say(f"baseline  raw executemany INSERT (psycopg pipeline)  {n:>9,}  {raw:7.2f} s  {n / raw:9,.0f} rows/s")
-        say(f"baseline  raw COPY                                   {n:>9,}  {copy:7.2f} s  {n / copy:9,.0f} rows/s")
-
-        plain = bench.requests(n, keyed=False)
-        keyed = bench.requests(n, keyed=True)
-        validation = bench.validation_only(plain)
-        say(f"validation alone (phone numbers, segments, ...)      {n:>9,}  {validation:7.2f} s")
-
-        bench.empty()
-        t_plain, ids = bench.send_many(plain)
-        check("send_many rows", bench.rows() == n and len(set(ids)) == n, f"{bench.rows():,} rows, {len(set(ids)):,} ids")
-        bench.empty()
-        t_keyed, keyed_ids = bench.send_many(keyed)
-        check("send_many with keys rows", bench.rows() == n and len(set(keyed_ids)) == n, f"{bench.rows():,} rows")
-        t_again, again_ids = bench.send_many(keyed)
-        check("same keys again: same ids, nothing written", again_ids == keyed_ids and bench.rows() == n,
-              f"{bench.rows():,} rows")
-        for name, t in (("send_many", t_plain), ("send_many, a key each", t_keyed),
-                        ("send_many, same keys again (all found)", t_again)):
-            say(f"oaksend   {name:43}{n:>9,}  {t:7.2f} s  {n / t:9,.0f} msgs/s  "
-                f"{t / raw:5.2f}x raw INSERT  {t / copy:5.2f}x COPY")
-
-        say(f"oaksend   database part of send_many (minus validation alone)      {t_plain - validation:7.2f} s  "
-            f"{(t_plain - validation) / raw:5.2f}x raw INSERT")
-
-        bench.empty()
-        bench.singles(min(m, 200))  # warm-up: connections, statement caches
-        bench.empty()
-        raw_one, one = bench.singles(m)
-        check("single sends rows", bench.rows() == 2 * m, f"{bench.rows():,}")
-        for name, values in (("baseline  raw one-row INSERT, own transaction", raw_one),
-                             ("oaksend   Producer.send (interleaved with it)", one)):
-            say(f"{name:47} p50 {pct(values, 0.5) * 1e3:6.2f} ms  p99 {pct(values, 0.99) * 1e3:6.2f} ms  "
-                f"max {max(values) * 1e3:6.2f} ms  mean {statistics.fmean(values) * 1e3:6.2f} ms")
-        say(f"ratio     Producer.send p99 / raw p99: {pct(one, 0.99) / pct(raw_one, 0.99):.2f}x")
+        bulk(bench, n, check)
+        single_sends(bench, m, check)
     finally:
         bench.close()
     return EXIT_CHECK_FAILED if failures else EXIT_OK

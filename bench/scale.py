@@ -35,31 +35,28 @@ import contextlib
 import math
 import os
 import shutil
-import signal
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.pipeline import (
+from bench.harness import (
     API_KEY,
-    EXIT_INTERRUPTED,
     EXIT_UNAVAILABLE,
     BenchError,
+    Check,
     Processes,
-    _child_env,
-    _pg_engine,
-    _proc_cpu_s,
-    _raise_interrupt,
-    _single_run_lock,
-    check_postgres,
+    Session,
+    child_env,
+    drop_postgres,
     fresh_postgres,
     oaksend_cli,
     percentile,
+    pg_engine,
+    proc_cpu_s,
     report_checks,
+    run_session,
     say,
+    start_sandbox,
 )
 
 PG_DATABASE = os.environ.get("BENCH_SCALE_PG_DATABASE", "oaksend_bench_scale")
@@ -69,7 +66,7 @@ WARMUP_PROBES = 10
 
 #: The rows Producer.send_many writes for a message due tomorrow (pending, not ready), without
 #: validating a million phone numbers first: chatbot i % chatbots, due over one hour tomorrow.
-_FILL = """
+FILL = """
 INSERT INTO oaksend_messages (serial_number, to_phone, body, segments, state, priority, ready, attempts,
     failures, ambiguous, next_attempt_at, deadline_at, created_at, updated_at)
 SELECT CAST(:prefix AS text) || lpad((g % CAST(:chatbots AS integer))::text, 6, '0'), '+1415' || lpad((g % 10000000)::text, 7, '0'),
@@ -96,7 +93,7 @@ class RedisServer:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         procs.start(name, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                           "--dir", str(procs.logdir)], _child_env())
+                           "--dir", str(procs.logdir)], child_env())
         self.url = f"redis://127.0.0.1:{port}/0"
         import redis
 
@@ -126,8 +123,8 @@ class ScaleStack:
         self.database_url = fresh_postgres(opts.pg_admin_url, self.database)
         self.redis_url = RedisServer(procs, f"{name}-redis").url
         queue = f"oaksend-bench-scale-{name}"
-        self.env = _child_env(DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
-                              NEWOAKS_BASE_URL=sandbox_url, NEWOAKS_API_KEY=API_KEY, OAKSEND_QUEUE_NAME=queue)
+        self.env = child_env(DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
+                             NEWOAKS_BASE_URL=sandbox_url, NEWOAKS_API_KEY=API_KEY, OAKSEND_QUEUE_NAME=queue)
         oaksend_cli(["migrate"], self.env)
         say(f"  {name}: database {self.database} (fresh), Redis {self.redis_url} (its own)")
 
@@ -171,8 +168,8 @@ class ScaleStack:
         for lo in range(1, messages + 1, chunk):
             hi = min(messages, lo + chunk - 1)
             with self.engine.begin() as conn:
-                conn.execute(text(_FILL), {"prefix": "wait-", "chatbots": chatbots, "now": now, "lo": lo, "hi": hi})
-        admin = _pg_engine(self.database_url)
+                conn.execute(text(FILL), {"prefix": "wait-", "chatbots": chatbots, "now": now, "lo": lo, "hi": hi})
+        admin = pg_engine(self.database_url)
         try:
             with admin.connect() as conn:
                 conn.execute(text("VACUUM ANALYZE oaksend_messages"))
@@ -200,7 +197,7 @@ class ScaleStack:
         return took
 
     def cpu_s(self) -> float:
-        got = _proc_cpu_s(self.dispatcher.pid)
+        got = proc_cpu_s(self.dispatcher.pid)
         return got[1] if got is not None else math.nan
 
     def probe(self, tag: str) -> tuple[str, float]:
@@ -218,29 +215,8 @@ class ScaleStack:
                 closer()
 
 
-def start_sandbox(procs: Processes) -> str:
-    proc = procs.start("sandbox", [sys.executable, "-m", "oaksend.sandbox", "--port", "0", "--api-key", API_KEY,
-                                   "--seed", "1"], _child_env(), stdout_pipe=True)
-    assert proc.stdout is not None
-    first: list[bytes] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(15)
-    line = first[0].decode(errors="replace").strip() if first else ""
-    if "listening on" not in line:
-        raise BenchError(f"the sandbox did not start: {line or 'no output in 15 s'!r}")
-
-    def drain() -> None:
-        with contextlib.suppress(ValueError, OSError):
-            for _ in iter(proc.stdout.readline, b""):  # type: ignore[union-attr]
-                pass
-
-    threading.Thread(target=drain, daemon=True).start()
-    return line.rsplit(" ", 1)[-1]
-
-
 def measure(stacks: list[ScaleStack], control: Any, procs: Processes, opts: argparse.Namespace,
-            checks: list[tuple[str, bool, str]]) -> dict[str, dict[str, float]]:
+            checks: list[Check]) -> dict[str, dict[str, float]]:
     """The three figures of every stack, measured interleaved."""
     names = [st.name for st in stacks]
     # Warm up: each new chatbot's limit cached, connections open.
@@ -320,113 +296,73 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return opts
 
 
-def drop_databases(admin_url: str, names: list[str]) -> None:
-    from sqlalchemy import text
+def run(opts: argparse.Namespace, session: Session) -> int:
+    """Start both stacks, fill them, measure them interleaved, print the figures; the exit code."""
+    from oaksend.sandbox.control import SandboxControl
 
-    engine = _pg_engine(admin_url)
-    try:
-        with engine.connect() as conn:
-            for name in names:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
+    procs, checks = session.procs, session.checks
+    stacks: list[ScaleStack] = []
+    # Dropped after a run whose checks all held (kept for a look otherwise), once everything is closed.
+    session.at_exit(lambda: drop_postgres(opts.pg_admin_url, *[st.database for st in stacks]), if_ok=True)
+    say(f"bench.scale: two stacks side by side, each 1 dispatcher + 1 worker x --concurrency {opts.concurrency}, "
+        f"PostgreSQL, its own redis-server; one sandbox; {os.cpu_count()} CPUs; logs in {session.logdir}")
+    sandbox_url = start_sandbox(procs, "sandbox", ["--port", "0", "--api-key", API_KEY, "--seed", "1"])
+    control = SandboxControl(sandbox_url)
+    session.at_exit(control.close)
+    for name in ("baseline", "scale"):
+        stacks.append(ScaleStack(opts, procs, name, sandbox_url))
+        session.at_exit(stacks[-1].close)
+    for st in stacks:
+        st.wait_ready()
+    base, big = stacks
+    took = base.fill(opts.baseline_chatbots, opts.baseline_messages)
+    say(f"  baseline: {opts.baseline_chatbots:,} chatbots holding {opts.baseline_messages:,} messages due "
+        f"tomorrow, filled in {took:.1f} s")
+    took = big.fill(opts.chatbots, opts.messages)
+    say(f"  scale: {opts.chatbots:,} chatbots holding {opts.messages:,} messages due tomorrow, filled in "
+        f"{took:.1f} s (INSERT ... SELECT generate_series, then VACUUM ANALYZE)")
+    say(f"  measuring both, interleaved: {opts.passes} passes each, {opts.idle_s:g} s idle, {opts.probes} "
+        f"messages each to new chatbots ({PROBE_GAP_S:g} s apart per stack) ...")
+    fig = measure(stacks, control, procs, opts, checks)
+    for st in stacks:
+        touched = st.waiting_touched()
+        checks.append((f"{st.name}: no waiting message was dispatched or marked ready", touched == 0,
+                       f"{touched} touched"))
+    procs.check_alive()
+    print_figures(fig["baseline"], fig["scale"])
+    return report_checks(checks, session.logdir)
+
+
+def print_figures(b: dict[str, float], s_: dict[str, float]) -> None:
+    """The table of both stacks, then the summary of the scale one against its goals."""
+
+    def ratio(key: str) -> str:
+        return f"{s_[key] / b[key]:.2f}x" if b[key] > 0 else "n/a"
+
+    say()
+    say(f"{'':34}{'baseline':>12}{'scale':>12}{'ratio':>8}   goal (scale)")
+    rows = [("one pass p50 (ms)", "pass_p50", ""), ("one pass p99 (ms)", "pass_p99", "<= 20 ms"),
+            ("idle dispatcher (% of a core)", "cpu", "<= 5%"),
+            ("new message -> API p50 (ms)", "lat_p50", ""), ("new message -> API p99 (ms)", "lat_p99", "<= 100 ms"),
+            ("new message -> API max (ms)", "lat_max", "")]
+    for label, key, goal in rows:
+        scale = 100.0 if key == "cpu" else 1.0
+        say(f"{label:34}{b[key] * scale:12.2f}{s_[key] * scale:12.2f}{ratio(key):>8}   {goal}")
+    say()
+    say("== summary ==")
+    say(f"one pass: p99 {s_['pass_p99']:.2f} ms ({'ok' if s_['pass_p99'] <= 20 else 'MISSED'} <= 20 ms); "
+        f"baseline p99 {b['pass_p99']:.2f} ms; ratio {ratio('pass_p99')}")
+    say(f"idle dispatcher: {s_['cpu'] * 100:.2f}% of a core ({'ok' if s_['cpu'] <= 0.05 else 'MISSED'} <= 5%); "
+        f"baseline {b['cpu'] * 100:.2f}%; ratio {ratio('cpu')}")
+    say(f"new message to another chatbot: p50 {s_['lat_p50']:.1f} ms, p99 {s_['lat_p99']:.1f} ms "
+        f"({'ok' if s_['lat_p99'] <= 100 else 'MISSED'} <= 100 ms); baseline p50 {b['lat_p50']:.1f} ms, "
+        f"p99 {b['lat_p99']:.1f} ms; ratio p99 {ratio('lat_p99')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    try:
-        lock = _single_run_lock()  # noqa: F841 - held until the process exits
-        check_postgres(opts.pg_admin_url)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr, flush=True)
-        return exc.code
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    logdir = Path(tempfile.mkdtemp(prefix="oaksend-bench-scale-"))
-    procs = Processes(logdir)
-    checks: list[tuple[str, bool, str]] = []
-    stacks: list[ScaleStack] = []
-    control: Any = None
-    code = 1
-    try:
-        say(f"bench.scale: two stacks side by side, each 1 dispatcher + 1 worker x --concurrency {opts.concurrency}, "
-            f"PostgreSQL, its own redis-server; one sandbox; {os.cpu_count()} CPUs; logs in {logdir}")
-        from oaksend.sandbox.control import SandboxControl
-
-        sandbox_url = start_sandbox(procs)
-        control = SandboxControl(sandbox_url)
-        base = ScaleStack(opts, procs, "baseline", sandbox_url)
-        stacks.append(base)
-        big = ScaleStack(opts, procs, "scale", sandbox_url)
-        stacks.append(big)
-        for st in stacks:
-            st.wait_ready()
-        took = base.fill(opts.baseline_chatbots, opts.baseline_messages)
-        say(f"  baseline: {opts.baseline_chatbots:,} chatbots holding {opts.baseline_messages:,} messages due "
-            f"tomorrow, filled in {took:.1f} s")
-        took = big.fill(opts.chatbots, opts.messages)
-        say(f"  scale: {opts.chatbots:,} chatbots holding {opts.messages:,} messages due tomorrow, filled in "
-            f"{took:.1f} s (INSERT ... SELECT generate_series, then VACUUM ANALYZE)")
-        say(f"  measuring both, interleaved: {opts.passes} passes each, {opts.idle_s:g} s idle, {opts.probes} "
-            f"messages each to new chatbots ({PROBE_GAP_S:g} s apart per stack) ...")
-        fig = measure(stacks, control, procs, opts, checks)
-        for st in stacks:
-            touched = st.waiting_touched()
-            checks.append((f"{st.name}: no waiting message was dispatched or marked ready", touched == 0,
-                           f"{touched} touched"))
-        procs.check_alive()
-
-        b, s_ = fig["baseline"], fig["scale"]
-
-        def ratio(key: str) -> str:
-            return f"{s_[key] / b[key]:.2f}x" if b[key] > 0 else "n/a"
-
-        say()
-        say(f"{'':34}{'baseline':>12}{'scale':>12}{'ratio':>8}   goal (scale)")
-        rows = [("one pass p50 (ms)", "pass_p50", ""), ("one pass p99 (ms)", "pass_p99", "<= 20 ms"),
-                ("idle dispatcher (% of a core)", "cpu", "<= 5%"),
-                ("new message -> API p50 (ms)", "lat_p50", ""), ("new message -> API p99 (ms)", "lat_p99", "<= 100 ms"),
-                ("new message -> API max (ms)", "lat_max", "")]
-        for label, key, goal in rows:
-            scale = 100.0 if key == "cpu" else 1.0
-            say(f"{label:34}{b[key] * scale:12.2f}{s_[key] * scale:12.2f}{ratio(key):>8}   {goal}")
-        say()
-        say("== summary ==")
-        say(f"one pass: p99 {s_['pass_p99']:.2f} ms ({'ok' if s_['pass_p99'] <= 20 else 'MISSED'} <= 20 ms); "
-            f"baseline p99 {b['pass_p99']:.2f} ms; ratio {ratio('pass_p99')}")
-        say(f"idle dispatcher: {s_['cpu'] * 100:.2f}% of a core ({'ok' if s_['cpu'] <= 0.05 else 'MISSED'} <= 5%); "
-            f"baseline {b['cpu'] * 100:.2f}%; ratio {ratio('cpu')}")
-        say(f"new message to another chatbot: p50 {s_['lat_p50']:.1f} ms, p99 {s_['lat_p99']:.1f} ms "
-            f"({'ok' if s_['lat_p99'] <= 100 else 'MISSED'} <= 100 ms); baseline p50 {b['lat_p50']:.1f} ms, "
-            f"p99 {b['lat_p99']:.1f} ms; ratio p99 {ratio('lat_p99')}")
-        code = report_checks(checks, logdir)
-        return code
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr, flush=True)
-        return exc.code
-    except KeyboardInterrupt:
-        print("bench: interrupted; stopping the processes it started", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            procs.stop()
-            for st in stacks:
-                st.close()
-            if control is not None:
-                with contextlib.suppress(Exception):
-                    control.close()
-            if code == 0:
-                with contextlib.suppress(Exception):
-                    drop_databases(opts.pg_admin_url, [st.database for st in stacks])
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        if code == 0 and not opts.keep_logs:
-            shutil.rmtree(logdir, ignore_errors=True)
-        elif logdir.exists():
-            print(f"bench: process logs kept in {logdir}", file=sys.stderr, flush=True)
+    return run_session(lambda session: run(opts, session), prefix="oaksend-bench-scale-", keep_logs=opts.keep_logs,
+                       pg_admin_url=opts.pg_admin_url)
 
 
 if __name__ == "__main__":
