@@ -70,7 +70,8 @@ def run_migrations_online() -> None:
                 # enforced, dropping oaksend_messages would cascade-delete every attempt and
                 # operator action: enforcement is off for this connection, which is disposed after.
                 # On the DBAPI connection, before any transaction begins (the PRAGMA is a no-op inside one).
-                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+                driver: Any = connection.connection.driver_connection  # sqlite3's, never None while open
+                driver.execute("PRAGMA foreign_keys=OFF")
             if schema:
                 connection.execute(CreateSchema(schema, if_not_exists=True))
                 connection.commit()

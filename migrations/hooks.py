@@ -16,7 +16,8 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
     return False
 
 
-def compare_type(ctx: Any, inspected: Any, metadata_column: Any, inspected_type: Any, metadata_type: Any) -> bool | None:
+def compare_type(ctx: Any, inspected: Any, metadata_column: Any, inspected_type: Any,
+                 metadata_type: Any) -> bool | None:
     """A UTCDateTime column matches any DATETIME/TIMESTAMP in the database."""
     if isinstance(metadata_type, UTCDateTime):
         return not isinstance(inspected_type, DateTime)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-
 #: Lengths of the attempt's bounded text columns: models.tables builds the columns from
 #: these, and models.fit clamps values to them (one number, so the two cannot drift apart).
 ATTEMPT_STRING_LENGTHS: dict[str, int] = {"data_status": 64, "classification": 16, "worker": 200}
@@ -44,7 +43,7 @@ class NewMessage:
     priority: int = NORMAL
 
     def same_content(self, row: Any) -> bool:
-        return (
+        return bool(
             row.serial_number == self.serial_number
             and row.to_phone == self.to_phone
             and row.body == self.body
@@ -108,4 +107,4 @@ class Transition:
 
 
 
-__all__ = ["INDEFINITE", "NORMAL", "PRIORITIES", "priority_name", "AttemptRecord", "NewMessage", "Transition", "Work"]
+__all__ = ["INDEFINITE", "NORMAL", "PRIORITIES", "AttemptRecord", "NewMessage", "Transition", "Work", "priority_name"]

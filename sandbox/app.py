@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -143,7 +144,7 @@ class SandboxApp:
 
     def _control(self, request: Request, now_s: float) -> Response:
         route = request.path[len(CONTROL_PREFIX):]
-        routes = {
+        routes: dict[str, dict[str, Callable[[], Any]]] = {
             "/health": {"GET": lambda: {"ok": True}},
             "/requests": {"GET": lambda: self._requests(request.query)},
             "/stats": {"GET": lambda: self.stats(now_s)},

@@ -126,9 +126,7 @@ class Config:
             if f.name == "api_key":
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, Latency):
-                value = str(value)
-            elif isinstance(value, Limit):
+            if isinstance(value, (Latency, Limit)):
                 value = str(value)
             elif f.name == "limits":
                 value = {serial: str(limit) for serial, limit in value.items()}
@@ -159,11 +157,13 @@ class FieldSpec:
 _SPECS = [
     FieldSpec("host", parse_str, "address to listen on (default 127.0.0.1)"),
     FieldSpec("port", parse_port, "port to listen on; 0 picks a free one (default 8099)"),
-    FieldSpec("api_key", parse_str, f"accepted Authorization value (env also {FALLBACK_API_KEY_ENV}; default sandbox-key)", "KEY"),
+    FieldSpec("api_key", parse_str,
+              f"accepted Authorization value (env also {FALLBACK_API_KEY_ENV}; default sandbox-key)", "KEY"),
     FieldSpec("seed", parse_seed, "seed of the fault random source (default: fresh)", "INT"),
     FieldSpec("latency", parse_latency, "added delay in ms: 20, uniform:10,50, normal:30,10, exp:20", "SPEC"),
     FieldSpec("p_429", parse_probability, "probability of HTTP 429", "P"),
-    FieldSpec("retry_after", parse_retry_after, "Retry-After seconds of 429s; negative omits the header (default 1)", "S"),
+    FieldSpec("retry_after", parse_retry_after, "Retry-After seconds of 429s; negative omits the header (default 1)",
+              "S"),
     FieldSpec("burst_429_every", parse_non_negative, "every S seconds start a burst of 429s (0: never)", "S"),
     FieldSpec("burst_429_for", parse_non_negative, "length of each 429 burst in seconds", "S"),
     FieldSpec("p_500", parse_probability, "probability of HTTP 500", "P"),
@@ -174,14 +174,19 @@ _SPECS = [
     FieldSpec("p_status_false", parse_probability, "probability of HTTP 200, Code 200, Data.Status \"False\"", "P"),
     FieldSpec("status_false_code", parse_twilio_code, "Twilio code quoted by Status \"False\" (default 30003)", "CODE"),
     FieldSpec("p_twilio_error", parse_probability, "probability of HTTP 200, Code 400, a Twilio error Message", "P"),
-    FieldSpec("twilio_code", parse_twilio_codes, "Twilio error code(s) for --p-twilio-error, e.g. 21610,30022", "CODES"),
+    FieldSpec("twilio_code", parse_twilio_codes, "Twilio error code(s) for --p-twilio-error, e.g. 21610,30022",
+              "CODES"),
     FieldSpec("p_hang", parse_probability, "probability of never answering (for --hang-s, then close)", "P"),
-    FieldSpec("hang_s", parse_non_negative, "seconds a hung request is held before the connection closes (default 30)", "S"),
+    FieldSpec("hang_s", parse_non_negative,
+              "seconds a hung request is held before the connection closes (default 30)", "S"),
     FieldSpec("p_reset", parse_probability, "probability of resetting the connection without an answer", "P"),
     FieldSpec("p_malformed", parse_probability, "probability of HTTP 200 with a malformed body", "P"),
-    FieldSpec("limits", parse_limits, "per-chatbot limit SERIAL=RATE[:BURST], repeatable (env SANDBOX_LIMITS=SN1=5:1,SN2=20:2)", "SERIAL=RATE[:BURST]"),
+    FieldSpec("limits", parse_limits,
+              "per-chatbot limit SERIAL=RATE[:BURST], repeatable (env SANDBOX_LIMITS=SN1=5:1,SN2=20:2)",
+              "SERIAL=RATE[:BURST]"),
     FieldSpec("default_limit", parse_optional_limit, "limit of chatbots without their own --limit", "RATE[:BURST]"),
-    FieldSpec("limit_slack_ms", parse_non_negative, "how early (ms) a request may come before the limiter counts it a violation (default 0)", "MS"),
+    FieldSpec("limit_slack_ms", parse_non_negative,
+              "how early (ms) a request may come before the limiter counts it a violation (default 0)", "MS"),
     FieldSpec("record_file", parse_optional_str, "write the request records here as JSON lines on exit", "PATH"),
     FieldSpec("log_level", parse_log_level, "DEBUG logs each request with masked numbers (default INFO)", "LEVEL"),
 ]

@@ -69,10 +69,7 @@ async def read_request(
         headers[key] = text
 
     connection = headers.get("connection", "").lower()
-    if version == "HTTP/1.1":
-        keep_alive = "close" not in connection
-    else:
-        keep_alive = "keep-alive" in connection
+    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
 
     if "transfer-encoding" in headers:
         raise ProtocolError(411, "Transfer-Encoding is not supported: send a Content-Length")

@@ -23,7 +23,7 @@ _ROUNDING_S = 1e-9
 class Gcra:
     """One chatbot's bucket: ``rate_per_s`` sustained, ``burst`` back-to-back."""
 
-    __slots__ = ("limit", "interval_s", "tolerance_s", "tat_s")
+    __slots__ = ("interval_s", "limit", "tat_s", "tolerance_s")
 
     def __init__(self, limit: Limit) -> None:
         self.limit = limit
@@ -45,7 +45,7 @@ class Gcra:
 class ChatbotCounts:
     """What one chatbot's client did: requests received, peak per window, violations."""
 
-    __slots__ = ("received", "violations", "max_in_window", "window", "first_s", "last_s")
+    __slots__ = ("first_s", "last_s", "max_in_window", "received", "violations", "window")
 
     def __init__(self) -> None:
         self.received = 0

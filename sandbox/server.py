@@ -210,7 +210,7 @@ class SandboxThread:
             self.base_url = await self._server.start()
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-        except BaseException as exc:  # handed to the starting thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
             self._error = exc
             return
         finally:

@@ -22,14 +22,14 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from oaksend.errors import ValidationError
 from oaksend.models.db import make_engine
 from oaksend.models.records import NewMessage
 from oaksend.models.repository import Outbox
 from oaksend.worker.clock import utcnow
-from oaksend.errors import ValidationError
 from oaksend.worker.keys import Keys
-from oaksend.worker.settings import Settings
 from oaksend.worker.message.validation import SendRequest, validate
+from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class Producer:
                  redis_client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema))
-        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                                          socket_connect_timeout=2)
 
     def send(self, serial_number: str, to: str, text: str, *, idempotency_key: str | None = None,
              send_at: datetime | None = None, deadline: datetime | None = None,

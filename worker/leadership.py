@@ -8,6 +8,7 @@ whose key already lapsed can never extend or delete its successor's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import redis
@@ -56,8 +57,6 @@ class Leadership:
 
     def release(self) -> None:
         """Give the lock up if this process still holds it (best effort: it lapses anyway)."""
-        try:
+        with contextlib.suppress(redis.RedisError):
             self._release(keys=[self.key], args=[self.name])
-        except redis.RedisError:
-            pass
         self.active = False

@@ -73,7 +73,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a broken format string must not lose the record
+        except Exception:  # noqa: BLE001 - a broken format string must not lose the record
             message = str(record.msg)
         record.msg = redact(message, self.secrets)
         record.args = None
@@ -96,7 +96,8 @@ def install_redaction(secrets: tuple[str, ...] = ()) -> None:
 FIELDS = ("message_id", "chatbot", "to", "verdict", "attempt")
 
 
-def send_fields(message_id: int, chatbot: str, to_phone: str, verdict: object, attempt: int | None) -> dict[str, object]:
+def send_fields(message_id: int, chatbot: str, to_phone: str, verdict: object,
+                attempt: int | None) -> dict[str, object]:
     """The structured fields of a send's log line: the number masked, never the text or the key."""
     return {"message_id": message_id, "chatbot": chatbot, "to": mask_phone(to_phone),
             "verdict": str(getattr(verdict, "value", verdict)), "attempt": attempt}
@@ -110,10 +111,10 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         import json
-        from datetime import datetime, timezone
+        from datetime import UTC, datetime
 
         out: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),

@@ -69,7 +69,8 @@ class Settings(BaseSettings):
         "retry", validation_alias=_env("AMBIGUOUS_POLICY")
     )
     #: JSON object mapping a Code (envelope Code, HTTP status or Twilio code) to a verdict.
-    code_overrides: Annotated[dict[int, str], NoDecode] = Field(default_factory=dict, validation_alias=_env("CODE_OVERRIDES"))
+    code_overrides: Annotated[dict[int, str], NoDecode] = Field(default_factory=dict,
+                                                                validation_alias=_env("CODE_OVERRIDES"))
 
     # -- rate limits ----------------------------------------------------------------------
     default_rate_per_s: float = Field(1.0, gt=0, validation_alias=_env("DEFAULT_RATE_PER_S"))
@@ -233,12 +234,12 @@ class Settings(BaseSettings):
         return key
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning pydantic's multi-line errors into one ConfigError line."""
     from pydantic import ValidationError as PydanticValidationError
 
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)  # pydantic checks each value (Any: any field, any type, checked there)
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ())) or "settings"

@@ -180,7 +180,8 @@ class Status:
         is never retried without one). Returns, per id, "retried" or why not.
         """
         now = now or utcnow()
-        if deadline is not None and _time(deadline, "deadline") <= now:  # type: ignore[operator]
+        checked = _time(deadline, "deadline")
+        if checked is not None and checked <= now:
             raise ValidationError("deadline", "has already passed")
         renewed = now + timedelta(seconds=self.settings.default_deadline_s)
         out = self.outbox.operator_retry(_ids(ids), now, _actor(actor), deadline, renew_deadline_at=renewed)
@@ -240,7 +241,7 @@ def _states(value: str | Iterable[str] | None) -> list[str]:
 def _chatbot(value: object) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ValidationError("chatbot", "must be a chatbot SerialNumber")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _time(value: object, field: str) -> datetime | None:
@@ -254,7 +255,7 @@ def _time(value: object, field: str) -> datetime | None:
 def _actor(value: object) -> str | None:
     if value is not None and (not isinstance(value, str) or len(value) > 200):
         raise ValidationError("actor", "must be a string of at most 200 characters")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _cursor(value: object) -> int | None:

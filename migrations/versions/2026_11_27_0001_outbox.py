@@ -1,7 +1,7 @@
 """outbox: messages, attempts, chatbots, operator actions
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27 12:43:16.170449
 """
 
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision: str = '0001'
 down_revision: str | None = None

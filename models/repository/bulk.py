@@ -16,6 +16,7 @@ Not PostgreSQL (SQLite): each batch is a plain INSERT on the caller's thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -47,7 +48,7 @@ class BulkWriter:
         self._abandoned = False
         self._thread: threading.Thread | None = None
         if self._pg:
-            self._raw = session.connection().connection.driver_connection
+            self._raw: Any = session.connection().connection.driver_connection  # psycopg's, never None while open
             self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
             self._thread = threading.Thread(target=self._run, name="oaksend-bulk-writer", daemon=True)
             self._thread.start()
@@ -95,10 +96,9 @@ class BulkWriter:
             self.close()
             return
         self._abandoned = True  # what is still queued is not written
-        try:  # the caller's error wins; the transaction is rolled back by the caller
+        # Already failing: the caller's error wins; the transaction is rolled back by the caller.
+        with contextlib.suppress(BaseException):
             self.close()
-        except BaseException:  # noqa: BLE001 - already failing
-            pass
 
     def _put(self, item: tuple[Any, ...]) -> None:
         if self._error is not None:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from oaksend.models.repository.base import Repository, chunks
+from oaksend.models.repository.base import Repository, chunks, rowcount
 from oaksend.models.repository.bulk import BulkWriter
 from oaksend.models.tables import OPEN_STATES, Campaign, CampaignRecipient, Message, SuppressedNumber
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing's own from Python 3.13
 
 #: How far a paused campaign's messages are moved (and moved back on resume); _FORWARD and _BACK say it in SQL.
 PAUSE_SHIFT = timedelta(days=365_000)
@@ -35,6 +38,11 @@ PAUSED_AFTER = datetime(2900, 1, 1)
 QUICK_STATISTICS_TARGET = 20
 _messages = Message.__table__
 _recipients = CampaignRecipient.__table__
+
+
+def _are_lines(rows: Sequence[dict[str, Any]] | Sequence[str]) -> TypeIs[Sequence[str]]:
+    """A batch of COPY text lines, not of dicts (a batch is all one or all the other)."""
+    return bool(rows) and isinstance(rows[0], str)
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -70,18 +78,18 @@ class CampaignRepository(Repository):
     def set_campaign(self, session: Session, campaign_id: int, from_states: Sequence[str], now: datetime,
                      **values: Any) -> bool:
         """Change a campaign only while it is in one of `from_states` (conditional, so two racers: one wins)."""
-        return bool(session.execute(
+        return bool(rowcount(session.execute(
             update(Campaign).where(Campaign.id == campaign_id, Campaign.state.in_(list(from_states)))
             .values(updated_at=now, **values)
-        ).rowcount)
+        )))
 
     def set_campaign_mark(self, session: Session, campaign_id: int, old: datetime | None, new: datetime,
                           now: datetime) -> bool:
         """Move a cron campaign's materialized_until from `old` to `new`; False if another scheduler did."""
         same = Campaign.materialized_until.is_(None) if old is None else Campaign.materialized_until == old
-        return bool(session.execute(
+        return bool(rowcount(session.execute(
             update(Campaign).where(Campaign.id == campaign_id, same).values(materialized_until=new, updated_at=now)
-        ).rowcount)
+        )))
 
     def add_skipped(self, session: Session, campaign_id: int, counts: dict[str, int], now: datetime) -> None:
         if not any(counts.values()):
@@ -115,8 +123,8 @@ class CampaignRepository(Repository):
     def drop_recipients(self, session: Session, campaign_id: int, keys: Sequence[str]) -> int:
         n = 0
         for chunk in chunks(list(keys), 500):
-            n += session.execute(_recipients.delete().where(_recipients.c.campaign_id == campaign_id,
-                                                            _recipients.c.key.in_(list(chunk)))).rowcount
+            n += rowcount(session.execute(_recipients.delete().where(_recipients.c.campaign_id == campaign_id,
+                                                                     _recipients.c.key.in_(list(chunk)))))
         return n
 
     def recipient_pages(self, campaign_id: int, page: int = 2000) -> Iterator[list[CampaignRecipient]]:
@@ -145,7 +153,7 @@ class CampaignRepository(Repository):
         if not rows:
             return 0
         stmt = _insert(session, _messages).on_conflict_do_nothing()
-        return session.execute(stmt, list(rows)).rowcount or 0
+        return rowcount(session.execute(stmt, list(rows))) or 0
 
     def bulk_writer(self, session: Session) -> BulkWriter:
         """Writes in `session`'s transaction from a thread of their own (see models.repository.bulk)."""
@@ -159,19 +167,19 @@ class CampaignRepository(Repository):
         Rows are dicts, or COPY text lines in `columns` order. Only for a campaign created in
         this transaction: its keys cannot exist yet.
         """
-        if rows and isinstance(rows[0], str):
-            writer.copy_lines(_messages, columns, rows)  # type: ignore[arg-type]
+        if _are_lines(rows):
+            writer.copy_lines(_messages, columns, rows)
         else:
-            writer.copy(_messages, rows, json_columns=("metadata",))  # type: ignore[arg-type]
+            writer.copy(_messages, rows, json_columns=("metadata",))
 
     @staticmethod
     def copy_recipients(writer: BulkWriter, rows: Sequence[dict[str, Any]] | Sequence[str],
                         columns: Sequence[str] = ()) -> None:
         """A new campaign's recipients (dicts with campaign_id, or COPY lines; keys checked unique by the caller)."""
-        if rows and isinstance(rows[0], str):
-            writer.copy_lines(_recipients, columns, rows)  # type: ignore[arg-type]
+        if _are_lines(rows):
+            writer.copy_lines(_recipients, columns, rows)
         else:
-            writer.copy(_recipients, rows, json_columns=("data",))  # type: ignore[arg-type]
+            writer.copy(_recipients, rows, json_columns=("data",))
 
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
@@ -194,7 +202,7 @@ class CampaignRepository(Repository):
         name = sql.Identifier(self.schema, _messages.name) if self.schema else sql.Identifier(_messages.name)
         statement = sql.SQL("ANALYZE {}").format(name)  # an identifier, quoted by psycopg
         with self.engine.begin() as conn:
-            driver = conn.connection.driver_connection
+            driver: Any = conn.connection.driver_connection  # psycopg's, never None while open
             driver.execute("SELECT set_config('default_statistics_target', %s, true)",  # SET LOCAL
                            (str(QUICK_STATISTICS_TARGET),))
             driver.execute(statement)
@@ -205,10 +213,12 @@ class CampaignRepository(Repository):
         for chunk in chunks(list(keys), 500):
             for row in session.scalars(select(Message).where(Message.campaign_id == campaign_id,
                                                              Message.idempotency_key.in_(list(chunk)))):
-                out[row.idempotency_key] = row  # type: ignore[index]
+                if row.idempotency_key is not None:  # always: selected by key
+                    out[row.idempotency_key] = row
         return out
 
-    def open_campaign_messages(self, session: Session, campaign_id: int, key_prefix: str | None = None) -> list[Message]:
+    def open_campaign_messages(self, session: Session, campaign_id: int,
+                               key_prefix: str | None = None) -> list[Message]:
         """A campaign's messages not yet sent (optionally one recipient's: its key prefix)."""
         q = select(Message).where(Message.campaign_id == campaign_id, Message.state.in_(OPEN_STATES))
         if key_prefix is not None:
@@ -227,16 +237,17 @@ class CampaignRepository(Repository):
         values = {"state": "cancelled", "lease_token": None, "lease_until": None, "last_outcome": "cancelled",
                   "last_reason": reason, "updated_at": now}
         if ids is None:
-            return session.execute(q.values(**values)).rowcount
+            return rowcount(session.execute(q.values(**values)))
         n = 0
         for chunk in chunks(list(ids), 500):
-            n += session.execute(q.where(Message.id.in_(list(chunk))).values(**values)).rowcount
+            n += rowcount(session.execute(q.where(Message.id.in_(list(chunk))).values(**values)))
         return n
 
     def reschedule_message(self, session: Session, message_id: int, now: datetime, values: dict[str, Any]) -> bool:
         """A pending campaign message's new time or text (a moved appointment, an edited name)."""
-        return bool(session.execute(update(Message).where(Message.id == message_id, Message.state == "pending")
-                                    .values(updated_at=now, **values)).rowcount)
+        return bool(rowcount(session.execute(
+            update(Message).where(Message.id == message_id, Message.state == "pending").values(updated_at=now, **values)
+        )))
 
     def hold_campaign(self, session: Session, campaign_id: int, now: datetime) -> int:
         """Pause: every message of the campaign not yet on its way moves PAUSE_SHIFT ahead (pending).
@@ -261,9 +272,9 @@ class CampaignRepository(Repository):
         held = Message.next_attempt_at >= PAUSED_AFTER.replace(tzinfo=now.tzinfo)
         where = [Message.campaign_id == campaign_id, Message.state == "pending", held if not forward else ~held]
         if session.get_bind().dialect.name == "postgresql":
-            return session.execute(
+            return rowcount(session.execute(
                 update(Message).where(*where).values(next_attempt_at=_FORWARD if forward else _BACK, updated_at=now)
-            ).rowcount
+            ))
         # SQLite has no date arithmetic that keeps microseconds: shift in Python, in this
         # transaction (SQLite serializes writers, so nothing changes under us).
         rows = list(session.execute(select(Message.id, Message.next_attempt_at).where(*where)))

@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import (Integer, Select, String, bindparam, func, literal_column, select, text, tuple_,
-                        update)
-
+from sqlalchemy import Integer, Select, String, bindparam, func, literal_column, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
-from oaksend.models.repository.base import Repository
+from oaksend.models.repository.base import Repository, rowcount
 from oaksend.models.tables import (
     LEASED,
     PENDING,
@@ -28,7 +26,7 @@ _NOT_PAUSED = Message.campaign_id.is_(None) | Message.campaign_id.not_in(
     select(Campaign.id).where(Campaign.state == "paused").scalar_subquery())
 
 
-def _due_chatbots_statement() -> Select[tuple[str]]:
+def _due_chatbots_statement() -> Select[str]:
     """Chatbots with due work, by a loose index scan over the ready index.
 
     One probe per chatbot that has DUE messages (never per chatbot that only
@@ -71,10 +69,10 @@ def lost_outcome(called: bool, failures: int, lost_before: int, limit: int, poli
                        "last_reason": reason}
 
 
-def _unlocked_ids(s: Session, candidates: Select[tuple[int]]) -> list[int]:
+def _unlocked_ids(s: Session, candidates: Select[int]) -> list[int]:
     """The ids `candidates` selects, locked for this transaction; on PostgreSQL rows another
     transaction holds are skipped (never waited for, nor deadlocked on)."""
-    if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+    if s.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     return list(s.scalars(candidates))
 
@@ -140,12 +138,12 @@ class DispatchRepository(Repository):
         ids = _unlocked_ids(s, candidates)
         if not ids:
             return 0
-        return s.execute(
+        return rowcount(s.execute(
             update(Message)
             .where(Message.id.in_(ids), text(WAITING), Message.next_attempt_at <= now)
             .values(ready=True)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
 
     @staticmethod
     def _due_chatbots(s: Session, after: str, limit: int) -> list[str]:
@@ -183,7 +181,7 @@ class DispatchRepository(Repository):
                 .order_by(Message.priority, Message.next_attempt_at, Message.id)
                 .limit(limit)
             )
-            if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            if s.get_bind().dialect.name == "postgresql":
                 candidates = candidates.with_for_update(skip_locked=True)
             ids = list(s.scalars(candidates))
             if not ids:
@@ -218,7 +216,7 @@ class DispatchRepository(Repository):
                 .where(Message.id.in_(list(ids)), Message.state == "dispatched", Message.lease_token == token)
                 .values(state="pending", ready=True, lease_token=None, lease_until=None, updated_at=now)
             )
-            return res.rowcount
+            return rowcount(res)
 
     def sending_owners(self) -> list[str]:
         """The worker processes holding `sending` rows (for the heartbeat rescue)."""
@@ -226,7 +224,7 @@ class DispatchRepository(Repository):
             return [o for o in s.scalars(
                 select(Message.claimed_by).where(Message.state == "sending", Message.claimed_by.is_not(None))
                 .distinct()
-            )]
+            ) if o is not None]
 
     def rescue(self, now: datetime, ambiguous_policy: str, worker: str, *, max_attempts: int | None = None,
                dead_workers: Sequence[str] = (), unmarked_after: datetime | None = None,
@@ -261,7 +259,7 @@ class DispatchRepository(Repository):
                 .where(text(LEASED), Message.state == "dispatched", Message.lease_until < now)
                 .values(state="pending", ready=True, lease_token=None, lease_until=None, updated_at=now)
             )
-            counts["dispatched"] = res.rowcount
+            counts["dispatched"] = rowcount(res)
             if unstarted_before is not None:
                 counts["unstarted"] = self._take_back_unstarted(s, unstarted_before, now)
             counts.update(self._take_back_sending(s, now, worker, limit, ambiguous_policy, dead_workers,
@@ -287,12 +285,12 @@ class DispatchRepository(Repository):
         )
         # One UPDATE per outcome (usually two: uncalled and called), not one per message: the rescue
         # runs while a dead worker's messages wait. Each row is still held by its own token.
-        groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[int, str]]] = {}
+        groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[int, str | None]]] = {}
         for mid, _attempts, failures, lost_before, token, calling_at in lost:
             kind, values = lost_outcome(calling_at is not None, failures, lost_before, limit, ambiguous_policy)
             groups.setdefault((kind, tuple(sorted(values.items()))), []).append((mid, token))
         rows = {r[0]: r for r in lost}
-        for (kind, values), held in groups.items():
+        for (kind, pairs), held in groups.items():
             counters = ({"lost": Message.lost + 1} if kind == "uncalled" else
                         {"attempts": Message.attempts + 1, "failures": Message.failures + 1,
                          "ambiguous": Message.ambiguous + 1, "calling_at": None})
@@ -300,7 +298,7 @@ class DispatchRepository(Repository):
                 update(Message)
                 .where(tuple_(Message.id, Message.lease_token).in_(held), Message.state == "sending")
                 .values(lease_token=None, lease_until=None, claimed_by=None, updated_at=now, **counters,
-                        **dict(values))
+                        **dict(pairs))
                 .returning(Message.id)
                 .execution_options(synchronize_session=False)
             ))
@@ -328,20 +326,20 @@ class DispatchRepository(Repository):
                                                          Message.updated_at < before))
         if not ids:
             return 0
-        return s.execute(
+        return rowcount(s.execute(
             update(Message)
             .where(Message.id.in_(ids), Message.state == "dispatched")
             .values(state="pending", ready=True, lease_token=None, lease_until=None, updated_at=now)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
 
     def expire_overdue(self, now: datetime) -> int:
         """Pending messages whose deadline has passed are expired: never sent late."""
         with self.session() as s:
-            return s.execute(
+            return rowcount(s.execute(
                 update(Message)
                 .where(text(PENDING), Message.deadline_at <= now)
                 .values(state="expired", last_outcome="expired", last_reason="deadline passed before sending",
                         lease_token=None, lease_until=None, updated_at=now)
-            ).rowcount
+            ))
 

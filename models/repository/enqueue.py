@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -98,7 +99,7 @@ class EnqueueRepository(Repository):
 
     # -- PostgreSQL (psycopg 3): see pg_bulk ----------------------------------------------
     def _insert_pg(self, conn: Any, rows: Sequence[NewMessage], now: datetime) -> list[int]:
-        from oaksend.models.repository import pg_bulk  # noqa: PLC0415 - psycopg only when used
+        from oaksend.models.repository import pg_bulk  # psycopg only when used
 
         schema = self.schema
         if len(rows) == 1:
@@ -108,21 +109,23 @@ class EnqueueRepository(Repository):
         skipped = [i for i, mid in enumerate(got) if mid is None]
         if skipped:
             # Skipped by ON CONFLICT: another producer holds the key. Use its row if it matches.
-            pairs = sorted({(rows[i].serial_number, rows[i].idempotency_key) for i in skipped})  # type: ignore[misc]
+            keyed = [rows[i] for i in skipped]
+            pairs = sorted({(m.serial_number, m.idempotency_key) for m in keyed if m.idempotency_key is not None})
             found = pg_bulk.existing(conn, schema, _TABLE, pairs)
             for i in skipped:
-                stored = found.get((rows[i].serial_number, rows[i].idempotency_key))  # type: ignore[arg-type]
-                if rows[i].idempotency_key is None or stored is None:
+                key = rows[i].idempotency_key
+                stored = found.get((rows[i].serial_number, key)) if key is not None else None
+                if stored is None:
                     raise RuntimeError("a message without a conflicting idempotency key was not inserted")
                 got[i] = _same_or_conflict(rows[i], stored)
-        return got  # type: ignore[return-value]
+        return cast("list[int]", got)  # every slot is filled: inserted, or the stored row (else raised above)
 
     def _insert_pg_batch(self, conn: Any, rows: Sequence[NewMessage], now: datetime) -> list[int | None]:
-        from oaksend.models.repository import pg_bulk  # noqa: PLC0415
+        from oaksend.models.repository import pg_bulk
 
         schema = self.schema
         large = len(rows) >= pg_bulk.COPY_MIN_ROWS
-        pairs = sorted({(m.serial_number, m.idempotency_key) for m in rows if m.idempotency_key})  # type: ignore[misc]
+        pairs = sorted({(m.serial_number, m.idempotency_key) for m in rows if m.idempotency_key})
         # A batch sent again (a campaign tick, a retried job) holds stored keys: a probe of
         # about 100 of them says so in one query, and saves a COPY that would fail.
         probe = pairs[:: max(1, len(pairs) // 100)]
@@ -140,11 +143,12 @@ class EnqueueRepository(Repository):
         ids = pg_bulk.take_ids(conn, schema, _TABLE, len(fresh)) if fresh else []
         inserted = pg_bulk.insert_many(conn, schema, _TABLE, ids, [_values(rows[i], now) for i in fresh])
         got: list[int | None] = [None] * len(rows)
-        for i, mid in zip(fresh, inserted):
+        for i, mid in zip(fresh, inserted, strict=True):
             got[i] = mid
         for i, m in enumerate(rows):
-            if got[i] is None and (m.serial_number, m.idempotency_key) in found:
-                got[i] = _same_or_conflict(m, found[(m.serial_number, m.idempotency_key)])  # type: ignore[index]
+            key = m.idempotency_key
+            if got[i] is None and key is not None and (m.serial_number, key) in found:
+                got[i] = _same_or_conflict(m, found[(m.serial_number, key)])
         return got
 
     # -- SQLite (and any other backend): look up, then one multi-row INSERT per chunk --------
@@ -157,7 +161,7 @@ class EnqueueRepository(Repository):
         ids: list[int | None] = []
         fresh: list[int] = []
         for i, row in enumerate(rows):
-            other = found.get((row.serial_number, row.idempotency_key)) if row.idempotency_key else None  # type: ignore[arg-type]
+            other = found.get((row.serial_number, row.idempotency_key)) if row.idempotency_key else None
             if other is None:
                 ids.append(None)
                 fresh.append(i)
@@ -167,9 +171,9 @@ class EnqueueRepository(Repository):
             values = [_values(rows[i], now) for i in chunk]
             result = session.execute(insert(_TABLE).returning(_TABLE.c.id, sort_by_parameter_order=True), values,
                                      execution_options=options)
-            for i, mid in zip(chunk, result.scalars()):
+            for i, mid in zip(chunk, result.scalars(), strict=True):
                 ids[i] = mid
-        return ids  # type: ignore[return-value]
+        return cast("list[int]", ids)  # every slot is filled: the stored row's id, or the one RETURNING gave
 
     # -- shared ---------------------------------------------------------------------------
     def _existing(self, session: Session, rows: Sequence[NewMessage],
@@ -180,13 +184,14 @@ class EnqueueRepository(Repository):
         for chunk in chunks(pairs, LOOKUP_CHUNK):
             by_chatbot: dict[str, list[str]] = {}
             for sn, key in chunk:
-                by_chatbot.setdefault(sn, []).append(key)  # type: ignore[arg-type]
+                by_chatbot.setdefault(sn, []).append(key)
             match = or_(*(and_(Message.serial_number == sn, Message.idempotency_key.in_(keys))
                           for sn, keys in by_chatbot.items()))
             q = select(Message.id, Message.serial_number, Message.to_phone, Message.body,
                        Message.idempotency_key).where(match)
             for mid, sn, to, body, key in session.execute(q, execution_options=options):
-                found[(sn, key)] = (mid, sn, to, body)
+                if key is not None:  # always: the query matches keys
+                    found[(sn, key)] = (mid, sn, to, body)
         return found
 
     def is_suppressed(self, to_phones: Iterable[str], session: Session | None = None) -> dict[str, str]:
@@ -201,11 +206,11 @@ class EnqueueRepository(Repository):
         out: dict[str, str] = {}
         driver = _psycopg(s)
         if driver is not None:
-            from oaksend.models.repository import pg_bulk  # noqa: PLC0415
+            from oaksend.models.repository import pg_bulk
 
             table = SuppressedNumber.__table__
             for chunk in chunks(phones, PG_LOOKUP_CHUNK):
-                out.update(_as_sqlalchemy_errors(s, lambda c=chunk: pg_bulk.suppressed(driver, self.schema, table, c)))
+                out.update(_as_sqlalchemy_errors(s, partial(pg_bulk.suppressed, driver, self.schema, table, chunk)))
             return out
         options = self._foreign_options
         for chunk in chunks(phones, LOOKUP_CHUNK):
@@ -252,12 +257,12 @@ def _psycopg(session: Session) -> Any:
 
 def _as_sqlalchemy_errors(session: Session, call: Callable[[], T]) -> T:
     """Driver errors of the psycopg fast path, raised as SQLAlchemy's (as every other statement's are)."""
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
     try:
         return call()
     except psycopg.Error as exc:
-        if exc.sqlstate is None or session.connection().connection.driver_connection.closed:
+        if exc.sqlstate is None or _psycopg(session).closed:
             session.connection().invalidate(exc)  # a lost connection: do not hand it out again
         raise DBAPIError.instance(None, None, exc, psycopg.Error, hide_parameters=True) from None
 
@@ -265,7 +270,8 @@ def _as_sqlalchemy_errors(session: Session, call: Callable[[], T]) -> T:
 def _same_or_conflict(row: NewMessage, stored: Stored) -> int:
     mid, sn, to, body = stored
     if (sn, to, body) != (row.serial_number, row.to_phone, row.body):
-        raise IdempotencyConflict("idempotency_key", f"{row.idempotency_key!r} was already used for a different message")
+        raise IdempotencyConflict("idempotency_key",
+                                  f"{row.idempotency_key!r} was already used for a different message")
     return mid
 
 

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from oaksend.models.repository.base import Repository
 from oaksend.models.tables import (
@@ -21,13 +20,6 @@ from oaksend.models.tables import (
 
 class OperatorRepository(Repository):
     # -- chatbots -------------------------------------------------------------------------
-    def _pause(self, s: Session, serial_number: str, until: datetime, reason: str | None, now: datetime) -> None:
-        row = s.get(Chatbot, serial_number, with_for_update=True)
-        if row is None:
-            s.add(Chatbot(serial_number=serial_number, paused_until=until, pause_reason=reason, updated_at=now))
-        elif row.paused_until is None or row.paused_until < until:
-            row.paused_until, row.pause_reason, row.updated_at = until, reason, now
-
     def pause(self, serial_number: str, until: datetime, reason: str, now: datetime) -> None:
         with self.session() as s:
             self._pause(s, serial_number, until, reason, now)
@@ -65,9 +57,9 @@ class OperatorRepository(Repository):
     def history(self, message_id: int) -> tuple[list[Attempt], list[OperatorAction]]:
         with self.session() as s:
             attempts = list(s.scalars(select(Attempt).where(Attempt.message_id == message_id).order_by(Attempt.id)))
-            actions = list(
-                s.scalars(select(OperatorAction).where(OperatorAction.message_id == message_id).order_by(OperatorAction.id))
-            )
+            actions = list(s.scalars(
+                select(OperatorAction).where(OperatorAction.message_id == message_id).order_by(OperatorAction.id)
+            ))
             return attempts, actions
 
     def list(self, *, states: Sequence[str] = (), serial_number: str | None = None,

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, null, select, text, update
 
-from oaksend.models.repository.base import Repository
+from oaksend.models.repository.base import Repository, rowcount
 from oaksend.models.tables import (
     TERMINAL,
     TERMINAL_STATES,
@@ -121,7 +121,7 @@ class OpsRepository(Repository):
                 if n == 0:
                     out[q] = None
                     continue
-                rank = min(n - 1, max(0, int(round(q * n + 0.5)) - 1))
+                rank = min(n - 1, max(0, round(q * n + 0.5) - 1))
                 out[q] = s.scalar(select(Attempt.latency_ms).where(*where).order_by(Attempt.latency_ms)
                                   .offset(rank).limit(1))
         return out
@@ -129,7 +129,7 @@ class OpsRepository(Repository):
     def sent_per_minute(self, since: datetime) -> dict[str, int]:
         """Messages sent per minute since `since`, keyed by 'YYYY-MM-DDTHH:MM' (UTC)."""
         with self.session() as s:
-            if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            if s.get_bind().dialect.name == "postgresql":
                 minute = func.to_char(func.date_trunc("minute", func.timezone("UTC", Message.sent_at)),
                                       'YYYY-MM-DD"T"HH24:MI')
             else:
@@ -173,7 +173,7 @@ class OpsRepository(Repository):
         """
         with self.session() as s:
             q = select(Message.id).where(*self._purgeable(cutoff, anonymize)).order_by(Message.id).limit(batch)
-            if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            if s.get_bind().dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             ids = list(s.scalars(q))
             if not ids:
@@ -181,11 +181,11 @@ class OpsRepository(Repository):
             # The state is checked again under the row lock: nothing open is ever purged.
             still = (Message.id.in_(ids), Message.state.in_(TERMINAL_STATES))
             if anonymize:
-                return s.execute(
+                return rowcount(s.execute(
                     update(Message).where(*still)
                     .values(to_phone="", body="", meta=null(), updated_at=now)
-                ).rowcount
+                ))
             doomed = select(Message.id).where(*still)
             s.execute(delete(Attempt).where(Attempt.message_id.in_(doomed)))
             s.execute(delete(OperatorAction).where(OperatorAction.message_id.in_(doomed)))
-            return s.execute(delete(Message).where(*still)).rowcount
+            return rowcount(s.execute(delete(Message).where(*still)))

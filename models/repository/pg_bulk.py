@@ -106,7 +106,7 @@ def _copy(conn: Connection[Any], schema: str | None, table: Table, ids: Sequence
     json_at = {i for i, n in enumerate(names) if _is_json(table, n)}
     with conn.cursor() as cur, cur.copy(query) as copy:
         copy.set_types([_pg_type(table, n) for n in names])
-        for mid, row in zip(ids, rows):
+        for mid, row in zip(ids, rows, strict=True):
             values = [mid, *row.values()]
             for i in json_at:
                 values[i] = Json(values[i])
@@ -117,7 +117,7 @@ def _insert_unnest(conn: Connection[Any], schema: str | None, table: Table, ids:
                    rows: Sequence[Row]) -> list[int]:
     names = ["id", *rows[0]]
     arrays, picks, params = [], [], []
-    for i, name in enumerate(names):
+    for name in names:
         json_column = _is_json(table, name)
         arrays.append(sql.SQL("%b::{}[]").format(sql.SQL("text" if json_column else _pg_type(table, name))))
         picks.append(sql.SQL("{}::json").format(sql.Identifier("t", name)) if json_column

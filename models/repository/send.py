@@ -13,10 +13,10 @@ from oaksend.models.fit import fit_attempt, fits_int64
 from oaksend.models.records import AttemptRecord, Transition, Work
 from oaksend.models.repository.base import Repository
 from oaksend.models.tables import (
-    UTCDateTime,
     Attempt,
     Message,
     SuppressedNumber,
+    UTCDateTime,
 )
 
 _messages = Message.__table__
@@ -143,7 +143,7 @@ class SendRepository(Repository):
         with self.engine.begin() as conn:
             marked = [r[0] for r in conn.execute(_MARK_CALLING, params)]
             stopped: list[int] = []
-            if len(marked) < len(params["b_ids"]):
+            if len(marked) < len(ids):
                 stopped = [r[0] for r in conn.execute(_MARK_SUPPRESSED, params)]
         return marked, stopped
 
@@ -192,14 +192,13 @@ class SendRepository(Repository):
         simple = all(change.pause_until is None and not change.suppress_number for _, _, change in outcomes)
         if simple:
             params = [_record_params(work.id, token, attempt, change, now) for work, attempt, change in outcomes]
-            with self.engine.connect() as conn:
-                with conn.begin() as tx:
-                    changed = conn.execute(_RECORD, params).rowcount
-                    if changed == len(outcomes):
-                        conn.execute(_INSERT_ATTEMPT, [{"message_id": work.id, **attempt.__dict__}
-                                                       for work, attempt, _ in outcomes])
-                        return [True] * len(outcomes)
-                    tx.rollback()
+            with self.engine.connect() as conn, conn.begin() as tx:
+                changed = conn.execute(_RECORD, params).rowcount
+                if changed == len(outcomes):
+                    conn.execute(_INSERT_ATTEMPT, [{"message_id": work.id, **attempt.__dict__}
+                                                   for work, attempt, _ in outcomes])
+                    return [True] * len(outcomes)
+                tx.rollback()
         return [self.record(work.id, work.serial_number, work.to_phone, token, attempt, change, now)
                 for work, attempt, change in outcomes]
 

@@ -85,7 +85,7 @@ def read_csv(path: str | Path) -> tuple[list[str], Iterator[tuple[int, dict[str,
     """Open a CSV audience: its header and an iterator of (row number, {column: text})."""
     try:
         # Undecodable bytes become lone surrogates, so the row that holds them can be named.
-        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115 - _rows closes it
     except OSError as exc:
         raise ValidationError("audience", f"cannot read {str(path)!r}: {exc.strerror}") from None
     try:
@@ -134,7 +134,7 @@ def _rows(handle: Any, header: list[str]) -> Iterator[tuple[int, dict[str, str]]
             if not text.strip():
                 continue  # a blank line (or only separators and spaces)
             if len(cells) == len(header):
-                values = dict(zip(header, cells))
+                values = dict(zip(header, cells, strict=True))
             else:
                 values = {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(header)}
                 if len(cells) > len(header):

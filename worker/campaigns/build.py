@@ -28,9 +28,9 @@ from datetime import datetime
 from typing import Any
 
 from oaksend.errors import ValidationError
-from oaksend.worker.campaigns.spec import BAD_ROWS
 from oaksend.worker.campaigns.audience import AudienceSpec, Recipient, RowError, RowProblem, check_row
 from oaksend.worker.campaigns.plan import BULK, MESSAGE_COLUMNS, CampaignPlan, Planned, idempotency_key, message_row
+from oaksend.worker.campaigns.spec import BAD_ROWS
 from oaksend.worker.message.segments import count_segments
 
 #: Audience rows per batch handed to a worker (and per COPY).
@@ -108,7 +108,8 @@ class Builder:
 
     def _recipient_line(self, r: Recipient) -> str:
         """copy_line of the recipient row (RECIPIENT_COLUMNS), written out (tests compare the two)."""
-        return f"{self.campaign_id}\t{_escape(r.key)}\t{_escape(r.phone)}\t{_escape(r.zone.key)}\t{_escape(_json(r.values))}\n"
+        return (f"{self.campaign_id}\t{_escape(r.key)}\t{_escape(r.phone)}\t{_escape(r.zone.key)}\t"
+                f"{_escape(_json(r.values))}\n")
 
     def _message_line(self, recipient: Recipient, p: Planned, quiet: str | None) -> str:
         """copy_line(message_row(...).values()), written out: a third of the time (tests compare the two)."""

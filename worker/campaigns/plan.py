@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from oaksend.errors import ValidationError
 from oaksend.models.records import PRIORITIES
 from oaksend.worker.campaigns.audience import Recipient
-from oaksend.worker.message.quiet import QuietHours, compact, next_allowed, parse_window
 from oaksend.worker.campaigns.schedule import (
     Cron,
     Once,
@@ -30,8 +29,9 @@ from oaksend.worker.campaigns.schedule import (
     relative_times,
     zone,
 )
-from oaksend.worker.message.segments import count_segments
 from oaksend.worker.campaigns.template import Template
+from oaksend.worker.message.quiet import QuietHours, compact, next_allowed, parse_window
+from oaksend.worker.message.segments import count_segments
 from oaksend.worker.message.validation import MAX_BODY_CHARS
 
 #: With --missed skip, an occurrence this late is still "on time" (a scheduler's restart, a slow tick).
@@ -117,7 +117,8 @@ class CampaignPlan:
         values = {**recipient.values, "phone": recipient.phone, "campaign": self.name}
         body = self.template.render(values, recipient.zone, prefix)
         if len(body) > MAX_BODY_CHARS:
-            raise ValidationError(f"{prefix}template", f"renders to {len(body)} characters; the API takes at most {MAX_BODY_CHARS}")
+            raise ValidationError(f"{prefix}template",
+                                  f"renders to {len(body)} characters; the API takes at most {MAX_BODY_CHARS}")
         if not body.strip():
             raise ValidationError(f"{prefix}template", "renders to an empty text")
         return body

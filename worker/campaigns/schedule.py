@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -79,7 +79,7 @@ def zone(name: str, field: str = "tz") -> ZoneInfo:
 def local_to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
     """A naive local wall time -> the UTC instant it names (DST rules in the module docstring)."""
     aware = wall.replace(tzinfo=tz, fold=0)
-    return aware.astimezone(timezone.utc)
+    return aware.astimezone(UTC)
 
 
 def parse_duration(text: str, field: str) -> timedelta:
@@ -136,7 +136,7 @@ def parse_schedule(*, at: str | None = None, before: str | None = None, cron: st
 def once_at(schedule: Once, tz: ZoneInfo) -> datetime:
     """The UTC instant of a one-off schedule (an aware --at keeps its own offset)."""
     if schedule.at.tzinfo is not None:
-        return schedule.at.astimezone(timezone.utc)
+        return schedule.at.astimezone(UTC)
     return local_to_utc(schedule.at, tz)
 
 
@@ -153,7 +153,7 @@ def _anchor(text: str, tz: ZoneInfo) -> datetime:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         return local_to_utc(parsed, tz)
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 @lru_cache(maxsize=4096)
@@ -192,7 +192,7 @@ def cron_times(expr: str, tz: ZoneInfo, after_utc: datetime, until_utc: datetime
 
 def occurrence_label(instant_utc: datetime) -> str:
     """The occurrence id of a once or cron send: its UTC instant."""
-    return instant_utc.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return instant_utc.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def spread(times: list[datetime], rate_per_s: float | None) -> list[datetime]:

@@ -38,6 +38,7 @@ from oaksend.errors import InvalidTransition, NotFound, ValidationError
 from oaksend.models.db import make_engine
 from oaksend.models.repository import Outbox
 from oaksend.models.repository.bulk import BulkWriter
+from oaksend.models.repository.campaigns import PAUSED_AFTER
 from oaksend.worker.campaigns.audience import (
     AudienceError,
     AudienceSpec,
@@ -48,6 +49,17 @@ from oaksend.worker.campaigns.audience import (
     check_row,
     from_dicts,
 )
+from oaksend.worker.campaigns.build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all, planned_for
+from oaksend.worker.campaigns.plan import (
+    CAP_WINDOW,
+    DEFAULT_DEADLINE,
+    MESSAGE_COLUMNS,
+    CampaignPlan,
+    Planned,
+    apply_frequency_cap,
+    plan_from_row,
+)
+from oaksend.worker.campaigns.schedule import Cron, Once, once_at, parse_duration, spread, zone
 from oaksend.worker.campaigns.spec import (
     BAD_ROWS,
     CRON_HORIZON,
@@ -58,27 +70,16 @@ from oaksend.worker.campaigns.spec import (
     schedule_from_json,
     schedule_json,
 )
-from oaksend.worker.campaigns.build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all, planned_for
 from oaksend.worker.campaigns.sync import AudienceSync
+from oaksend.worker.campaigns.template import parse as parse_template
+from oaksend.worker.campaigns.template import placeholder_names
 from oaksend.worker.campaigns.ticks import CronTicks
 from oaksend.worker.clock import utcnow
 from oaksend.worker.enqueue import wake
-from oaksend.worker.campaigns.plan import (
-    CAP_WINDOW,
-    DEFAULT_DEADLINE,
-    MESSAGE_COLUMNS,
-    CampaignPlan,
-    Planned,
-    apply_frequency_cap,
-    plan_from_row,
-)
 from oaksend.worker.message.quiet import parse_window
-from oaksend.worker.campaigns.schedule import Cron, Once, once_at, parse_duration, zone
 from oaksend.worker.message.segments import count_segments, encoding
-from oaksend.worker.settings import Settings
-from oaksend.worker.campaigns.template import parse as parse_template
-from oaksend.worker.campaigns.template import placeholder_names
 from oaksend.worker.message.validation import check_serial_number
+from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 #: A create that writes at least this many messages refreshes the database's statistics.
@@ -92,7 +93,8 @@ class Campaigns(AudienceSync, CronTicks):
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema))
-        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                                          socket_connect_timeout=2)
         self.clock = clock
 
     # -- checking a spec ------------------------------------------------------------------
@@ -117,7 +119,8 @@ class Campaigns(AudienceSync, CronTicks):
                 raise ValidationError("rate_cap", "must be greater than 0 (messages per second)")
             limit = self._chatbot_rate(spec.chatbot)
             if spec.rate_cap_per_s > limit:
-                raise ValidationError("rate_cap", f"{spec.rate_cap_per_s:g}/s is above the chatbot's limit ({limit:g}/s)")
+                raise ValidationError("rate_cap",
+                                      f"{spec.rate_cap_per_s:g}/s is above the chatbot's limit ({limit:g}/s)")
         return CampaignPlan(spec.name.strip(), template, spec.schedule, tz, parse_window(spec.quiet_hours),
                             deadline, spec.missed)
 
@@ -134,7 +137,8 @@ class Campaigns(AudienceSync, CronTicks):
             try:
                 recipient = check_row(row_no, values, spec, plan.tz)
                 if recipient.key in seen:
-                    raise RowProblem(RowError(row_no, spec.key, f"duplicate key (row {seen[recipient.key]} has it too)"))
+                    raise RowProblem(RowError(row_no, spec.key,
+                                              f"duplicate key (row {seen[recipient.key]} has it too)"))
                 seen[recipient.key] = row_no
                 planned, skipped = planned_for(plan, recipient, now, window, row_no)
             except RowProblem as exc:
@@ -150,7 +154,8 @@ class Campaigns(AudienceSync, CronTicks):
             errors.append(error)
 
     # -- create ---------------------------------------------------------------------------
-    def create(self, spec: CampaignSpec, audience: tuple[list[str], Iterator[tuple[int, dict[str, str]]]] | list[dict[str, Any]]) -> Result:
+    def create(self, spec: CampaignSpec,
+               audience: tuple[list[str], Iterator[tuple[int, dict[str, str]]]] | list[dict[str, Any]]) -> Result:
         """Check everything, then write the campaign, its recipients and its messages in ONE transaction.
 
         `audience` is `read_csv(path)` or a list of dicts. Raises ValidationError (AudienceError
@@ -190,7 +195,8 @@ class Campaigns(AudienceSync, CronTicks):
                 for built in itertools.chain([first] if first is not None else [], batches):
                     for row_no, key in built.keys:
                         if key in seen:
-                            built.error(RowError(row_no, spec.audience.key, f"duplicate key (row {seen[key]} has it too)"))
+                            built.error(RowError(row_no, spec.audience.key,
+                                                 f"duplicate key (row {seen[key]} has it too)"))
                         else:
                             seen[key] = row_no
                     errors += built.errors
@@ -243,11 +249,10 @@ class Campaigns(AudienceSync, CronTicks):
         return kept
 
     def _spread(self, s: Session, cid: int, rate_per_s: float) -> None:
-        from oaksend.worker.campaigns.schedule import spread
-
         rows = self.outbox.pending_times(s, cid)
         times = spread([at for _, at in rows], rate_per_s)
-        self.outbox.spread_campaign(s, cid, [(mid, new) for (mid, old), new in zip(rows, times) if new != old])
+        moved = [(mid, new) for (mid, old), new in zip(rows, times, strict=True) if new != old]
+        self.outbox.spread_campaign(s, cid, moved)
 
     # -- preview --------------------------------------------------------------------------
     def preview(self, spec: CampaignSpec, audience: Any, limit: int = 5) -> list[dict[str, Any]]:
@@ -325,8 +330,6 @@ class Campaigns(AudienceSync, CronTicks):
         if deadline_expired:
             skipped["deadline_at_send"] = deadline_expired
         first, pending = self.outbox.campaign_next_send(campaign_id)
-        from oaksend.models.repository.campaigns import PAUSED_AFTER
-
         held = first is not None and first.replace(tzinfo=None) >= PAUSED_AFTER
         rate = min(self._chatbot_rate(c.serial_number), c.rate_cap_per_s or float("inf"))
         now = self.clock()
@@ -338,8 +341,7 @@ class Campaigns(AudienceSync, CronTicks):
             "id": c.id, "name": c.name, "chatbot": c.serial_number, "state": c.state,
             "schedule": {"kind": kind, **data}, "tz": c.tz, "quiet_hours": c.quiet_hours or "off",
             "deadline_s": c.deadline_s, "rate_cap_per_s": c.rate_cap_per_s, "frequency_cap": c.frequency_cap,
-            "missed": c.missed,
-            "recipients": c.recipients, "messages": counts, "skipped": skipped,
+            "missed": c.missed, "recipients": c.recipients, "messages": counts, "skipped": skipped,
             "next_send_at": None if first is None or held else first.isoformat(),
             "eta": eta.isoformat() if eta else None, "priority": "bulk",
             "created_at": c.created_at.isoformat(), "updated_at": c.updated_at.isoformat(),
@@ -352,7 +354,8 @@ class Campaigns(AudienceSync, CronTicks):
         with self.outbox.session() as s:
             c = self._get(campaign_id, s)
             if not self.outbox.set_campaign(s, campaign_id, LIVE, now, state="paused"):
-                raise InvalidTransition(f"campaign {campaign_id} is {c.state}; only a scheduled or running one can be paused")
+                raise InvalidTransition(
+                    f"campaign {campaign_id} is {c.state}; only a scheduled or running one can be paused")
             return self.outbox.hold_campaign(s, campaign_id, now)
 
     def start(self, campaign_id: int) -> int:

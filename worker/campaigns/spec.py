@@ -82,5 +82,5 @@ def needed_columns(spec_schedule: Schedule, template_names: tuple[str, ...]) -> 
     return needed
 
 
-__all__ = ["CHANGEABLE", "CRON_HORIZON", "HELD", "LIVE", "CampaignSpec", "Result", "needed_columns", "schedule_from_json",
-           "schedule_json"]
+__all__ = ["CHANGEABLE", "CRON_HORIZON", "HELD", "LIVE", "CampaignSpec", "Result", "needed_columns",
+           "schedule_from_json", "schedule_json"]

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from oaksend.errors import InvalidTransition, ValidationError
 from oaksend.worker.campaigns.audience import AudienceError, Recipient, RowError, check_columns, from_dicts
+from oaksend.worker.campaigns.plan import CampaignPlan, Planned, message_row, recipient_prefix
 from oaksend.worker.campaigns.spec import BAD_ROWS, CHANGEABLE, HELD, Result, needed_columns
 from oaksend.worker.enqueue import wake
-from oaksend.worker.campaigns.plan import CampaignPlan, Planned, message_row, recipient_prefix
 
 
 class AudienceSync:
@@ -94,7 +94,8 @@ class AudienceSync:
             errors: list[RowError] = []
             counts: Counter[str] = Counter()
             result = Result(id=campaign_id)
-            for recipient, planned in self._recipients(rows, spec, plan, now, errors, counts, self._cron_window(c, now)):
+            window = self._cron_window(c, now)
+            for recipient, planned in self._recipients(rows, spec, plan, now, errors, counts, window):
                 self._sync(s, c, plan, recipient, planned, now, result, paused=c.state in HELD)
             if errors:
                 raise ValidationError(f"row.{errors[0].column}", errors[0].why)

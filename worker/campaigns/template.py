@@ -84,15 +84,16 @@ def parse(text: str, columns: tuple[str, ...] | list[str], field: str = "templat
         if conversion is not None:
             raise ValidationError(field, f"{{{name}!{conversion}}}: conversions are not allowed")
         if not _NAME_RE.fullmatch(name):
-            raise ValidationError(field, f"{{{name}}}: a placeholder is a plain column name (no dots, brackets or spaces)")
+            raise ValidationError(field,
+                                  f"{{{name}}}: a placeholder is a plain column name (no dots, brackets or spaces)")
         if "{" in (spec or ""):
             raise ValidationError(field, f"{{{name}:{spec}}}: nested placeholders are not allowed")
         if name not in known:
-            raise ValidationError(field, f"{{{name}}} is not a column of the audience nor a built-in ({', '.join(BUILTINS)})")
+            raise ValidationError(field,
+                                  f"{{{name}}} is not a column of the audience nor a built-in ({', '.join(BUILTINS)})")
         fmt = spec or None
-        if fmt is not None:
-            if len(fmt) > MAX_FORMAT_CHARS or "%" not in fmt:
-                raise ValidationError(field, f"{{{name}:{fmt}}}: a format is a strftime pattern such as %a %d %b %H:%M")
+        if fmt is not None and (len(fmt) > MAX_FORMAT_CHARS or "%" not in fmt):
+            raise ValidationError(field, f"{{{name}:{fmt}}}: a format is a strftime pattern such as %a %d %b %H:%M")
         parts.append(Part(literal, name, fmt))
     return Template(text, tuple(parts))
 

@@ -56,9 +56,9 @@ class CronTicks:
                 if c.state == "scheduled" and self.outbox.campaign_sent_any(s, c.id):
                     if self.outbox.set_campaign(s, c.id, ("scheduled",), now, state="running"):
                         stats["running"] += 1
-                elif c.schedule_kind != "cron" and not self.outbox.campaign_open(s, c.id):
-                    if self.outbox.set_campaign(s, c.id, ("scheduled", "running"), now, state="finished"):
-                        stats["finished"] += 1
+                elif (c.schedule_kind != "cron" and not self.outbox.campaign_open(s, c.id)
+                      and self.outbox.set_campaign(s, c.id, ("scheduled", "running"), now, state="finished")):
+                    stats["finished"] += 1
         if stats["messages"]:
             wake(self.redis, self.settings.keys)
         return dict(stats)
@@ -70,7 +70,7 @@ class CronTicks:
         end = now + horizon
         if end <= start:
             return 0
-        plan, spec = self._stored(c)
+        plan, _ = self._stored(c)
         written = 0
         counts: Counter[str] = Counter()
         for page in self.outbox.recipient_pages(c.id):

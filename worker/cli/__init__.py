@@ -25,7 +25,8 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The `oaksend` parser with every command family's commands."""
-    parser = argparse.ArgumentParser(prog="oaksend", description="Durable SMS through the NewOaks SendTwilioMessage API.")
+    parser = argparse.ArgumentParser(prog="oaksend",
+                                     description="Durable SMS through the NewOaks SendTwilioMessage API.")
     parser.add_argument("--database-url", help="overrides DATABASE_URL")
     parser.add_argument("--redis-url", help="overrides REDIS_URL")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
+    except Exception as exc:  # last line of defence: one line, no traceback
         import redis
 
         if isinstance(exc, redis.RedisError):

@@ -28,8 +28,8 @@ def _service(args: argparse.Namespace) -> Any:
 def _spec(args: argparse.Namespace) -> Any:
     from oaksend.errors import ValidationError
     from oaksend.worker.campaigns.audience import AudienceSpec
-    from oaksend.worker.campaigns.service import CampaignSpec
     from oaksend.worker.campaigns.schedule import parse_schedule
+    from oaksend.worker.campaigns.service import CampaignSpec
 
     if args.template is not None and args.template_file is not None:
         raise ValidationError("template", "give --template or --template-file, not both")
@@ -38,7 +38,8 @@ def _spec(args: argparse.Namespace) -> Any:
         try:
             template = Path(args.template_file).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValidationError("template_file", f"cannot read {args.template_file!r} ({type(exc).__name__})") from None
+            raise ValidationError("template_file",
+                                  f"cannot read {args.template_file!r} ({type(exc).__name__})") from None
     if template is None:
         raise ValidationError("template", "is required (--template TEXT or --template-file F)")
     for name in ("name", "chatbot", "audience"):
@@ -191,8 +192,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    from oaksend.worker.logs import configure_logging
     from oaksend.worker.campaigns.scheduler import run
+    from oaksend.worker.logs import configure_logging
 
     settings = settings_of(args)
     configure_logging(args.log_level)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["EXIT_NOT_FOUND", "EXIT_OK", "EXIT_PARTIAL", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError",
@@ -60,5 +60,5 @@ def parse_when(value: str | None, field: str) -> datetime | None:
     except ValueError:
         raise CliError(f"{field}: {value!r} is not a time (use ISO 8601 or +30s, +10m, +2h, +1d)") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed

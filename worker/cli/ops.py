@@ -227,7 +227,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     from oaksend.worker.clock import utcnow
-    from oaksend.worker.ops.purge import purge, parse_age
+    from oaksend.worker.ops.purge import parse_age, purge
 
     try:
         age = parse_age(args.older_than)

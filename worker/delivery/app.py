@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from oaksend.worker.settings import Settings
 from oaksend.worker.delivery.task import register
+from oaksend.worker.settings import Settings
 
 
 def make_app(settings: Settings) -> Celery:
@@ -30,6 +30,6 @@ def make_app(settings: Settings) -> Celery:
         broker_pool_limit=10,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
-    app.oaksend_settings = settings  # type: ignore[attr-defined]
+    app.oaksend_settings = settings
     register(app, settings)
     return app

@@ -30,16 +30,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeGuard
 
 from oaksend.worker.newoaks.outcome import Envelope, Outcome, TransportError
 
 __all__ = [
-    "Decision",
     "TWILIO_FINAL_CODES",
     "TWILIO_RETRY_LATER_CODES",
     "TWILIO_SUPPRESS_CODES",
     "TWILIO_THROTTLE_CODES",
+    "Decision",
     "Verdict",
     "classify",
 ]
@@ -188,7 +188,7 @@ def _states_success(env: Envelope) -> bool:
         and 200 <= env.http_status <= 299
         and env.success is True
         and _is_int(env.code)
-        and 200 <= env.code <= 299  # type: ignore[operator]
+        and 200 <= env.code <= 299
         and isinstance(env.data_status, str)
         and "".join(env.data_status.split()).lower() == "true"
     )
@@ -299,5 +299,5 @@ def _capped(retry_after_s: float | None, cap_s: float) -> float | None:
     return float(min(retry_after_s, cap_s))
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -45,12 +45,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from oaksend.models.repository import Outbox
 from oaksend.worker import metrics
-from oaksend.worker.delivery.task import SEND_TASK
 from oaksend.worker.clock import utcnow
 from oaksend.worker.delivery.fairness import allowance, capped_wait, interleave
 from oaksend.worker.delivery.heartbeat import LivenessView, write_dispatcher_heartbeat
 from oaksend.worker.delivery.limits import LimitBook
 from oaksend.worker.delivery.ratelimit import RateLimiter, lateness
+from oaksend.worker.delivery.task import SEND_TASK
 from oaksend.worker.leadership import Leadership
 from oaksend.worker.settings import Settings
 
@@ -205,8 +205,9 @@ class Dispatcher:
                 stats.capped = True
                 break
             state = states[sn]
-            if state.paused(now):
-                self._mirror_pause(sn, state.paused_until, now)  # type: ignore[arg-type]
+            until = state.paused_until
+            if until is not None and state.paused(now):
+                self._mirror_pause(sn, until, now)
                 continue
             ahead_s, hold_s = self.limiter.ahead(sn)
             if hold_s > 0:
@@ -238,7 +239,7 @@ class Dispatcher:
             token, batch = flat[index]
             try:
                 self.app.send_task(SEND_TASK, args=[batch, token], queue=self.settings.queue_name)
-            except Exception as exc:  # the broker is away: give the rows back now
+            except Exception as exc:  # noqa: BLE001 - the broker is away: give the rows back now
                 log.warning("could not publish a batch (%s); giving %d messages back", type(exc).__name__, len(batch))
                 self.outbox.release(batch, token, self.clock())
                 continue
@@ -333,7 +334,9 @@ class Dispatcher:
 
 
 def _which(exc: BaseException) -> str:
-    return "Redis" if isinstance(exc, redis.RedisError) else "the database" if isinstance(exc, SQLAlchemyError) else "a service"
+    if isinstance(exc, redis.RedisError):
+        return "Redis"
+    return "the database" if isinstance(exc, SQLAlchemyError) else "a service"
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:

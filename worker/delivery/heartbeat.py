@@ -14,6 +14,7 @@ without interruption for a whole TTL and not seen it beat.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -116,10 +117,8 @@ class WorkerHeartbeat:
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._thread = None
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.redis.zrem(self.keys.workers, self.member)
-        except redis.RedisError:
-            pass
 
 
 class LivenessView:
@@ -151,7 +150,8 @@ class LivenessView:
         if now - self._pruned > 60:
             client.zremrangebyscore(self.keys.workers, "-inf", wall - STALE_MEMBER_S)
             self._pruned = now
-        pairs = client.zrange(self.keys.workers, 0, -1, withscores=True)
+        # withscores=True: (member, score) pairs (redis-py types every shape of ZRANGE's reply as one).
+        pairs = cast("list[tuple[bytes | str, float]]", client.zrange(self.keys.workers, 0, -1, withscores=True))
         if self._since is None:
             self._since = now
             self._seen.clear()

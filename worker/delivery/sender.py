@@ -1,11 +1,11 @@
 """The sender: claim a group, take its rate slots, call, record the group.
 
-`Sender.process` is what the send task (`delivery.task`) runs. A task carries the ids of one chatbot's messages and their lease token. For the
-whole group at once: claim (one conditional UPDATE ... RETURNING), reserve rate
-slots (one Lua call), mark "calling" just before the requests leave (one UPDATE),
-make the calls concurrently on the process's event loop (`newoaks.client`),
-then write every attempt and new state in one transaction. It applies decisions;
-it makes none of its own.
+`Sender.process` is what the send task (`delivery.task`) runs. A task carries the ids
+of one chatbot's messages and their lease token. For the whole group at once: claim
+(one conditional UPDATE ... RETURNING), reserve rate slots (one Lua call), mark
+"calling" just before the requests leave (one UPDATE), make the calls concurrently
+on the process's event loop (`newoaks.client`), then write every attempt and new
+state in one transaction. It applies decisions; it makes none of its own.
 
 "Was it called?" stays exact per message: a message is marked calling (in the
 same window as its rate slot) only right before its request leaves; a message
@@ -15,6 +15,7 @@ notices (this worker, or the dispatcher's rescue after this worker died).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -29,16 +30,16 @@ import redis
 from oaksend.models.db import is_outage, make_engine
 from oaksend.models.records import AttemptRecord, Transition, Work
 from oaksend.models.repository import Outbox
-from oaksend.worker.delivery.classify import Verdict, classify
+from oaksend.worker import metrics
 from oaksend.worker.clock import utcnow
+from oaksend.worker.delivery.classify import Verdict, classify
 from oaksend.worker.delivery.heartbeat import WorkerHeartbeat, worker_id
 from oaksend.worker.delivery.limits import ChatbotState, LimitBook
-from oaksend.worker import metrics
-from oaksend.worker.logs import mask_phone, send_fields
 from oaksend.worker.delivery.ratelimit import RateLimiter, binds, lateness
-from oaksend.worker.settings import Settings
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
+from oaksend.worker.logs import mask_phone, send_fields
 from oaksend.worker.newoaks.client import Call, CallResult, Transport
+from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class Sender:
         self.settings = settings
         self._api_key = settings.api_key()  # fail fast, before any message is claimed
         self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema))
-        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                                          socket_connect_timeout=5)
         self.limiter = RateLimiter(self.redis, settings.keys)
         self.limits = LimitBook(self.outbox, settings)
         self.clock = clock
@@ -187,7 +189,7 @@ class Sender:
             return
         if not binds(state.limit, admission.waits_s):
             late_ok_s = math.inf  # nothing on its heels: a late request is made, not handed back
-        calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s)]
+        calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s, strict=True)]
         pending: list[tuple[list[Work], Any]] = []
         try:
             self._call_windows(serial_number, calls, token, pending, result, lead_s, late_ok_s)
@@ -267,12 +269,13 @@ class Sender:
                 result.count("expired", self.outbox.expire_group([work.id], token, now, check.reason))
         return keep
 
-    def _finish(self, state: ChatbotState, token: str, pending: list[tuple[list[Work], Any]], result: BatchResult) -> None:
+    def _finish(self, state: ChatbotState, token: str, pending: list[tuple[list[Work], Any]],
+                result: BatchResult) -> None:
         outcomes: list[tuple[Work, AttemptRecord, Transition]] = []
         not_made: list[int] = []
         made: list[tuple[Work, CallResult]] = []
         for works, future in pending:
-            made += zip(works, future.result())
+            made += zip(works, future.result(), strict=True)
         for work, call in made:
             if call.outcome is None:
                 not_made.append(work.id)
@@ -333,10 +336,9 @@ class Sender:
 
     def _pause(self, serial_number: str, until: datetime, now: datetime) -> None:
         metrics.observe_pause(serial_number)
-        try:
+        # Redis away: the database holds the pause too, and the dispatcher re-creates the key.
+        with contextlib.suppress(redis.RedisError):
             self.limiter.pause(serial_number, until, now)
-        except redis.RedisError:
-            pass  # the database holds the pause too; the dispatcher re-creates the key
         self.limits.forget(serial_number)
 
     def close(self) -> None:

@@ -79,4 +79,4 @@ def register(app: Celery, settings: Settings) -> None:
 
     worker_ready.connect(_ready, weak=False)
     worker_shutdown.connect(_shutdown, weak=False)
-    app.oaksend_sender = get_sender  # type: ignore[attr-defined]
+    app.oaksend_sender = get_sender

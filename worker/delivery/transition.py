@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from oaksend.models.fit import fit_attempt
 from oaksend.models.records import INDEFINITE, AttemptRecord, Transition
@@ -29,6 +30,23 @@ class RetryPolicy:
     ambiguous_policy: str  # "retry" | "hold"
 
 
+class _Common(TypedDict):
+    """The Transition fields every outcome of `plan` sets the same way."""
+
+    reason: str
+    outcome: str
+    pause_until: datetime | None
+    pause_reason: str | None
+    suppress_number: bool
+
+
+class _Budget(TypedDict):
+    """What a retried or exhausted attempt takes from the retry budget."""
+
+    failures_delta: int
+    ambiguous_delta: int
+
+
 def plan(decision: Decision, *, failures: int, deadline_at: datetime | None, now: datetime,
          policy: RetryPolicy, rng: random.Random, session_id: int | None = None) -> Transition:
     """The message's next state after an attempt classified as `decision`.
@@ -39,7 +57,7 @@ def plan(decision: Decision, *, failures: int, deadline_at: datetime | None, now
     """
     verdict = decision.verdict
     pause_until, pause_reason = _pause(decision, now)
-    common = {
+    common: _Common = {
         "reason": decision.reason,
         "outcome": str(verdict),
         "pause_until": pause_until,
@@ -56,7 +74,7 @@ def plan(decision: Decision, *, failures: int, deadline_at: datetime | None, now
 
     counts = not decision.throttled
     used = failures + (1 if counts else 0)
-    extra = {"failures_delta": 1 if counts else 0, "ambiguous_delta": 1 if ambiguous else 0}
+    extra: _Budget = {"failures_delta": 1 if counts else 0, "ambiguous_delta": 1 if ambiguous else 0}
     if used >= policy.max_attempts:
         common["reason"] = f"attempts exhausted ({used}/{policy.max_attempts}); last: {decision.reason}"
         # After an ambiguous last attempt the SMS may have gone out: say so, not "failed".

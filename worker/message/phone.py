@@ -19,9 +19,10 @@ This module gives the same results, faster, for the one shape oaksend accepts
   caller already has instead of formatting the number again.
 
 Both follow phonenumbers 8.13-9.x line by line (phonenumberutil.parse,
-_number_type_helper, _region_code_for_number_from_list, timezone.time_zones_for_geographical_number); tests/unit/test_phone.py
-compares them with phonenumbers on every region's example numbers and on
-hundreds of thousands of random numbers, so a change in the library shows there.
+_number_type_helper, _region_code_for_number_from_list,
+timezone.time_zones_for_geographical_number); tests/unit/test_phone.py compares them
+with phonenumbers on every region's example numbers and on hundreds of thousands of
+random numbers, so a change in the library shows there.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import re
 from typing import NamedTuple
 
 import phonenumbers
-from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberType
-from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, REGION_CODE_FOR_NON_GEO_ENTITY
+from phonenumbers import REGION_CODE_FOR_NON_GEO_ENTITY, PhoneMetadata, PhoneNumber, PhoneNumberType
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 from phonenumbers.timezone import UNKNOWN_TIMEZONE
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
@@ -142,9 +143,10 @@ def _regions_of(country_code: int) -> tuple[tuple[str, _Region | None], ...]:
     return regions
 
 
-def _classify(country_code: int, nsn: str) -> tuple[str | None, int]:
+def _classify(country_code: int | None, nsn: str) -> tuple[str | None, int]:
     """(phonenumbers.region_code_for_number, phonenumbers.number_type) of a number."""
-    regions = _regions_of(country_code)
+    # PhoneNumber.country_code is None only on a number built empty: no region, like phonenumbers says.
+    regions = _regions_of(country_code) if country_code is not None else ()
     if not regions:
         return None, UNKNOWN
     if len(regions) == 1:

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
-from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
 from oaksend.errors import ValidationError
-from oaksend.worker.message import phone as fast_phone
 from oaksend.worker.campaigns.schedule import zone as parse_zone
+from oaksend.worker.message import phone as fast_phone
 
 DEFAULT_WINDOW = "21:00-08:00"
 _HHMM = re.compile(r"\d\d:\d\d")
@@ -78,7 +78,7 @@ def next_allowed(now_utc: datetime, window: QuietHours | None, tz: ZoneInfo) -> 
     if window.start > window.end and local.time().replace(tzinfo=None) >= window.start:
         day = day + timedelta(days=1)
     end_wall = datetime.combine(day, window.end)
-    end = end_wall.replace(tzinfo=tz, fold=0).astimezone(timezone.utc)
+    end = end_wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
     # In a spring-forward gap, fold=0 maps forward past the gap: still the first allowed instant.
     return max(end, now_utc)
 
@@ -134,7 +134,8 @@ def _zones_of(number: phonenumbers.PhoneNumber, text: str, kind: int | None) -> 
     # time_zones_for_number, reusing the number type (the costly part) when the caller has it.
     if kind is None:
         kind = fast_phone.number_type(number)
-    if phonenumbers.is_number_type_geographical(kind, number.country_code):
+    # `or 0`: a parsed number always has a country code; 0, like None, is in none of phonenumbers' lists.
+    if phonenumbers.is_number_type_geographical(kind, number.country_code or 0):
         return fast_phone.geographical_time_zones(fast_phone.e164(number, text))
     return tuple(phone_timezones.time_zones_for_number(number))
 

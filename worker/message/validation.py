@@ -14,10 +14,10 @@ from typing import Any
 
 import phonenumbers
 
-from oaksend.models.records import PRIORITIES, NewMessage
 from oaksend.errors import ValidationError
-from oaksend.worker.message import phone
+from oaksend.models.records import PRIORITIES, NewMessage
 from oaksend.worker.logs import mask_phone
+from oaksend.worker.message import phone
 from oaksend.worker.message.segments import count_segments
 
 #: The API's documented limit on a body, in characters.
@@ -90,7 +90,8 @@ def check_serial_number(value: object) -> str:
         raise ValidationError("serial_number", "is required (the chatbot ID from settings -> general)")
     if not _SERIAL_RE.fullmatch(value):
         raise ValidationError(
-            "serial_number", "must be 4-64 letters, digits, '-' or '_' (the chatbot ID, e.g. 3254a9d0424c4806b9ea3d0763a1b2c3)"
+            "serial_number",
+            "must be 4-64 letters, digits, '-' or '_' (the chatbot ID, e.g. 3254a9d0424c4806b9ea3d0763a1b2c3)",
         )
     return value
 
@@ -176,10 +177,11 @@ def _metadata(value: object) -> dict[str, Any] | None:
         raise ValidationError("metadata", "contains a NUL character")
     if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
         raise ValidationError("metadata", f"is larger than {MAX_METADATA_BYTES} bytes as JSON")
-    decoded = json.loads(encoded)
+    decoded: dict[str, Any] = json.loads(encoded)  # a dict: `value` is one, and it round-trips
     if decoded != value:
         # e.g. int keys or tuples: JSON would silently change them.
-        raise ValidationError("metadata", "must hold JSON types only (string keys, lists, numbers, strings, booleans, null)")
+        raise ValidationError("metadata",
+                              "must hold JSON types only (string keys, lists, numbers, strings, booleans, null)")
     return decoded
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import math
 import threading
@@ -36,10 +37,9 @@ from oaksend.errors import ConfigError
 from oaksend.worker.newoaks.endpoint import SEND_PATH, check_api_key, parse_retry_after, reference_time
 from oaksend.worker.newoaks.envelope import Envelope, parse_envelope
 from oaksend.worker.newoaks.failures import transport_error
-from oaksend.worker.newoaks.outcome import Outcome, TransportError
 from oaksend.worker.newoaks.http11 import Connection, Response
 from oaksend.worker.newoaks.netbackend import AsyncioBackend
-
+from oaksend.worker.newoaks.outcome import Outcome, TransportError
 
 #: Requests in flight per worker process (and connections kept). Calls beyond it wait
 #: for a free one before they start (a wait for a connection is not counted against the
@@ -145,10 +145,8 @@ class Transport:
         self._loop.run_forever()
 
     async def _warm_up(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # only a warm-up: the real call reports any failure
             await self._loop.getaddrinfo(self._host, self._port)
-        except Exception:  # noqa: BLE001 - only a warm-up: the real call reports any failure
-            pass
 
     # -- from any thread ------------------------------------------------------------------
     def submit(self, calls: Sequence[Call]) -> Future[list[CallResult]]:
@@ -166,10 +164,8 @@ class Transport:
                 await connection.aclose()
             await asyncio.sleep(0)  # the sockets close on the loop's next turn (connection_lost)
 
-        try:
+        with contextlib.suppress(Exception):  # closing at shutdown: nothing left to save
             asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
-        except Exception:  # noqa: BLE001 - closing at shutdown: nothing left to save
-            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
@@ -225,10 +221,8 @@ class Transport:
 
     async def _discard(self, connection: Connection) -> None:
         self._made.remove(connection)
-        try:
+        with contextlib.suppress(Exception):  # closing a dead connection: nothing to report
             await connection.aclose()
-        except Exception:  # noqa: BLE001 - closing a dead connection: nothing to report
-            pass
 
     async def _call(self, call: Call) -> CallResult:
         delay = call.at - time.monotonic()
@@ -287,10 +281,8 @@ class Transport:
             return
         self._paused[serial_number] = max(self._paused.get(serial_number, 0.0), time.monotonic() + seconds)
         if self._pause_setter is not None:
-            try:
+            with contextlib.suppress(Exception):  # the worker writes the pause to the database too
                 self._pause_setter(serial_number, seconds)
-            except Exception:  # noqa: BLE001 - the worker writes the pause to the database too
-                pass
 
     async def _connect(self, connection: Connection) -> TransportError | None:
         """Connect a new connection; the failure (never sent), if any."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import SplitResult, urlsplit
@@ -134,9 +134,9 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
     try:
         when = parsedate_to_datetime(value)
         if when.tzinfo is None:  # RFC 9110 dates are GMT
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         if now.tzinfo is None:
-            now = now.replace(tzinfo=timezone.utc)
+            now = now.replace(tzinfo=UTC)
         delay_s = (when - now).total_seconds()
     except _DATE_ERRORS:
         return None
@@ -150,10 +150,10 @@ def reference_time(date: str | None) -> datetime:
     if date:
         try:
             parsed = parsedate_to_datetime(date)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
         except _DATE_ERRORS:
             pass
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def check_api_key(api_key: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-__all__ = ["Envelope", "INT64_MAX", "INT64_MIN", "parse_envelope"]
+__all__ = ["INT64_MAX", "INT64_MIN", "Envelope", "parse_envelope"]
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -218,7 +218,7 @@ def _text(obj: dict[str, Any], key: str, label: str, odd: list[str], *, note_mis
             odd.append(f"no {label}")
         return None
     value = obj[key]
-    if value is None or isinstance(value, str) and not isinstance(value, _Literal):
+    if value is None or (isinstance(value, str) and not isinstance(value, _Literal)):
         return value
     odd.append(f"{label} is {_kind(value)}")
     return _json_text(value)

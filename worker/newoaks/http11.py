@@ -23,6 +23,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import h11
 from httpcore import ConnectionNotAvailable, LocalProtocolError, RemoteProtocolError
@@ -135,7 +136,7 @@ class Connection:
             except BaseException:
                 await stream.aclose()
                 raise
-        return stream  # type: ignore[return-value]
+        return stream
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         assert self._stream is not None
@@ -145,7 +146,8 @@ class Connection:
             except h11.RemoteProtocolError as exc:
                 raise RemoteProtocolError(str(exc)) from exc
             if event is not h11.NEED_DATA:
-                return event
+                # mypy does not narrow a union of sentinel classes by `is` (httpcore ignores the same line).
+                return cast("h11.Event | type[h11.PAUSED]", event)
             data = await self._stream.read(_READ_CHUNK, self._read_timeout_s)
             if data == b"" and self._h11.their_state == h11.SEND_RESPONSE:
                 raise RemoteProtocolError("Server disconnected without sending a response.")

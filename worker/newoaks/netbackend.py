@@ -156,7 +156,7 @@ class AsyncioStream(AsyncNetworkStream):
         self._transport.abort()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> AsyncNetworkStream:
+                        timeout: float | None = None) -> AsyncioStream:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
@@ -193,7 +193,7 @@ class AsyncioBackend(AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-                          ) -> AsyncNetworkStream:
+                          ) -> AsyncioStream:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
@@ -206,11 +206,11 @@ class AsyncioBackend(AsyncNetworkBackend):
         sock = transport.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
-        return AsyncioStream(typing.cast(asyncio.Transport, transport), protocol)
+        return AsyncioStream(transport, protocol)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-                                  ) -> AsyncNetworkStream:
+                                  ) -> AsyncioStream:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
@@ -219,7 +219,7 @@ class AsyncioBackend(AsyncNetworkBackend):
             raise ConnectTimeout("connect timed out") from exc
         except OSError as exc:
             raise ConnectError(str(exc) or type(exc).__name__) from exc
-        return AsyncioStream(typing.cast(asyncio.Transport, transport), protocol)
+        return AsyncioStream(transport, protocol)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -117,7 +117,7 @@ def _dispatcher(client: Any, redis_ok: bool, now_s: float, settings: Settings, r
         return Check("dispatcher", False, "unknown: Redis does not answer")
     try:
         beat = read(client, settings.keys)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to read the beat is a failed check, not a crash
         return Check("dispatcher", False, _error(exc))
     if beat is None:
         return Check("dispatcher", False, "no active dispatcher heartbeat")
@@ -134,7 +134,7 @@ def _workers(client: Any, redis_ok: bool, now_s: float, settings: Settings, this
         return Check("workers", False, "unknown: Redis does not answer")
     try:
         alive = read(client, settings.keys, now_s, settings.worker_heartbeat_ttl_s)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to read the beats is a failed check, not a crash
         return Check("workers", False, _error(exc))
     if this_host:
         host = socket.gethostname() + ":"

@@ -100,19 +100,19 @@ class Supervisor:
 
     def shutdown(self) -> int:
         """SIGTERM every child, wait up to the grace period, then SIGKILL what is left."""
-        running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+        running = [(c.name, c.proc) for c in self.children if c.proc is not None and c.proc.poll() is None]
         log.info("run: stopping %d processes (grace %.0fs)", len(running), self.grace_s)
-        for child in running:
-            child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for _name, proc in running:
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         killed = 0
-        for child in running:
+        for name, proc in running:
             try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("run: %s did not stop within %.0fs; killing it", child.name, self.grace_s)
-                child.proc.kill()  # type: ignore[union-attr]
-                child.proc.wait()  # type: ignore[union-attr]
+                log.error("run: %s did not stop within %.0fs; killing it", name, self.grace_s)
+                proc.kill()
+                proc.wait()
                 killed += 1
         log.info("run: stopped")
         return 1 if killed else 0
