@@ -25,6 +25,12 @@ ODD_SUCCESS_VARIANTS = (
     "session-exp", "session-string", "session-negative", "session-huge", "session-word", "code-string",
     "code-float", "extra-fields", "no-version", "all",
 )
+#: HTTP 200 bodies where one of Success, Code and Data.Status is missing, null or empty (the other
+#: two say success), or Data.Status is another success word: still a stated success, sent once.
+LOOSE_SUCCESS_VARIANTS = (
+    "no-data", "data-null", "data-empty", "no-status", "status-null", "no-code", "code-zero", "no-success",
+    "status-success", "status-one", "status-ok",
+)
 
 #: the keys a script can match on, in the order they are tried
 SCRIPT_KEYS = ("ToPhoneNumber", "SerialNumber")
@@ -43,7 +49,7 @@ class Outcome:
     #: HTTP status for "http"; envelope Code (under HTTP 200) for "code"
     status: int = 200
     twilio_code: int | None = None
-    variant: str | None = None  #: one of MALFORMED_VARIANTS (or ODD_SUCCESS_VARIANTS)
+    variant: str | None = None  #: one of MALFORMED_VARIANTS (or ODD_/LOOSE_SUCCESS_VARIANTS)
     retry_after: int | None = None  #: seconds, for a 429
     hang_s: float | None = None
     #: recorded as the request's ``fault``; a token for everything a script can ask for
@@ -80,14 +86,14 @@ def parse_token(token: str) -> Outcome:
             return Outcome("reset", label="reset")
         if head == "malformed" and (not arg or arg in MALFORMED_VARIANTS):
             return Outcome("malformed", variant=arg or None, label=text)
-        if head == "success" and arg in ODD_SUCCESS_VARIANTS:
+        if head == "success" and (arg in ODD_SUCCESS_VARIANTS or arg in LOOSE_SUCCESS_VARIANTS):
             return Outcome("odd-success", variant=arg, label=text)
     except ValueError:
         pass
     raise ConfigError(
         f"unknown outcome {token!r}: use ok, an HTTP status 400-599, code:<n>, status-false[:<twilio code>], "
         f"twilio[:<code>], hang[:<s>], reset, malformed[:{'|'.join(MALFORMED_VARIANTS)}], "
-        f"success:{'|'.join(ODD_SUCCESS_VARIANTS)}"
+        f"success:{'|'.join(ODD_SUCCESS_VARIANTS + LOOSE_SUCCESS_VARIANTS)}"
     )
 
 

@@ -102,7 +102,12 @@ def too_many_requests(retry_after_s: int | None, message: str = "Too Many Reques
 
 
 def malformed(variant: str, session_id: int) -> Response:
-    """HTTP 200 whose body a careful client must refuse to read as a success."""
+    """HTTP 200 with a body that is not the documented envelope (the provider did send: a SessionID was issued).
+
+    A careful client cannot read most of them at all (truncated, html, array, huge, empty:
+    ambiguous); ``wrong-types`` and ``missing-fields`` still state success in some field and
+    no failure, so they count as sent.
+    """
     good = success(session_id).body
     if variant == "truncated":
         return Response(200, good[: len(good) // 2])
@@ -127,10 +132,14 @@ def malformed(variant: str, session_id: int) -> Response:
 
 
 def odd_success(variant: str, session_id: int) -> Response:
-    """HTTP 200 that plainly states success (Success true, Code 200, Status "True") but is odd elsewhere.
+    """HTTP 200 that states success but differs from the documented envelope.
 
-    Each variant changes one thing the documentation does not promise ("all" changes
-    them together); SessionIDs are written as the variant says, derived from ``session_id``.
+    Most variants keep Success true, Code 200 and Status "True" and change one thing the
+    documentation does not promise ("all" changes several); the others leave one of those
+    three fields out, null or empty (``no-data``, ``data-null``, ``data-empty``, ``no-status``,
+    ``status-null``, ``no-code``, ``code-zero``, ``no-success``: the other two still say
+    success), or spell the success another way (``status-success``, ``status-one``,
+    ``status-ok``). SessionIDs are written as the variant says, derived from ``session_id``.
     """
     digits = str(session_id)
     data: dict[str, Any] = {"Status": "True", "Message": "", "SessionID": session_id}
@@ -150,6 +159,17 @@ def odd_success(variant: str, session_id: int) -> Response:
         "code-float": lambda: top.update(Code=200.0),
         "extra-fields": lambda: (top.update(RequestId="r-1", Extra={"a": 1}), data.update(Segments=1)),
         "no-version": lambda: top.pop("Version"),
+        "no-data": lambda: top.pop("Data"),
+        "data-null": lambda: top.update(Data=None),
+        "data-empty": lambda: top.update(Data={}),
+        "no-status": lambda: data.pop("Status"),
+        "status-null": lambda: data.update(Status=None),
+        "no-code": lambda: top.pop("Code"),
+        "code-zero": lambda: top.update(Code=0),
+        "no-success": lambda: top.pop("Success"),
+        "status-success": lambda: data.update(Status="Success"),
+        "status-one": lambda: data.update(Status=1),
+        "status-ok": lambda: data.update(Status="OK"),
     }
     if variant == "session-float":
         raw_session = f"{digits}.0"

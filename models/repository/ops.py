@@ -45,6 +45,19 @@ class OpsRepository(Repository):
                 q = q.where(OperatorAudit.command == command)
             return list(s.scalars(q.order_by(OperatorAudit.id.desc()).limit(limit)))
 
+    # -- odd responses ----------------------------------------------------------------------
+    def anomalous_attempts(self, *, since: datetime | None = None, limit: int = 50) -> list[Attempt]:
+        """Attempts whose response differed from the documented envelope (`anomalies` not empty), newest first.
+
+        By start time, then by id (the later recorded first). No index serves it: it is an
+        operator's look through the attempts, not a hot path.
+        """
+        with self.session() as s:
+            q = select(Attempt).where(Attempt.anomalies.is_not(None), Attempt.anomalies != "")
+            if since is not None:
+                q = q.where(Attempt.started_at >= since)
+            return list(s.scalars(q.order_by(Attempt.started_at.desc(), Attempt.id.desc()).limit(limit)))
+
     # -- settling unknown messages --------------------------------------------------------
     def resolve(self, ids: Sequence[int], outcome: str, note: str, actor: str | None,
                 now: datetime) -> dict[int, str]:

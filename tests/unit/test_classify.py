@@ -146,18 +146,26 @@ TABLE: list[tuple[str, Any, Decision]] = [
     ("code 422", failed(code=422), Decision(FINAL, "code_422")),
     ("code 401", failed(code=401), Decision(FINAL, "code_401", pause_chatbot=True)),
     ("code 403", failed(code=403), Decision(FINAL, "code_403", pause_chatbot=True)),
-    ("code 500 but success true", env(code=500), Decision(AMBIGUOUS, "code_500")),
-    # Codes that are not HTTP numbers: Success false says it failed.
-    ("code 0 success false", failed(code=0), Decision(FINAL, "code_0")),
+    # A Code that fails under Success and Data.Status that succeed: the body contradicts itself.
+    ("code 500 but success true", env(code=500),
+     Decision(AMBIGUOUS, "contradiction", anomaly='contradiction: Success true, Data.Status "True" vs Code 500')),
+    # Codes that are not HTTP numbers: Success false says it failed; Code 0 says nothing.
+    ("code 0 success false", failed(code=0), Decision(FINAL, "success_false")),
     ("code 1001 success false", failed(code=1001), Decision(FINAL, "code_1001")),
-    ("code 1001 success true", env(code=1001, data_status=None), Decision(AMBIGUOUS, "code_1001")),
+    ("code 1001 alone", env(code=1001, success=None, data_status=None), Decision(AMBIGUOUS, "code_1001")),
+    ("code 1001 success true", env(code=1001, data_status=None),
+     Decision(AMBIGUOUS, "contradiction", anomaly="contradiction: Success true vs Code 1001")),
     # --- Code 200 but Success false or Data.Status not "True": FINAL ----------
     ("success false", failed(), Decision(FINAL, "success_false")),
-    ("success false status true", env(success=False), Decision(FINAL, "success_false")),
+    # Success false is the provider's verdict: believed beside Data.Status "True", and noted.
+    ("success false status true", env(success=False),
+     Decision(FINAL, "success_false", anomaly='Data.Status "True" but Success false: taken as a failure')),
     ("status False", env(data_status="False"), Decision(FINAL, "status_false")),
     ("status Failed", env(data_status="Failed"), Decision(FINAL, "status_false")),
-    ("status empty", env(data_status=""), Decision(FINAL, "status_false")),
-    ("status missing", env(data_status=None), Decision(AMBIGUOUS, "status_missing")),
+    ("status empty", env(data_status=""),
+     Decision(SENT, "ok", anomaly="Data.Status empty: success stated by Success and Code")),
+    ("status missing", env(data_status=None),
+     Decision(SENT, "ok", anomaly="Data.Status missing: success stated by Success and Code")),
     ("success false no data", env(success=False, data_status=None, data_message=None), Decision(FINAL, "success_false")),
     ("unknown code in text", failed("Twilio error 99999"), Decision(FINAL, "success_false")),
     # ... unless Message holds a retry-later code.
@@ -369,38 +377,188 @@ def test_a_stated_success_is_sent_whatever_else_is_odd(body: bytes, session_id: 
     assert classify(outcome, overrides={200: FINAL}).verdict is SENT
 
 
-# Bodies that do not state success: never SENT; AMBIGUOUS only when they cannot tell.
-NOT_SUCCESSES: list[tuple[str, bytes, Decision]] = [
-    ("Success false", _body(Success=False), Decision(FINAL, "success_false")),
-    ("Success 'false'", _body(Success="false"), Decision(FINAL, "success_false")),
-    ("Status False", _body(data={"Status": "False"}), Decision(FINAL, "status_false")),
-    ("Status JSON false", _body(data={"Status": False}), Decision(FINAL, "status_false")),
-    ("Status a number", _body(data={"Status": 1}), Decision(FINAL, "status_false")),
-    ("Code '500'", _body(Code="500"), Decision(AMBIGUOUS, "code_500")),
-    ("Code '400'", _body(Code="400"), Decision(FINAL, "code_400")),
-    ("Code beyond 64 bits, Success false", _body(Code=2**70, Success=False), Decision(FINAL, f"code_{str(2**70)[:17]}...")),
-    ("Code beyond 32 bits, Success true", _body(Code=2**33), Decision(AMBIGUOUS, f"code_{2**33}")),
-    ("Code 'abc'", _body(Code="abc"), Decision(AMBIGUOUS, "code_missing")),
-    ("no Code", _body(drop=("Code",)), Decision(AMBIGUOUS, "code_missing")),
-    ("no Success", _body(drop=("Success",)), Decision(AMBIGUOUS, "success_missing")),
-    ("Success 'yes'", _body(Success="yes"), Decision(AMBIGUOUS, "success_missing")),
-    ("no Data", _body(drop=("Data",)), Decision(AMBIGUOUS, "status_missing")),
-    ("Data a list", _body(Data=[1]), Decision(AMBIGUOUS, "status_missing")),
-    ("Status null", _body(data={"Status": None}), Decision(AMBIGUOUS, "status_missing")),
+# --- shapes of the outcome fields (issue 17): what states success, what states failure -------------
+# Success and Data.Status are the provider's verdict fields: a failure in either is believed. Otherwise
+# a success stated anywhere is SENT, unless Code (or a Twilio code in a text) says failure: AMBIGUOUS.
+GONE: Any = object()  #: a key left out of the body
+STOP = "Twilio error 21610: Attempt to send to unsubscribed recipient"
+
+
+def _shape(*, status: Any = "True", **top: Any) -> bytes:
+    """The documented success with Data.Status and top-level fields changed; GONE leaves one out."""
+    data = {"Status": status, "Message": "", "SessionID": 123123123123}
+    doc: dict[str, Any] = {**_DOC, "Data": {k: v for k, v in data.items() if v is not GONE}, **top}
+    return json.dumps({k: v for k, v in doc.items() if v is not GONE}).encode()
+
+
+def _sent(anomaly: str, reason: str = "ok") -> Decision:
+    return Decision(SENT, reason, anomaly=anomaly)
+
+
+def _contradiction(anomaly: str) -> Decision:
+    return Decision(AMBIGUOUS, "contradiction", anomaly=f"contradiction: {anomaly}")
+
+
+BY_SUCCESS, BY_STATUS = "success stated by Success and Code", "success stated by Success and Data.Status"
+# Some fields state success, the rest state nothing: SENT, the gap noted for the attempt's anomalies.
+STATED_SUCCESSES: list[tuple[str, bytes, Decision]] = [
+    ("Data missing", _shape(Data=GONE), _sent(f"Data missing: {BY_SUCCESS}", "ok_no_session_id")),
+    ("Data null", _shape(Data=None), _sent(f"Data null: {BY_SUCCESS}", "ok_no_session_id")),
+    ("Data {}", _shape(Data={}), _sent(f"Data empty: {BY_SUCCESS}", "ok_no_session_id")),
+    ("Data a list", _shape(Data=[1]), _sent(f"Data not an object: {BY_SUCCESS}", "ok_no_session_id")),
+    ("Data.Status missing", _shape(status=GONE), _sent(f"Data.Status missing: {BY_SUCCESS}")),
+    ("Data.Status null", _shape(status=None), _sent(f"Data.Status null: {BY_SUCCESS}")),
+    ("Data.Status blank", _shape(status="  "), _sent(f"Data.Status empty: {BY_SUCCESS}")),
+    ("Code missing", _shape(Code=GONE), _sent(f"Code missing: {BY_STATUS}")),
+    ("Code null", _shape(Code=None), _sent(f"Code null: {BY_STATUS}")),
+    ("Code 0", _shape(Code=0), _sent(f"Code 0: {BY_STATUS}")),
+    ("Code 'abc'", _shape(Code="abc"), _sent(f"Code unreadable: {BY_STATUS}")),
+    ("Success missing", _shape(Success=GONE), _sent("Success missing: success stated by Code and Data.Status")),
+    ("Success null", _shape(Success=None), _sent("Success null: success stated by Code and Data.Status")),
+    ("Success 'yes'", _shape(Success="yes"), _sent("Success unreadable: success stated by Code and Data.Status")),
+    ("Status 'Success'", _shape(status="Success"), _sent('Data.Status "Success" read as success')),
+    ("Status 'success'", _shape(status="success"), _sent('Data.Status "success" read as success')),
+    ("Status 1", _shape(status=1), _sent('Data.Status "1" read as success')),
+    ("Status '1'", _shape(status="1"), _sent('Data.Status "1" read as success')),
+    ("Status 'OK'", _shape(status="OK"), _sent('Data.Status "OK" read as success')),
+    ("Status ' Sent '", _shape(status=" Sent "), _sent('Data.Status "Sent" read as success')),
+    ("Status 'Succeeded'", _shape(status="Succeeded"), _sent('Data.Status "Succeeded" read as success')),
+    ("Code missing, Status 'Success'", _shape(Code=GONE, status="Success"),
+     _sent(f'Code missing: {BY_STATUS}; Data.Status "Success" read as success')),
+    ("Code 0, Data missing", _shape(Code=0, Data=GONE),
+     _sent("Code 0, Data missing: success stated by Success", "ok_no_session_id")),
+    ("Code 201, Data missing", _shape(Code=201, Data=GONE), _sent(f"Data missing: {BY_SUCCESS}", "ok_no_session_id")),
+    ("Code 200 alone", _shape(Success=GONE, Data=GONE),
+     _sent("Success missing, Data missing: success stated by Code", "ok_no_session_id")),
+    ("Success true alone", _shape(Code=GONE, Data=None),
+     _sent("Code missing, Data null: success stated by Success", "ok_no_session_id")),
+    ("Data.Status alone", _shape(Success=GONE, Code=GONE),
+     _sent("Success missing, Code missing: success stated by Data.Status")),
+    ("Success 'true' as text, no Code", _shape(Success="true", Code=GONE), _sent(f"Code missing: {BY_STATUS}")),
+]
+
+# The mirror images: the fields that state anything state failure (or the most specific one does).
+FAILURES: list[tuple[str, bytes, Decision]] = [
+    ("Success false, Data missing", _shape(Success=False, Data=GONE), Decision(FINAL, "success_false")),
+    ("Success false, Data null", _shape(Success=False, Data=None), Decision(FINAL, "success_false")),
+    ("Success false, Data {}", _shape(Success=False, Data={}), Decision(FINAL, "success_false")),
+    ("Success false, Status missing", _shape(Success=False, status=GONE), Decision(FINAL, "success_false")),
+    ("Success false, Status null", _shape(Success=False, status=None), Decision(FINAL, "success_false")),
+    ("Success 'false', Status False", _shape(Success="false", status="False"), Decision(FINAL, "success_false")),
+    ("Success false, Code 0, Status False", _shape(Success=False, Code=0, status="False"),
+     Decision(FINAL, "success_false")),
+    # Status "False" under Success true and Code 200: the call went through, the send failed.
+    ("Status False", _shape(status="False"), Decision(FINAL, "status_false")),
+    ("Status False, Code missing", _shape(status="False", Code=GONE), Decision(FINAL, "status_false")),
+    ("Status False, Code 0", _shape(status="False", Code=0), Decision(FINAL, "status_false")),
+    ("Status False, Success missing", _shape(status="False", Success=GONE), Decision(FINAL, "status_false")),
+    ("Status JSON false", _shape(status=False), Decision(FINAL, "status_false")),
+    ("Status 0", _shape(status=0), Decision(FINAL, "status_false")),
+    ("Status '0'", _shape(status="0"), Decision(FINAL, "status_false")),
+    ("Status 'Failed'", _shape(status="Failed"), Decision(FINAL, "status_false")),
+    ("Status 'Queued'", _shape(status="Queued"), Decision(FINAL, "status_false")),
+    ("Code 400, Success false, Data null", _shape(Code=400, Success=False, Data=None), Decision(FINAL, "code_400")),
+    ("Code '400', Success false, Status False", _shape(Code="400", Success=False, status="False"),
+     Decision(FINAL, "code_400")),
+    ("Code 500, Success false, Data null", _shape(Code=500, Success=False, Data=None), Decision(AMBIGUOUS, "code_500")),
+    ("Code '500' alone", _shape(Code="500", Success=GONE, Data=GONE), Decision(AMBIGUOUS, "code_500")),
+    ("Code 429, Success false", _shape(Code=429, Success=False, Data=None),
+     Decision(RETRY, "code_429", throttled=True, pause_chatbot=True)),
+    ("Code 401 alone", _shape(Code=401, Success=GONE, Data=GONE), Decision(FINAL, "code_401", pause_chatbot=True)),
+    ("Code beyond 64 bits, Success false", _shape(Code=2**70, Success=False, status="False"),
+     Decision(FINAL, f"code_{str(2**70)[:17]}...")),
+    ("Code 1001 alone", _shape(Code=1001, Success=GONE, Data=GONE), Decision(AMBIGUOUS, "code_1001")),
+    ("STOP in Message, nothing else", _shape(Success=GONE, Code=GONE, Data=None, Message=STOP),
+     Decision(FINAL, "twilio_21610", suppress_number=True)),
+    ("retry-later in Message, Success false", _shape(Success=False, Data=None, Message="Twilio error 30003"),
+     Decision(RETRY, "twilio_30003", min_delay_s=300.0)),
+    # Success false beside Data.Status success: the provider's verdict field says failed, so no resend;
+    # the overruled success is noted for `oaksend anomalies`.
+    ("Success false, Status True", _shape(Success=False),
+     Decision(FINAL, "success_false", anomaly='Data.Status "True" but Success false: taken as a failure')),
+    ("Success 'false', Status 'Success', no Code", _shape(Success="false", status="Success", Code=GONE),
+     Decision(FINAL, "success_false", anomaly='Data.Status "Success" but Success false: taken as a failure')),
+    ("Code 500, Success false, Status True", _shape(Code=500, Success=False),
+     Decision(AMBIGUOUS, "code_500", anomaly='Data.Status "True" but Success false: taken as a failure')),
+    ("Code beyond 64 bits, Success false, Status True", _shape(Code=2**70, Success=False),
+     Decision(FINAL, f"code_{str(2**70)[:17]}...", anomaly='Data.Status "True" but Success false: taken as a failure')),
+]
+
+# Success or Data.Status says success, neither says failure, but Code does (or a text holds a Twilio
+# code): it may or may not have gone out, so the ambiguity policy decides.
+CONTRADICTIONS: list[tuple[str, bytes, Decision]] = [
+    ("Code 500, Success true, Status True", _shape(Code=500),
+     _contradiction('Success true, Data.Status "True" vs Code 500')),
+    ("Code '400', Success true, Data missing", _shape(Code="400", Data=GONE),
+     _contradiction("Success true vs Code 400")),
+    ("Code 429, Success true, Status True", _shape(Code=429),
+     _contradiction('Success true, Data.Status "True" vs Code 429')),
+    ("Code beyond 32 bits, Success true", _shape(Code=2**33),
+     _contradiction(f'Success true, Data.Status "True" vs Code {2**33}')),
+    ("STOP in Message, Data missing", _shape(Data=GONE, Message=STOP),
+     _contradiction("Success true, Code 200 vs Twilio code 21610 in a message text")),
+]
+
+# Nothing stated, or nothing readable: nobody can tell.
+CANNOT_TELL: list[tuple[str, bytes, Decision]] = [
+    ("empty object", b"{}", Decision(AMBIGUOUS, "no_statement",
+                                     anomaly="nothing stated: Success missing, Code missing, Data missing")),
+    ("all null", _shape(Success=None, Code=None, Data=None),
+     Decision(AMBIGUOUS, "no_statement", anomaly="nothing stated: Success null, Code null, Data null")),
+    ("Code 0, Data {}", _shape(Success=GONE, Code=0, Data={}),
+     Decision(AMBIGUOUS, "no_statement", anomaly="nothing stated: Success missing, Code 0, Data empty")),
     ("truncated success", _body()[:60], Decision(AMBIGUOUS, "malformed: truncated json")),
 ]
 
+SHAPES = STATED_SUCCESSES + FAILURES + CONTRADICTIONS + CANNOT_TELL
 
-@pytest.mark.parametrize(("body", "expected"), [r[1:] for r in NOT_SUCCESSES], ids=[r[0] for r in NOT_SUCCESSES])
-def test_a_body_that_does_not_state_success(body: bytes, expected: Decision) -> None:
-    assert classify(parse_envelope(200, body)) == expected
+
+@pytest.mark.parametrize(("body", "expected"), [r[1:] for r in SHAPES], ids=[r[0] for r in SHAPES])
+def test_outcome_field_shapes(body: bytes, expected: Decision) -> None:
+    outcome = parse_envelope(200, body)
+    assert outcome.malformed is None or expected.reason.startswith("malformed")
+    assert classify(outcome) == expected
+
+
+@pytest.mark.parametrize("body", [r[1] for r in STATED_SUCCESSES + CONTRADICTIONS],
+                         ids=[r[0] for r in STATED_SUCCESSES + CONTRADICTIONS])
+def test_overrides_never_undo_a_stated_success_nor_settle_a_contradiction(body: bytes) -> None:
+    outcome = parse_envelope(200, body)
+    expected = classify(outcome)
+    every_number = {n: FINAL for n in (0, 200, 201, 400, 429, 500, 1001, 21610, 2**33)}
+    assert classify(outcome, overrides=every_number) == expected
+
+
+NOTED = [r for r in SHAPES if r[2].anomaly is not None]
+
+
+@pytest.mark.parametrize(("body", "expected"), [(r[1], r[2]) for r in NOTED], ids=[r[0] for r in NOTED])
+def test_the_note_reaches_the_attempt_after_the_parsers(body: bytes, expected: Decision) -> None:
+    from datetime import UTC, datetime
+
+    from oaksend.worker.delivery.transition import attempt_record
+
+    outcome = parse_envelope(200, body)
+    record = attempt_record(outcome, classify(outcome), number=1, started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                            latency_ms=1.0, worker="w")
+    assert expected.anomaly is not None
+    # (fit_attempt may add its own notes after these: a Code beyond 32 bits is stored as null.)
+    assert record.anomalies is not None
+    assert record.anomalies.startswith("; ".join([*outcome.anomalies, expected.anomaly]))
+
+
+def test_a_plain_success_or_failure_notes_nothing() -> None:
+    for body in (_body(), _shape(status="False"), _shape(Success=False, status="False"), _shape(status=" true ")):
+        assert classify(parse_envelope(200, body)).anomaly is None
 
 
 def test_odd_success_shapes_of_the_sandbox_are_sent() -> None:
     """The shapes the integration test serves through the real sandbox, read here without I/O."""
-    from oaksend.sandbox.faults import ODD_SUCCESS_VARIANTS
+    from oaksend.sandbox.faults import LOOSE_SUCCESS_VARIANTS, ODD_SUCCESS_VARIANTS
     from oaksend.sandbox.responses import odd_success
 
-    for variant in ODD_SUCCESS_VARIANTS:
+    for variant in ODD_SUCCESS_VARIANTS + LOOSE_SUCCESS_VARIANTS:
         outcome = parse_envelope(200, odd_success(variant, 123123123124).body)
-        assert classify(outcome).verdict is SENT, variant
+        decision = classify(outcome)
+        assert decision.verdict is SENT, variant
+        assert (decision.anomaly is not None) is (variant in LOOSE_SUCCESS_VARIANTS), variant

@@ -1,4 +1,4 @@
-"""Operations commands of `oaksend`: health, stats, audit, resolve, purge, run; and what they add to others.
+"""Operations commands of `oaksend`: health, stats, audit, anomalies, resolve, purge, run; and what they add to others.
 
 `add_commands(sub)` registers them (one line in cli/__init__.py), and gives `retry` and
 `cancel` their `--dry-run` / `--yes` / `--note`, and `worker` and `dispatcher`
@@ -207,6 +207,35 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: `oaksend anomalies`: the columns, and the widest anomalies text shown in the table (--json has it whole).
+ANOMALY_COLUMNS = ("message_id", "attempt", "started_at", "http_status", "code", "data_status", "classification",
+                   "anomalies")
+ANOMALIES_SHOWN = 100
+
+
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ValidationError("limit", "must be at least 1")
+    since = parse_when(args.since, "since")
+    outbox = outbox_of(settings_of(args))
+    try:
+        rows = outbox.anomalous_attempts(since=since, limit=args.limit)
+    finally:
+        outbox.engine.dispose()  # in-process callers (tests, scripts) keep no connection open
+    data = [{"message_id": a.message_id, "attempt": a.number, "started_at": iso(a.started_at),
+             "http_status": a.http_status, "code": a.code, "data_status": a.data_status,
+             "classification": a.classification, "anomalies": a.anomalies} for a in rows]
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+
+    def shown(text: str) -> str:
+        return text if len(text) <= ANOMALIES_SHOWN else text[: ANOMALIES_SHOWN - 3] + "..."
+
+    table([{**d, "anomalies": shown(d["anomalies"] or "")} for d in data], ANOMALY_COLUMNS)
+    return EXIT_OK
+
+
 def cmd_resolve(args: argparse.Namespace) -> int:
     from oaksend.worker.clock import utcnow
 
@@ -319,6 +348,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("anomalies", help="attempts whose response differed from the documented envelope")
+    p.add_argument("--since", help="started at or after (ISO 8601, or relative: --since=-1d)")
+    p.add_argument("--limit", type=int, default=50, help="rows shown, newest first (default 50)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_anomalies)
 
     p = sub.add_parser("resolve", help="settle unknown messages as sent or failed after a check by hand")
     p.add_argument("ids", type=int, nargs="+", help="message ids (state unknown)")

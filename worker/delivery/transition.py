@@ -144,5 +144,6 @@ def attempt_record(outcome: Outcome, decision: Decision, *, number: int, started
         error=error,
         worker=worker,
         session_id_text=outcome.session_id_text,
-        anomalies="; ".join(outcome.anomalies) or None,
+        # What the parser found odd, then what the verdict had to make of it ("Data missing: success stated ...").
+        anomalies="; ".join([*outcome.anomalies, *([decision.anomaly] if decision.anomaly else [])]) or None,
     ))

@@ -7,7 +7,9 @@ that does not fit a signed 64-bit integer (``2**64``, ``1.5``, ``"abc-1"``) is
 kept as text. Whatever was odd is listed in ``Envelope.anomalies`` for the
 audit trail; it is never a reason by itself to doubt a send. Only a body that
 cannot be read as an object at all (not JSON, truncated, an HTML page, cut off)
-is ``malformed``.
+is ``malformed``. ``Envelope.absent`` says, for each of the three fields that
+state an outcome (Success, Code, Data.Status), why it holds no value ("Data
+null", "Data.Status missing", ...), so that a verdict can name what was missing.
 
 Deciding what a reading means is ``worker.classify``'s job.
 """
@@ -63,6 +65,11 @@ class Envelope:
     body_excerpt: str  #: the body's first characters, for the audit trail
     session_id_text: str | None = None  #: Data.SessionID as text, when it is not a 64-bit integer
     anomalies: tuple[str, ...] = ()
+    #: The outcome fields with no value, and why, in the order Success, Code, Data:
+    #: "Success missing" | "Success null" | "Success unreadable", "Code missing" | "Code null" |
+    #: "Code unreadable", "Data missing" | "Data null" | "Data not an object" | "Data empty" |
+    #: "Data.Status missing" | "Data.Status null" | "Data.Status empty". Empty for a malformed body.
+    absent: tuple[str, ...] = ()
 
 
 class _Literal(str):
@@ -124,6 +131,7 @@ def parse_envelope(
         body_excerpt=excerpt,
         session_id_text=f.get("session_id_text"),
         anomalies=tuple(_redact(a, secret) for a in reading.odd),
+        absent=tuple(reading.absent),
     )
 
 
@@ -131,6 +139,7 @@ class _Reading:
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
         self.odd: list[str] = []
+        self.absent: list[str] = []
 
 
 def _read(body: bytes, reading: _Reading) -> str | None:
@@ -170,7 +179,26 @@ def _read(body: bytes, reading: _Reading) -> str | None:
         f["session_id"], f["session_id_text"] = _session_id(data, odd)
         _extra(data, _KNOWN_DATA, "Data.", odd)
     _extra(doc, _KNOWN_TOP, "", odd)
+    reading.absent = _absent(doc, f)
     return None
+
+
+def _absent(doc: dict[str, Any], f: dict[str, Any]) -> list[str]:
+    """Why Success, Code and Data.Status hold no value, for each that holds none."""
+    out = [f"{key} {'missing' if key not in doc else 'null' if doc[key] is None else 'unreadable'}"
+           for key, name in (("Success", "success"), ("Code", "code")) if f.get(name) is None]
+    data = doc.get("Data")
+    if "Data" not in doc or data is None:
+        out.append("Data missing" if "Data" not in doc else "Data null")
+    elif not isinstance(data, dict):
+        out.append("Data not an object")
+    elif not data:
+        out.append("Data empty")
+    elif data.get("Status") is None:
+        out.append("Data.Status missing" if "Status" not in data else "Data.Status null")
+    elif isinstance(data["Status"], str) and not data["Status"].strip():
+        out.append("Data.Status empty")
+    return out
 
 
 def _success(doc: dict[str, Any], odd: list[str]) -> bool | None:
