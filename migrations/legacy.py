@@ -1,32 +1,27 @@
-"""Apply Alembic migrations programmatically: what `oaksend migrate` runs.
-
-oaksend keeps its revision in `oaksend_alembic_version`, so an application's own
-`alembic_version` (at any revision of its own) is never read or changed.
+"""Adopting an oaksend 0.1 database: its unprefixed tables become oaksend_* ones, nothing lost.
 
 Databases created by oaksend 0.1 hold unprefixed tables (`messages`, `attempts`,
-...) and oaksend's revision in `alembic_version`. `upgrade` adopts them first:
-it creates the prefixed tables, copies every row across in one transaction,
-drops the old tables and removes oaksend's row from `alembic_version`, so
-nothing is lost and the application's tables of the same names never are
-touched unless they are unmistakably oaksend 0.1's.
+...) and oaksend's revision in `alembic_version`. `adopt_legacy` (run first by
+`upgrade`) creates the prefixed tables, copies every row across in one transaction,
+drops the old tables and removes oaksend's row from `alembic_version`, so nothing
+is lost and the application's tables of the same names are never touched unless
+they are unmistakably oaksend 0.1's.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Callable
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, MetaData, Table, delete, func, insert, inspect, select
 
-from oaksend import migrations
 from oaksend.models.db import make_engine
 
-log = logging.getLogger(__name__)
+__all__ = ["adopt_legacy"]
 
-#: Where the migration scripts live inside the installed package.
-SCRIPT_LOCATION = str(Path(migrations.__file__).parent)
+log = logging.getLogger(__name__)
 
 #: oaksend 0.1's tables, parents first, with a column set that only they have.
 _LEGACY_TABLES = ("chatbots", "messages", "suppressed_numbers", "attempts", "operator_actions")
@@ -36,41 +31,6 @@ _LEGACY_SIGNATURE = {
 }
 #: The revisions oaksend 0.1 wrote into the shared `alembic_version`.
 _LEGACY_REVISIONS = {"0001", "0002"}
-
-
-def alembic_config(database_url: str, schema: str | None = None) -> Config:
-    """An Alembic Config for `database_url`, independent of the working directory."""
-    cfg = Config()
-    cfg.set_main_option("script_location", SCRIPT_LOCATION)
-    cfg.attributes["url"] = database_url
-    cfg.attributes["schema"] = schema
-    return cfg
-
-
-def upgrade(database_url: str, revision: str = "head", *, schema: str | None = None) -> None:
-    """Bring the database to `revision`, adopting an oaksend 0.1 database first."""
-    _adopt_legacy(database_url, schema)
-    command.upgrade(alembic_config(database_url, schema), revision)
-
-
-def downgrade(database_url: str, revision: str, *, schema: str | None = None) -> None:
-    command.downgrade(alembic_config(database_url, schema), revision)
-
-
-def current(database_url: str, *, schema: str | None = None) -> str | None:
-    """oaksend's current revision in this database (None: not migrated)."""
-    from alembic.runtime.migration import MigrationContext
-
-    from oaksend.models.tables import VERSION_TABLE
-
-    engine = make_engine(database_url, schema=schema)
-    try:
-        with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE,
-                                                         "version_table_schema": schema})
-            return ctx.get_current_revision()
-    finally:
-        engine.dispose()
 
 
 def _legacy_revision(conn: Connection, schema: str | None) -> str | None:
@@ -90,7 +50,9 @@ def _legacy_revision(conn: Connection, schema: str | None) -> str | None:
     return max(found) if found else None
 
 
-def _adopt_legacy(database_url: str, schema: str | None) -> None:
+def adopt_legacy(database_url: str, schema: str | None, config_for: Callable[[str, str | None], Config]) -> None:
+    """Adopt the database if it is oaksend 0.1's; otherwise do nothing. `config_for` builds the Alembic
+    config (oaksend.migrations.runner.alembic_config) that brings 0.1's tables to its last revision."""
     engine = make_engine(database_url, schema=schema)
     try:
         with engine.connect() as conn:
@@ -100,7 +62,7 @@ def _adopt_legacy(database_url: str, schema: str | None) -> None:
                 return
             log.warning("adopting an oaksend 0.1 database (revision %s): moving its tables to oaksend_*", revision)
             with conn.begin():
-                cfg = alembic_config(database_url, schema)
+                cfg = config_for(database_url, schema)
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
                 meta = MetaData(schema=schema)

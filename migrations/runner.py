@@ -14,12 +14,14 @@ from alembic import command
 from alembic.config import Config
 
 from oaksend import migrations
+from oaksend.migrations.legacy import adopt_legacy
 from oaksend.models.db import make_engine
 
 log = logging.getLogger(__name__)
 
 #: Where the migration scripts live inside the installed package.
 SCRIPT_LOCATION = str(Path(migrations.__file__).parent)
+
 
 def alembic_config(database_url: str, schema: str | None = None) -> Config:
     """An Alembic Config for `database_url`, independent of the working directory."""
