@@ -1,7 +1,9 @@
 # One image for every oaksend process: migrate, dispatcher, worker, health, sandbox.
 # The base image is pinned to an exact release (bump it deliberately; add the digest,
-# `python:3.11.11-slim-bookworm@sha256:...`, where your registry lets you look it up).
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# `python:3.12.8-slim-bookworm@sha256:...`, where your registry lets you look it up).
+# Python 3.12: asyncio's running-loop lookup no longer costs a getpid() system call, which
+# httpx's transport does several times per request. 3.11 stays the supported minimum (pyproject).
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
 # -- build the wheel ----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build

@@ -38,13 +38,13 @@ XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist 
 test: $(STAMP)  ## the whole suite against real Redis, PostgreSQL and SQLite
 	$(BIN)/pytest $(XDIST)
 
-chaos: $(STAMP)  ## the long fault runs: a 2,000-message fault storm, 20 s and 75 s database outages
+chaos: $(STAMP)  ## the long fault runs: a fault storm, database outages, skewed clocks, Redis stalls, paused and cut-off workers
 	$(BIN)/pytest $(XDIST) -m chaos tests/faults
 
 test-fast: $(STAMP)  ## pure functions only: no services needed
 	$(BIN)/pytest tests/unit
 
-bench: $(STAMP)  ## end-to-end throughput vs bare Celery and a raw httpx loop, and latency (prints figures)
+bench: $(STAMP)  ## end-to-end throughput vs bare Celery and a plain Celery + httpx task, and latency (prints figures)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 
 bench-latency: $(STAMP)  ## throughput of 2 default workers against an API answering in 200 ms

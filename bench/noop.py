@@ -1,4 +1,5 @@
-"""The baseline of `python -m bench.pipeline`: a bare Celery app with one no-op task.
+"""The first baseline of `python -m bench.pipeline` (bench/naive.py is the second): a bare Celery app with
+one no-op task.
 
 Configured like oaksend's app (worker.app.make_app): JSON, no results, early
 ack, prefetch multiplier 1, no events, so the figure it gives is what one

@@ -11,7 +11,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 from oaksend.errors import ConfigError
 
 
-def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, schema: str | None = None, connect_timeout_s: float | None = None,
+                statement_timeout_s: float | None = None, **kwargs: Any) -> Engine:
     """Create an engine with the settings each backend needs for a shared outbox.
 
     `schema` (PostgreSQL only) puts oaksend's tables in a schema of their own:
@@ -21,8 +22,17 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
     SQLite: WAL (readers do not block the writer), a long busy timeout and
     `BEGIN IMMEDIATE`, so that several worker processes queue for the write lock
     instead of failing with "database is locked" on a read-to-write upgrade.
-    PostgreSQL: a pool sized for a threaded worker.
+    PostgreSQL: a pool sized for a threaded worker; `connect_timeout_s` and `statement_timeout_s`
+    bound a connection attempt and each statement (the send path's engines: a database that
+    stalls without an error must not hold a worker's outcomes past its call lease).
     """
+    if url.startswith(("postgresql", "postgres")) and (connect_timeout_s or statement_timeout_s):
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        if connect_timeout_s:
+            connect_args["connect_timeout"] = max(1, round(connect_timeout_s))
+        if statement_timeout_s:
+            connect_args["options"] = f"-c statement_timeout={round(statement_timeout_s * 1000)}"
+        kwargs["connect_args"] = connect_args
     try:
         return _make_engine(url, schema=schema, **kwargs)
     except (ArgumentError, ValueError) as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 #: Lengths of the attempt's bounded text columns: models.tables builds the columns from
 #: these, and models.fit clamps values to them (one number, so the two cannot drift apart).
-ATTEMPT_STRING_LENGTHS: dict[str, int] = {"data_status": 64, "classification": 16, "worker": 200}
+ATTEMPT_STRING_LENGTHS: dict[str, int] = {"data_status": 64, "classification": 16, "worker": 200, "request_id": 32}
 #: Message priorities, most urgent first; a message stores its position here (0, 1, 2).
 #: A chatbot's due messages are dispatched in this order, then by due time.
 PRIORITIES = ("high", "normal", "bulk")
@@ -86,6 +86,7 @@ class AttemptRecord:
     worker: str | None = None
     session_id_text: str | None = None  #: a SessionID that is not a 64-bit integer
     anomalies: str | None = None  #: what was odd in the response, or did not fit a column
+    request_id: str | None = None  #: our id of the request (X-Request-ID); unique among attempts
 
 
 @dataclass(frozen=True)

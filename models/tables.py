@@ -218,8 +218,12 @@ class Attempt(Base):
     reason: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(ATTEMPT_STRING_LENGTHS["worker"]), nullable=True)
+    #: Our id of the request (sent as X-Request-ID); none on the rescue's stand-ins. Unique: writing a
+    #: group's answers again after a database blip can never add a second row for one call.
+    request_id: Mapped[str | None] = mapped_column(String(ATTEMPT_STRING_LENGTHS["request_id"]), nullable=True)
 
-    __table_args__ = (Index("ix_oaksend_attempts_message", "message_id", "number"),)
+    __table_args__ = (Index("ix_oaksend_attempts_message", "message_id", "number"),
+                      Index("uq_oaksend_attempts_request", "request_id", unique=True))
 
 
 class Chatbot(Base):

@@ -116,6 +116,7 @@ class SandboxApp:
             session_id=session_id,
             scripted=scripted,
             delay_ms=round(action.delay_s * 1000.0, 3),
+            request_id=_request_id(request.headers),
         )
         self.records.add(record)
         if log.isEnabledFor(logging.DEBUG):
@@ -221,6 +222,16 @@ class SandboxApp:
             raise ConfigError("responses must be a non-empty list of outcome tokens")
         queued = self.scripts.add(keys[0], payload[keys[0]], [str(token) for token in responses])
         return {keys[0]: payload[keys[0]], "queued": queued}
+
+
+#: The longest X-Request-ID kept in a record (the head is capped anyway; an id is 32 hex digits).
+MAX_REQUEST_ID_CHARS = 128
+
+
+def _request_id(headers: dict[str, str]) -> str | None:
+    """The request's X-Request-ID (the client's id for it), as recorded: stripped, bounded."""
+    value = headers.get("x-request-id")
+    return None if value is None else value.strip()[:MAX_REQUEST_ID_CHARS]
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -26,9 +26,11 @@ class Record:
     session_id: int | None  #: the SessionID handed out, if any
     scripted: bool  #: the outcome came from a script
     delay_ms: float  #: added latency (or hang time) before the answer
+    #: the client's X-Request-ID header (oaksend sends its own id for each request), if it sent one
+    request_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "seq": self.seq,
             "received_at": self.received_at,
             "serial_number": self.serial_number,
@@ -41,6 +43,9 @@ class Record:
             "scripted": self.scripted,
             "delay_ms": self.delay_ms,
         }
+        if self.request_id is not None:  # only a request that carried one: older readers see no new key
+            out["request_id"] = self.request_id
+        return out
 
 
 class Recorder:

@@ -256,8 +256,10 @@ def private_redis_server(directory: Path) -> Iterator[str]:
     if binary is None:
         unavailable("redis-server", FileNotFoundError("redis-server is not on PATH"))
     port = free_port()
+    # DEBUG SLEEP stalls it without an error (the fault tests' "Redis stalls"): allowed on this server only.
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--enable-debug-command", "yes", "--dir", str(directory)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     probe = redis.Redis.from_url(url)
 

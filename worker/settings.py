@@ -8,6 +8,7 @@ the names (`_s` seconds, `_per_s` per second).
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
@@ -24,6 +25,9 @@ _VERDICTS = {"sent", "retry", "final", "ambiguous"}
 #: Slack between a worker's last possible outcome write and the end of its call lease
 #: (clock differences between the worker and the dispatcher, a slow commit).
 CALL_LEASE_MARGIN_S = 30.0
+#: Added to the whole-exchange deadline before a silent worker's marked rows are judged: the mark's
+#: lead and window (0.2 s at most) and the error of the clocks' measured offsets.
+CALL_WINDOW_MARGIN_S = 2.0
 
 
 def _env(name: str) -> AliasChoices:
@@ -47,6 +51,11 @@ class Settings(BaseSettings):
     #: PostgreSQL schema for oaksend's tables (default: the connection's search_path, e.g. public).
     db_schema: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
                                   validation_alias=AliasChoices("OAKSEND_DB_SCHEMA", "DB_SCHEMA"))
+    #: PostgreSQL, the send path (workers, dispatcher): longest wait for a new connection, and for
+    #: one statement. A database that stalls without an error then fails the write, which is retried
+    #: within the call lease; both are counted in it.
+    db_connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("DB_CONNECT_TIMEOUT_S"))
+    db_statement_timeout_s: float = Field(15.0, gt=0, validation_alias=_env("DB_STATEMENT_TIMEOUT_S"))
 
     # -- the API --------------------------------------------------------------------------
     newoaks_region: Literal["us", "eu"] = Field("us", validation_alias="NEWOAKS_REGION")
@@ -57,6 +66,17 @@ class Settings(BaseSettings):
     newoaks_api_key: SecretStr | None = Field(None, validation_alias="NEWOAKS_API_KEY")
     connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("CONNECT_TIMEOUT_S"))
     read_timeout_s: float = Field(15.0, gt=0, validation_alias=_env("READ_TIMEOUT_S"))
+
+    # -- TLS to the API (proxies come from HTTP_PROXY / HTTPS_PROXY / NO_PROXY) ----------------
+    #: A PEM file of CA certificates: the API's certificate is verified against these only.
+    ca_bundle: str | None = Field(None, validation_alias=_env("CA_BUNDLE"))
+    #: Without a CA bundle: `certifi` (httpx's default: SSL_CERT_FILE / SSL_CERT_DIR when set, else
+    #: certifi's bundle) or `system` (the operating system's trust store).
+    tls_trust: Literal["certifi", "system"] = Field("certifi", validation_alias=_env("TLS_TRUST"))
+    #: A client certificate (PEM) presented to the API; it may hold its key too.
+    client_cert: str | None = Field(None, validation_alias=_env("CLIENT_CERT"))
+    #: The client certificate's key (PEM, unencrypted), when not in OAKSEND_CLIENT_CERT.
+    client_key: str | None = Field(None, validation_alias=_env("CLIENT_KEY"))
 
     # -- retries, backoff, deadlines ------------------------------------------------------
     max_attempts: int = Field(5, ge=1, validation_alias=_env("MAX_ATTEMPTS"))
@@ -147,10 +167,20 @@ class Settings(BaseSettings):
         return Keys(self.redis_prefix)
 
     @field_validator("newoaks_base_url", "db_schema", "metrics_port", "retention_days", "call_lease_s",
-                     mode="before")
+                     "ca_bundle", "client_cert", "client_key", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ca_bundle", "client_cert", "client_key", mode="after")
+    @classmethod
+    def _a_readable_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked at start, so a typo stops the worker before it claims a message.
+        if value is not None and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            raise ValueError(f"{value!r} is not a readable file")
+        if info.field_name == "client_key" and value is not None and info.data.get("client_cert") is None:
+            raise ValueError("set OAKSEND_CLIENT_CERT too: a key alone is no client certificate")
+        return value
 
     @field_validator("newoaks_base_url", mode="after")
     @classmethod
@@ -194,11 +224,24 @@ class Settings(BaseSettings):
         """The whole exchange of one call (connect, send, headers, body) ends within this."""
         return self.connect_timeout_s + self.read_timeout_s
 
+    def engine_options(self) -> dict[str, float]:
+        """make_engine's bounds for the send path's engines (workers, dispatcher)."""
+        return {"connect_timeout_s": self.db_connect_timeout_s, "statement_timeout_s": self.db_statement_timeout_s}
+
+    @property
+    def call_window_s(self) -> float:
+        """From a message's call mark until its call can no longer be in flight: the mark's lead and
+        window, the whole exchange, and a margin for the clocks' measured offsets. Past it, a row
+        marked calling whose worker fell silent is judged (an ambiguous attempt, the policy decides)."""
+        return self.response_deadline_s + CALL_WINDOW_MARGIN_S
+
     @property
     def call_lease_floor_s(self) -> float:
         """The shortest call lease that is safe: the wait for a rate slot, the whole
-        response, and the outcome's write retries all fit inside it, with a margin."""
-        return self.max_token_wait_s + self.response_deadline_s + self.record_retry_s + CALL_LEASE_MARGIN_S
+        response, and the outcome's write retries (the last of which may wait for a
+        connection and a statement) all fit inside it, with a margin."""
+        return (self.max_token_wait_s + self.response_deadline_s + self.record_retry_s
+                + self.db_connect_timeout_s + self.db_statement_timeout_s + CALL_LEASE_MARGIN_S)
 
     @property
     def call_lease(self) -> float:
@@ -217,6 +260,7 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"OAKSEND_CALL_LEASE_S ({self.call_lease_s:g}) must be at least OAKSEND_MAX_TOKEN_WAIT_S + "
                 f"OAKSEND_CONNECT_TIMEOUT_S + OAKSEND_READ_TIMEOUT_S + OAKSEND_RECORD_RETRY_S + "
+                f"OAKSEND_DB_CONNECT_TIMEOUT_S + OAKSEND_DB_STATEMENT_TIMEOUT_S + "
                 f"{CALL_LEASE_MARGIN_S:g} = {self.call_lease_floor_s:g}")
         if self.worker_heartbeat_ttl_s >= self.call_lease:
             raise ConfigError("OAKSEND_WORKER_HEARTBEAT_TTL_S must be shorter than the call lease "

@@ -87,7 +87,7 @@ class Processes:
 def child_env(**pinned: str) -> dict[str, str]:
     """The environment of a child: ours, minus what would point it elsewhere, plus `pinned`."""
     drop = ("NEWOAKS_", "SANDBOX_", "DATABASE_URL", "REDIS_URL", "OAKSEND_DATABASE_URL", "OAKSEND_REDIS_URL",
-            "OAKSEND_QUEUE_NAME", "BENCH_NOOP_")
+            "OAKSEND_QUEUE_NAME", "BENCH_NOOP_", "BENCH_NAIVE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(pinned)

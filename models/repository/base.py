@@ -7,11 +7,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Result
+from sqlalchemy import Connection, CursorResult, Engine, Result, Table, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from oaksend.models.db import schema_of, translate_map
 from oaksend.models.tables import Chatbot
+
+_chatbots = Chatbot.__table__
 
 
 class Repository:
@@ -24,13 +27,28 @@ class Repository:
         self.schema = schema_of(engine)
         self._foreign_options = {"schema_translate_map": translate_map(self.schema)} if self.schema else {}
 
-    # Here, not in OperatorRepository: the send path pauses a chatbot too (SendRepository.record).
-    def _pause(self, s: Session, serial_number: str, until: datetime, reason: str | None, now: datetime) -> None:
-        row = s.get(Chatbot, serial_number, with_for_update=True)
-        if row is None:
-            s.add(Chatbot(serial_number=serial_number, paused_until=until, pause_reason=reason, updated_at=now))
-        elif row.paused_until is None or row.paused_until < until:
-            row.paused_until, row.pause_reason, row.updated_at = until, reason, now
+    # Here, not in OperatorRepository: the send path pauses a chatbot too (SendRepository.record_group).
+    @staticmethod
+    def _pause(s: Session | Connection, serial_number: str, until: datetime, reason: str | None,
+               now: datetime) -> None:
+        """Pause a chatbot until `until` unless it is already paused longer: one upsert, so two groups
+        that meet the same chatbot's first 429 at once never collide on its row."""
+        stmt = dialect_insert(s, _chatbots).values(serial_number=serial_number, paused_until=until,
+                                                  pause_reason=reason, updated_at=now)
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=[_chatbots.c.serial_number],
+            set_={"paused_until": stmt.excluded.paused_until, "pause_reason": stmt.excluded.pause_reason,
+                  "updated_at": stmt.excluded.updated_at},
+            where=_chatbots.c.paused_until.is_(None) | (_chatbots.c.paused_until < stmt.excluded.paused_until),
+        ))
+
+    def database_now(self) -> datetime | None:
+        """The database's clock (PostgreSQL's `clock_timestamp()`), or None for SQLite, a file on this host."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+        with self.engine.connect() as conn:
+            value = conn.scalar(text("SELECT clock_timestamp()"))
+        return value if isinstance(value, datetime) else None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -45,6 +63,16 @@ def rowcount(result: Result[Any]) -> int:
     The result is a CursorResult, which has the count; Session.execute types every result as a plain Result.
     """
     return cast("CursorResult[Any]", result).rowcount
+
+
+def dialect_insert(bind: Session | Connection, table: Table) -> Any:
+    """An INSERT with the dialect's ON CONFLICT clauses (PostgreSQL and SQLite have the same ones)."""
+    dialect = (bind.get_bind() if isinstance(bind, Session) else bind).dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"oaksend needs PostgreSQL or SQLite, not {dialect}")  # pragma: no cover
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

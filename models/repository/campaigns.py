@@ -17,10 +17,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from oaksend.models.repository.base import Repository, chunks, rowcount
+from oaksend.models.repository.base import Repository, chunks, dialect_insert, rowcount
 from oaksend.models.repository.bulk import BulkWriter
 from oaksend.models.tables import OPEN_STATES, Campaign, CampaignRecipient, Message, SuppressedNumber
 
@@ -43,15 +42,6 @@ _recipients = CampaignRecipient.__table__
 def _are_lines(rows: Sequence[dict[str, Any]] | Sequence[str]) -> TypeIs[Sequence[str]]:
     """A batch of COPY text lines, not of dicts (a batch is all one or all the other)."""
     return bool(rows) and isinstance(rows[0], str)
-
-
-def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"campaigns need PostgreSQL or SQLite, not {dialect}")  # pragma: no cover
 
 
 class CampaignRepository(Repository):
@@ -109,7 +99,7 @@ class CampaignRepository(Repository):
         """Insert or replace recipients (by key) of a campaign."""
         if not rows:
             return
-        stmt = _insert(session, _recipients)
+        stmt = dialect_insert(session, _recipients)
         stmt = stmt.on_conflict_do_update(
             index_elements=["campaign_id", "key"],
             set_={"phone": stmt.excluded.phone, "tz": stmt.excluded.tz, "data": stmt.excluded.data},
@@ -152,7 +142,7 @@ class CampaignRepository(Repository):
         """Insert message rows; one whose idempotency key exists already is left alone."""
         if not rows:
             return 0
-        stmt = _insert(session, _messages).on_conflict_do_nothing()
+        stmt = dialect_insert(session, _messages).on_conflict_do_nothing()
         return rowcount(session.execute(stmt, list(rows))) or 0
 
     def bulk_writer(self, session: Session) -> BulkWriter:

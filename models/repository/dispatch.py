@@ -47,16 +47,34 @@ def _due_chatbots_statement() -> Select[str]:
 _DUE_CHATBOTS = _due_chatbots_statement()
 
 
-def lost_outcome(called: bool, failures: int, lost_before: int, limit: int, policy: str) -> tuple[str, dict[str, Any]]:
+#: A message taken back uncalled this many times fails: its workers keep dying before calling it (a
+#: poison message). Not the attempts' limit: a take-back is no attempt, and a live worker cut off for
+#: a while loses its unmarked messages without anything wrong with them.
+LOST_LIMIT = 10
+
+
+class _TakeBack(NamedTuple):
+    """Which `sending` rows the rescue takes, and what they become (see `rescue`)."""
+
+    dead_workers: Sequence[str]
+    unmarked_after: datetime | None
+    called_before: datetime | None
+    limit: int
+    lost_limit: int
+    policy: str
+
+
+def lost_outcome(called: bool, failures: int, lost_before: int, limit: int, policy: str, *,
+                 lost_limit: int = LOST_LIMIT) -> tuple[str, dict[str, Any]]:
     """Pure: what a message left `sending` by a dead worker becomes: (its count in the rescue, new values).
 
     Not marked calling ("uncalled"): the API was certainly not called: due again without an
-    attempt, or failed once its workers died `limit` times. Marked ("sending"): an ambiguous
+    attempt, or failed once it was taken back `lost_limit` times. Marked ("sending"): an ambiguous
     attempt; the policy decides (retry: due again; hold: unknown), and at `limit` failures it
     ends unknown. Either way it keeps its due time (its place in line).
     """
     if not called:
-        if lost_before + 1 >= limit:
+        if lost_before + 1 >= lost_limit:
             return "uncalled", {"state": "failed", "last_outcome": "final",
                                 "last_reason": f"its worker died {lost_before + 1} times before calling"}
         return "uncalled", {"state": "pending", "ready": True, "last_reason": "worker lost before calling; due again"}
@@ -228,7 +246,8 @@ class DispatchRepository(Repository):
 
     def rescue(self, now: datetime, ambiguous_policy: str, worker: str, *, max_attempts: int | None = None,
                dead_workers: Sequence[str] = (), unmarked_after: datetime | None = None,
-               unstarted_before: datetime | None = None) -> dict[str, int]:
+               unstarted_before: datetime | None = None, called_before: datetime | None = None,
+               max_lost: int = LOST_LIMIT) -> dict[str, int]:
         """Take back messages whose holder is gone.
 
         Whatever comes back keeps its due time, so it goes out before messages that
@@ -241,14 +260,19 @@ class DispatchRepository(Repository):
         is): due again, nothing counted (`unstarted`). A task of a live worker that
         arrives later finds its token gone and skips those rows; rows being claimed at
         this moment (locked) are left to their claim.
-        sending, lease run out or held by a dead worker (`dead_workers`, from heartbeats):
+        sending, lease run out or held by a worker that stopped beating (`dead_workers`):
         - not marked calling: the API was certainly not called under this claim: due
-          again without an attempt (`lost` counts it; at `max_attempts` it fails). This
-          also takes unmarked rows claimed before `unmarked_after` from live workers (a
-          worker marks or hands back within its rate wait, unless the database failed it):
-          the marker is a conditional UPDATE, so a row taken back can no longer be called;
-        - marked calling: the SMS may have gone out: an ambiguous "worker_lost" attempt
-          is recorded and the policy decides (retry: due again; hold: unknown); at
+          again at once, without an attempt (`lost` counts it; after `max_lost` such
+          take-backs it fails). This also takes unmarked rows claimed before
+          `unmarked_after` from live workers (a worker marks or hands back within its rate
+          wait, unless the database failed it): the marker is a conditional UPDATE, so a
+          row taken back can no longer be called;
+        - marked calling: the SMS may have gone out. Held by a silent worker, it is taken
+          only once its call can no longer be in flight: marked before `called_before`
+          (the mark plus the call's whole-exchange deadline plus a margin, on the database's
+          clock; None: at once). A silent worker may be paused or cut off, not dead: its
+          answers still land (`record_group`). Then an ambiguous "worker_lost" attempt is
+          recorded and the policy decides (retry: due again; hold: unknown); at
           `max_attempts` it ends unknown.
         """
         counts = {"dispatched": 0, "sending": 0, "uncalled": 0}
@@ -262,19 +286,21 @@ class DispatchRepository(Repository):
             counts["dispatched"] = rowcount(res)
             if unstarted_before is not None:
                 counts["unstarted"] = self._take_back_unstarted(s, unstarted_before, now)
-            counts.update(self._take_back_sending(s, now, worker, limit, ambiguous_policy, dead_workers,
-                                                  unmarked_after))
+            rule = _TakeBack(dead_workers, unmarked_after, called_before, limit, max_lost, ambiguous_policy)
+            counts.update(self._take_back_sending(s, now, worker, rule))
         return counts
 
-    def _take_back_sending(self, s: Session, now: datetime, worker: str, limit: int, ambiguous_policy: str,
-                           dead_workers: Sequence[str], unmarked_after: datetime | None) -> dict[str, int]:
+    def _take_back_sending(self, s: Session, now: datetime, worker: str, rule: _TakeBack) -> dict[str, int]:
         """The `sending` part of `rescue`: uncalled rows due again, called ones an ambiguous attempt."""
         counts = {"sending": 0, "uncalled": 0}
+        unmarked = Message.calling_at.is_(None)
         taken = Message.lease_until < now
-        if dead_workers:
-            taken = taken | Message.claimed_by.in_(list(dead_workers))
-        if unmarked_after is not None:
-            taken = taken | (Message.calling_at.is_(None) & (Message.updated_at < unmarked_after))
+        if rule.dead_workers:
+            silent = Message.claimed_by.in_(list(rule.dead_workers))
+            done_calling = Message.calling_at < (rule.called_before or now)
+            taken = taken | (silent & (unmarked | done_calling))
+        if rule.unmarked_after is not None:
+            taken = taken | (unmarked & (Message.updated_at < rule.unmarked_after))
         lost = list(
             s.execute(
                 select(Message.id, Message.attempts, Message.failures, Message.lost, Message.lease_token,
@@ -287,7 +313,8 @@ class DispatchRepository(Repository):
         # runs while a dead worker's messages wait. Each row is still held by its own token.
         groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[int, str | None]]] = {}
         for mid, _attempts, failures, lost_before, token, calling_at in lost:
-            kind, values = lost_outcome(calling_at is not None, failures, lost_before, limit, ambiguous_policy)
+            kind, values = lost_outcome(calling_at is not None, failures, lost_before, rule.limit, rule.policy,
+                                        lost_limit=rule.lost_limit)
             groups.setdefault((kind, tuple(sorted(values.items()))), []).append((mid, token))
         rows = {r[0]: r for r in lost}
         for (kind, pairs), held in groups.items():

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Text, bindparam, exists, func, update
-from sqlalchemy.orm import Session
+from sqlalchemy import BigInteger, Connection, Integer, Text, bindparam, exists, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from oaksend.models.fit import fit_attempt, fits_int64
 from oaksend.models.records import AttemptRecord, Transition, Work
-from oaksend.models.repository.base import Repository
+from oaksend.models.repository.base import Repository, dialect_insert
 from oaksend.models.tables import (
     Attempt,
     Message,
@@ -81,11 +81,12 @@ _RECORD = (
            _messages.c.lease_token == bindparam("b_token"))
     .values(**_RECORD_VALUES)
 )
-# Our lease ran out during a slow call and the row was taken back, but the SMS did go
-# out: it is marked sent anyway, so that it is not sent a second time.
+# The row was taken from us during the call (our lease ran out, or our heartbeat fell
+# silent), but the SMS did go out: a success always wins, whatever the row became
+# meanwhile (due again, unknown, failed, expired, even cancelled), so it is not sent twice.
 _RECORD_LATE_SENT = (
     update(_messages)
-    .where(_messages.c.id == bindparam("b_id"), _messages.c.state.in_(("pending", "dispatched", "unknown")))
+    .where(_messages.c.id == bindparam("b_id"), _messages.c.state != "sent")
     .values(**_RECORD_VALUES)
 )
 
@@ -111,9 +112,23 @@ def _record_params(message_id: int, token: str, attempt: AttemptRecord, change: 
 # The same, after a rescue already counted this call through its "worker_lost" stand-in.
 _RECORD_LATE_SENT_REPLACED = (
     update(_messages)
-    .where(_messages.c.id == bindparam("b_id"), _messages.c.state.in_(("pending", "dispatched", "unknown")))
+    .where(_messages.c.id == bindparam("b_id"), _messages.c.state != "sent")
     .values(**{k: v for k, v in _RECORD_VALUES.items() if k not in ("attempts", "failures", "ambiguous")})
 )
+
+
+_ATTEMPT_VALUES = [c.name for c in _attempts.c if c.name not in ("id", "message_id", "number")]
+# The rescue's stand-in for a call whose worker it judged lost, replaced by the call's real answer.
+_REPLACE_STAND_IN = (
+    update(_attempts)
+    .where(_attempts.c.message_id == bindparam("b_id"), _attempts.c.number == bindparam("b_number"),
+           _attempts.c.reason == "worker_lost")
+    .values(**{name: bindparam(f"v_{name}", type_=_attempts.c[name].type) for name in _ATTEMPT_VALUES})
+)
+
+
+class _Raced(Exception):
+    """A row of the batch is no longer ours: the batch is written again, one row at a time."""
 
 
 class SendRepository(Repository):
@@ -178,29 +193,87 @@ class SendRepository(Repository):
             ).rowcount
 
     def record_group(self, token: str, outcomes: Sequence[tuple[Work, AttemptRecord, Transition]],
-                     now: datetime) -> list[bool]:
-        """Write the attempts and new states of a group in ONE transaction (two executemany).
+                     now: datetime, *, again: bool = False) -> list[bool]:
+        """Write a batch of answers in ONE transaction, whatever they are (429s, STOPs, pauses); safe to
+        run again.
 
-        Falls back to one message at a time when a row is no longer ours (its lease was
-        taken), so that each message's outcome stays exact. Returns, per message,
-        whether its row was still ours.
+        Each attempt carries its request's id, unique among attempts: answers already written (a
+        retry after a database blip whose commit had landed) are skipped, so one call never gets
+        two attempt rows. Rows still ours (`sending` under `token`) take their new state in one
+        statement; a row taken from us meanwhile (the rescue, after our lease or our heartbeat)
+        still gets its answer: the rescue's "worker_lost" stand-in for this call is replaced by it,
+        and a success marks the message sent whatever state it is in. Pauses and suppressions are
+        upserts. Returns, per answer, whether its message took it.
+
+        `again`: a write of this batch may have landed already (the last try failed without a
+        word): answers whose request id is stored are skipped. A first write skips that look-up;
+        the unique index still refuses a second row, and the write is then tried again.
         """
         if not outcomes:
             return []
         # Every value made to fit its column first (`models.fit`): an odd response never fails the write.
-        outcomes = [(work, fit_attempt(attempt), change) for work, attempt, change in outcomes]
-        simple = all(change.pause_until is None and not change.suppress_number for _, _, change in outcomes)
-        if simple:
-            params = [_record_params(work.id, token, attempt, change, now) for work, attempt, change in outcomes]
-            with self.engine.connect() as conn, conn.begin() as tx:
-                changed = conn.execute(_RECORD, params).rowcount
-                if changed == len(outcomes):
-                    conn.execute(_INSERT_ATTEMPT, [{"message_id": work.id, **attempt.__dict__}
-                                                   for work, attempt, _ in outcomes])
-                    return [True] * len(outcomes)
-                tx.rollback()
-        return [self.record(work.id, work.serial_number, work.to_phone, token, attempt, change, now)
-                for work, attempt, change in outcomes]
+        fitted = [(work, fit_attempt(attempt), change) for work, attempt, change in outcomes]
+        one_by_one = False
+        while True:
+            try:
+                return self._record(token, fitted, now, one_by_one=one_by_one, again=again)
+            except _Raced:
+                # Some row is no longer ours (taken by the rescue): again, one row at a time, each
+                # UPDATE's own count telling whose it is.
+                one_by_one = True
+            except IntegrityError:
+                if again:
+                    raise
+                again = True  # a request id is stored already: this batch (or part of it) landed before
+
+    def _record(self, token: str, outcomes: list[tuple[Work, AttemptRecord, Transition]], now: datetime, *,
+                one_by_one: bool, again: bool) -> list[bool]:
+        with self.engine.begin() as conn:
+            known = [a.request_id for _, a, _ in outcomes if a.request_id] if again else []
+            done = set(conn.scalars(select(_attempts.c.request_id).where(_attempts.c.request_id.in_(known)))
+                       ) if known else set()
+            todo = [o for o in outcomes if o[1].request_id not in done]
+            params = {o[0].id: _record_params(o[0].id, token, o[1], o[2], now) for o in todo}
+            if one_by_one:
+                ours = {mid for mid, p in params.items() if conn.execute(_RECORD, p).rowcount}
+            else:
+                # Usually every row is still ours: one statement (its row locks keep the rescue out).
+                if params and conn.execute(_RECORD, list(params.values())).rowcount != len(params):
+                    raise _Raced
+                ours = set(params)
+            took = set(ours)
+            replaced: set[int] = set()
+            for work, attempt, change in todo:
+                if work.id in ours:
+                    continue
+                # Taken from us meanwhile: a "worker_lost" stand-in for this very call is replaced by
+                # its real outcome (one call, one attempt row); a success wins whatever the state.
+                row = {"message_id": work.id, **attempt.__dict__}
+                if conn.execute(_REPLACE_STAND_IN, {"b_id": work.id, "b_number": attempt.number,
+                                                    **{f"v_{k}": v for k, v in row.items()}}).rowcount:
+                    replaced.add(work.id)
+                if change.sent:
+                    late = _RECORD_LATE_SENT_REPLACED if work.id in replaced else _RECORD_LATE_SENT
+                    if conn.execute(late, params[work.id]).rowcount:
+                        took.add(work.id)
+            rows = [{"message_id": w.id, **a.__dict__} for w, a, _ in todo if w.id not in replaced]
+            if rows:
+                conn.execute(_INSERT_ATTEMPT, rows)
+            self._side_effects(conn, todo, now)
+        return [work.id in took or attempt.request_id in done for work, attempt, _ in outcomes]
+
+    def _side_effects(self, conn: Connection, todo: list[tuple[Work, AttemptRecord, Transition]],
+                      now: datetime) -> None:
+        """Chatbot pauses and suppressed numbers of a batch, as upserts in its transaction."""
+        pauses: dict[str, tuple[datetime, str | None]] = {}
+        for work, _, change in todo:
+            if change.pause_until is not None and (work.serial_number not in pauses
+                                                   or pauses[work.serial_number][0] < change.pause_until):
+                pauses[work.serial_number] = (change.pause_until, change.pause_reason)
+        for serial_number, (until, reason) in sorted(pauses.items()):
+            self._pause(conn, serial_number, until, reason, now)
+        for phone, reason in sorted({w.to_phone: c.reason for w, _, c in todo if c.suppress_number}.items()):
+            self._suppress(conn, phone, reason, now)
 
     def claim(self, message_id: int, token: str, now: datetime, lease_until: datetime) -> bool:
         """Move one dispatched message to sending, if it is still ours. Atomic."""
@@ -210,53 +283,22 @@ class SendRepository(Repository):
 
     def record(self, message_id: int, serial_number: str, to_phone: str, token: str,
                attempt: AttemptRecord, change: Transition, now: datetime) -> bool:
-        """Write the attempt and the message's new state in ONE transaction.
+        """One answer: `record_group` of one (the attempt row is written even if the lease was lost
+        meanwhile: the call was made and the audit trail must show it)."""
+        work = Work(message_id, serial_number, to_phone, "", 1, max(0, attempt.number - 1), 0, None)
+        return self.record_group(token, [(work, attempt, change)], now)[0]
 
-        The attempt row is written even if the lease was lost meanwhile: the call
-        was made and the audit trail must show it. Returns whether the message
-        row was still ours and changed. The attempt's values are made to fit their
-        columns first (`models.fit`), so an odd response can never fail the write.
-        """
-        attempt = fit_attempt(attempt)
-        params = _record_params(message_id, token, attempt, change, now)
-        with self.engine.begin() as conn:
-            mine = conn.execute(_RECORD, params).rowcount
-            row = {"message_id": message_id, **attempt.__dict__}
-            replaced = 0
-            if not mine:
-                # Taken from us meanwhile: if a rescue wrote a "worker_lost" stand-in for
-                # this very call, the real outcome replaces it (one call, one attempt row).
-                replaced = conn.execute(
-                    update(_attempts)
-                    .where(_attempts.c.message_id == message_id, _attempts.c.number == attempt.number,
-                           _attempts.c.reason == "worker_lost")
-                    .values(**{k: v for k, v in row.items() if k not in ("message_id", "number")})
-                ).rowcount
-                if change.sent:
-                    late = _RECORD_LATE_SENT_REPLACED if replaced else _RECORD_LATE_SENT
-                    mine = conn.execute(late, params).rowcount
-            if not replaced:
-                conn.execute(_INSERT_ATTEMPT, row)
-            if change.pause_until is not None or change.suppress_number:
-                with Session(bind=conn) as s:
-                    if change.pause_until is not None:
-                        self._pause(s, serial_number, change.pause_until, change.pause_reason, now)
-                    if change.suppress_number:
-                        self._suppress(s, to_phone, change.reason, now)
-                    s.flush()
-            return bool(mine)
-
-    def _suppress(self, s: Session, to_phone: str, reason: str, now: datetime) -> None:
-        if s.get(SuppressedNumber, to_phone) is None:
-            s.add(SuppressedNumber(to_phone=to_phone, reason=reason[:64], at=now))
+    @staticmethod
+    def _suppress(conn: Connection, to_phone: str, reason: str, now: datetime) -> None:
+        conn.execute(dialect_insert(conn, _suppressed).values(to_phone=to_phone, reason=reason[:64], at=now)
+                     .on_conflict_do_nothing(index_elements=[_suppressed.c.to_phone]))
         # Every message to it not yet called stops: waiting, dispatched, or claimed by a
         # worker that has not marked it calling (that worker then finds it gone).
-        unsent = (Message.state.in_(("pending", "dispatched"))
-                  | ((Message.state == "sending") & Message.calling_at.is_(None)))
-        s.execute(
-            update(Message)
-            .where(Message.to_phone == to_phone, unsent)
+        unsent = (_messages.c.state.in_(("pending", "dispatched"))
+                  | ((_messages.c.state == "sending") & _messages.c.calling_at.is_(None)))
+        conn.execute(
+            update(_messages)
+            .where(_messages.c.to_phone == to_phone, unsent)
             .values(state="failed", last_outcome="final", last_reason=f"number suppressed: {reason}",
                     lease_token=None, lease_until=None, claimed_by=None, updated_at=now)
         )
-

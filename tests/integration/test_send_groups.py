@@ -96,7 +96,7 @@ def test_rescue_respects_max_attempts(policy: str, outbox: Any, producer: Any) -
             assert sorted(again) == sorted(ids)
         outbox.claim_group(ids, token, now, now + timedelta(seconds=300), WORKER)
         outbox.mark_calling([called], token, utcnow())
-        outbox.rescue(utcnow(), policy, "dispatcher", max_attempts=3, dead_workers=[WORKER])
+        outbox.rescue(utcnow(), policy, "dispatcher", max_attempts=3, max_lost=3, dead_workers=[WORKER])
         if policy == "hold":
             break
     row = outbox.get(called)

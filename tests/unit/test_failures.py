@@ -1,6 +1,6 @@
 """Translating a failed send into a `TransportError`: its kind, whether it may have been sent, a safe detail.
 
-`newoaks.failures` maps the httpcore exceptions the worker's connections raise;
+`newoaks.client` maps httpx's exceptions (the only module that knows them);
 `newoaks.outcome` makes the one-line detail, with the API key cut out.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ssl
 
-import httpcore
+import httpx
 import pytest
 
-from oaksend.worker.newoaks.failures import kind_of, transport_error
+from oaksend.worker.newoaks.client import kind_of, transport_error
 from oaksend.worker.newoaks.outcome import redact, safe_detail
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -21,19 +21,19 @@ KEY = "sk-test-0123456789abcdefSECRET"
     ("exc", "kind", "sent"),
     [
         # Before the request was written: certainly not sent.
-        (httpcore.ConnectError, "connect", False),
-        (httpcore.ConnectTimeout, "connect_timeout", False),
-        (httpcore.PoolTimeout, "pool_timeout", False),
-        (httpcore.ConnectionNotAvailable, "connect", False),
-        (httpcore.ProxyError, "connect", False),
-        (httpcore.UnsupportedProtocol, "other", False),
-        (httpcore.LocalProtocolError, "protocol", False),
+        (httpx.ConnectError, "connect", False),
+        (httpx.ConnectTimeout, "connect_timeout", False),
+        (httpx.PoolTimeout, "pool_timeout", False),
+        (httpx.ProxyError, "connect", False),
+        (httpx.UnsupportedProtocol, "other", False),
+        (httpx.LocalProtocolError, "protocol", False),
         # After (part of) it was written: the server may have it.
-        (httpcore.ReadTimeout, "read_timeout", True),
-        (httpcore.WriteTimeout, "write_timeout", True),
-        (httpcore.RemoteProtocolError, "protocol", True),
-        (httpcore.ReadError, "reset", True),
-        (httpcore.WriteError, "reset", True),
+        (httpx.ReadTimeout, "read_timeout", True),
+        (httpx.WriteTimeout, "write_timeout", True),
+        (httpx.RemoteProtocolError, "protocol", True),
+        (httpx.ReadError, "reset", True),
+        (httpx.WriteError, "reset", True),
+        (httpx.CloseError, "other", True),
         (ConnectionResetError, "reset", True),
         (ssl.SSLError, "tls", True),
         (OSError, "other", True),
@@ -54,14 +54,14 @@ def test_a_connect_error_caused_by_tls_is_tls_and_never_sent() -> None:
         try:
             raise ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
         except ssl.SSLError as cause:
-            raise httpcore.ConnectError("handshake") from cause
-    except httpcore.ConnectError as exc:
+            raise httpx.ConnectError("handshake") from cause
+    except httpx.ConnectError as exc:
         assert kind_of(exc) == ("tls", False)
 
 
 def test_a_connect_error_naming_a_certificate_is_tls() -> None:
-    assert kind_of(httpcore.ConnectError("certificate verify failed")) == ("tls", False)
-    assert kind_of(httpcore.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")) == ("tls", False)
+    assert kind_of(httpx.ConnectError("certificate verify failed")) == ("tls", False)
+    assert kind_of(httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")) == ("tls", False)
 
 
 def test_a_plain_connect_error_is_connect() -> None:
@@ -69,27 +69,27 @@ def test_a_plain_connect_error_is_connect() -> None:
         try:
             raise ConnectionRefusedError(111, "Connection refused")
         except ConnectionRefusedError as cause:
-            raise httpcore.ConnectError("All connection attempts failed") from cause
-    except httpcore.ConnectError as exc:
+            raise httpx.ConnectError("All connection attempts failed") from cause
+    except httpx.ConnectError as exc:
         assert kind_of(exc) == ("connect", False)
 
 
 def test_a_cycle_of_causes_does_not_loop() -> None:
-    first, second = httpcore.ConnectError("a"), httpcore.ConnectError("b")
+    first, second = httpx.ConnectError("a"), httpx.ConnectError("b")
     first.__cause__, second.__cause__ = second, first
     assert kind_of(first) == ("connect", False)
 
 
 def test_safe_detail_is_one_bounded_line() -> None:
-    detail = safe_detail(httpcore.ReadError("x" * 1000 + "\r\n\t" + KEY), KEY)
+    detail = safe_detail(httpx.ReadError("x" * 1000 + "\r\n\t" + KEY), KEY)
     assert len(detail) == 300 and "\n" not in detail and "\r" not in detail
-    assert safe_detail(httpcore.ReadTimeout(), KEY) == "ReadTimeout"
+    assert safe_detail(httpx.ReadTimeout(""), KEY) == "ReadTimeout"
 
 
 def test_a_key_split_by_the_cut_leaves_no_prefix() -> None:
     # Redacted before it is cut to 300 characters: no prefix of the key survives.
     text = "y" * (300 - len("ReadError: ") - 5) + KEY
-    detail = safe_detail(httpcore.ReadError(text), KEY)
+    detail = safe_detail(httpx.ReadError(text), KEY)
     assert detail.endswith("[reda") and KEY[:5] not in detail
 
 

@@ -34,10 +34,9 @@ PURE = ("oaksend.worker.message", "oaksend.worker.delivery.classify", "oaksend.w
         "oaksend.models.fit")
 #: Libraries a pure module never loads.
 IMPURE_LIBRARIES = ("httpx", "httpcore", "h11", "redis", "sqlalchemy", "celery", "kombu", "psycopg", "alembic")
-#: The HTTP stack: only newoaks' connection modules import it, and httpx only its client.
+#: The HTTP stack: only newoaks' client imports it (httpx; nothing of ours below its client API).
 HTTP_LIBRARIES = ("httpx", "httpcore", "h11")
-HTTP_HOMES = {"oaksend.worker.newoaks.client", "oaksend.worker.newoaks.failures", "oaksend.worker.newoaks.http11",
-              "oaksend.worker.newoaks.netbackend"}
+HTTP_HOMES = {"oaksend.worker.newoaks.client"}
 HTTPX_HOME = "oaksend.worker.newoaks.client"
 #: Modules the process that only publishes (the dispatcher) must never load.
 SEND_STACK = ("oaksend.worker.delivery.sender", "oaksend.worker.newoaks.client", "oaksend.worker.delivery.classify")

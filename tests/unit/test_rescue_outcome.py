@@ -12,7 +12,8 @@ from oaksend.models.repository.dispatch import lost_outcome
     [
         (False, 0, 0, "retry", "uncalled", "pending"),  # certainly not called: due again, no attempt
         (False, 4, 0, "hold", "uncalled", "pending"),  # the policy is for calls that may have left
-        (False, 0, 4, "retry", "uncalled", "failed"),  # its workers died 5 times before calling it
+        (False, 0, 4, "retry", "uncalled", "pending"),  # a take-back is no attempt: max_attempts does not bind
+        (False, 0, 9, "retry", "uncalled", "failed"),  # taken back 10 times before calling it: a poison message
         (True, 0, 0, "retry", "sending", "pending"),  # may have been sent: at-least-once
         (True, 0, 0, "hold", "sending", "unknown"),  # may have been sent: an operator decides
         (True, 4, 0, "retry", "sending", "unknown"),  # attempts exhausted
@@ -28,6 +29,7 @@ def test_lost_outcome(called: bool, failures: int, lost_before: int, policy: str
 
 
 def test_exhausted_reasons_name_the_counts() -> None:
-    assert lost_outcome(False, 0, 4, 5, "retry")[1]["last_reason"] == "its worker died 5 times before calling"
+    assert lost_outcome(False, 0, 9, 5, "retry")[1]["last_reason"] == "its worker died 10 times before calling"
+    assert lost_outcome(False, 0, 2, 5, "retry", lost_limit=3)[1]["state"] == "failed"
     assert lost_outcome(True, 4, 0, 5, "retry")[1]["last_reason"] == (
         "attempts exhausted (5/5); last: worker lost during the call")

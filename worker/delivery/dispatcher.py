@@ -45,7 +45,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from oaksend.models.repository import Outbox
 from oaksend.worker import metrics
-from oaksend.worker.clock import utcnow
+from oaksend.worker.clock import DatabaseClock
 from oaksend.worker.delivery.fairness import allowance, capped_wait, interleave
 from oaksend.worker.delivery.heartbeat import LivenessView, write_dispatcher_heartbeat
 from oaksend.worker.delivery.limits import LimitBook
@@ -104,12 +104,13 @@ class Dispatcher:
     """Moves due outbox rows into Celery, fairly and within each chatbot's rate."""
 
     def __init__(self, settings: Settings, outbox: Outbox, redis_client: redis.Redis, app: Celery, *,
-                 clock: Callable[[], datetime] = utcnow, name: str | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, name: str | None = None) -> None:
         self.settings = settings
         self.outbox = outbox
         self.redis = redis_client
         self.app = app
-        self.clock = clock
+        # The database's clock: leases and claims are compared on it, whatever this host's says.
+        self.clock = clock or DatabaseClock(outbox.database_now)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.limits = LimitBook(outbox, settings, ttl_s=1.0)
         self.keys = settings.keys
@@ -166,10 +167,12 @@ class Dispatcher:
                                            max_attempts=self.settings.max_attempts, dead_workers=dead,
                                            unmarked_after=now - timedelta(seconds=self.settings.max_token_wait_s
                                                                           + UNMARKED_GRACE_S),
+                                           # A silent worker's call can no longer be in flight: judged now.
+                                           called_before=now - timedelta(seconds=self.settings.call_window_s),
                                            # Tasks it received and never started: any published before now.
                                            unstarted_before=now if gone else None)
-        wall = time.time()
-        self._stopped = {**{m: b for m, b in self._stopped.items() if wall - b < horizon_s}, **stopped}
+        seen_at = self.liveness.now_s or 0.0
+        self._stopped = {**{m: b for m, b in self._stopped.items() if seen_at - b < horizon_s}, **stopped}
         if gone:
             log.warning("workers %s stopped beating: their messages are taken back", gone)
         stats.expired = self.outbox.expire_overdue(now)
@@ -304,7 +307,7 @@ class Dispatcher:
                 if not self.hold_lock():
                     stop.wait(LOCK_TTL_S / 5)
                     continue
-                write_dispatcher_heartbeat(self.redis, self.keys, self.name, time.time())
+                write_dispatcher_heartbeat(self.redis, self.keys, self.name)
                 started = time.perf_counter()
                 stats = self.run_pass()
                 metrics.observe_pass(stats, time.perf_counter() - started)
@@ -345,7 +348,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     from oaksend.worker.delivery.app import make_app
 
     settings.check_timeouts()
-    outbox = Outbox(make_engine(settings.database_url, schema=settings.db_schema))
+    outbox = Outbox(make_engine(settings.database_url, schema=settings.db_schema, **settings.engine_options()))
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     app = make_app(settings)
     dispatcher = Dispatcher(settings, outbox, client, app)

@@ -20,7 +20,9 @@ import logging
 import math
 import random
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,10 +33,10 @@ from oaksend.models.db import is_outage, make_engine
 from oaksend.models.records import AttemptRecord, Transition, Work
 from oaksend.models.repository import Outbox
 from oaksend.worker import metrics
-from oaksend.worker.clock import utcnow
+from oaksend.worker.clock import DatabaseClock
 from oaksend.worker.delivery.classify import Verdict, classify
 from oaksend.worker.delivery.heartbeat import WorkerHeartbeat, worker_id
-from oaksend.worker.delivery.limits import ChatbotState, LimitBook
+from oaksend.worker.delivery.limits import LimitBook
 from oaksend.worker.delivery.ratelimit import RateLimiter, binds, lateness
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 from oaksend.worker.logs import mask_phone, send_fields
@@ -42,6 +44,9 @@ from oaksend.worker.newoaks.client import Call, CallResult, Transport
 from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Calls in flight: each one's future -> (its message, our request id).
+Waiting = dict[Future[CallResult], tuple[Work, str]]
 
 #: Messages whose slots fall within this much of each other are marked calling together.
 MARK_WINDOW_S = 0.1
@@ -53,6 +58,9 @@ MARK_WINDOW_S = 0.1
 #: earlier in its wait leaves its messages unmarked: they go back without an attempt.
 MARK_LEAD_MIN_S = 0.02
 MARK_LEAD_MAX_S = 0.1
+#: Answers arriving within this much of the first are written in one transaction: a kill in that time
+#: turns them into ambiguous calls, like the requests in flight.
+RECORD_LINGER_S = 0.02
 #: An auth failure holds the chatbot's other calls this long until its database pause lands.
 PAUSE_HOLD_S = 5.0
 
@@ -76,18 +84,20 @@ class Sender:
     """Everything a worker process needs to send, built once per process from Settings."""
 
     def __init__(self, settings: Settings, *, outbox: Outbox | None = None,
-                 redis_client: redis.Redis | None = None, clock: Callable[[], datetime] = utcnow,
+                 redis_client: redis.Redis | None = None, clock: Callable[[], datetime] | None = None,
                  rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep,
                  heartbeat: bool = True) -> None:
         settings.check_timeouts()
         self.settings = settings
         self._api_key = settings.api_key()  # fail fast, before any message is claimed
-        self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema))
+        self.outbox = outbox or Outbox(make_engine(settings.database_url, schema=settings.db_schema,
+                                                   **settings.engine_options()))
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5,
                                                           socket_connect_timeout=5)
         self.limiter = RateLimiter(self.redis, settings.keys)
         self.limits = LimitBook(self.outbox, settings)
-        self.clock = clock
+        # The database's clock: what this worker writes, other hosts compare.
+        self.clock = clock or DatabaseClock(self.outbox.database_now)
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.policy = RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s,
@@ -97,6 +107,8 @@ class Sender:
         self.transport = Transport(settings.base_url, self._api_key, connect_timeout_s=settings.connect_timeout_s,
                                    read_timeout_s=settings.read_timeout_s,
                                    response_deadline_s=settings.response_deadline_s,
+                                   ca_bundle=settings.ca_bundle, tls_trust=settings.tls_trust,
+                                   client_cert=settings.client_cert, client_key=settings.client_key,
                                    pause_rule=self._pause_rule, pause_setter=self._pause_elsewhere,
                                    pause_probe=self.limiter.paused)
         self._mark_s = MARK_LEAD_MIN_S / 2  # a moving average of how long marking takes
@@ -190,21 +202,19 @@ class Sender:
         if not binds(state.limit, admission.waits_s):
             late_ok_s = math.inf  # nothing on its heels: a late request is made, not handed back
         calls = [(w, start + wait) for w, wait in zip(admitted, admission.waits_s, strict=True)]
-        pending: list[tuple[list[Work], Any]] = []
+        waiting: Waiting = {}
         try:
-            self._call_windows(serial_number, calls, token, pending, result, lead_s, late_ok_s)
+            self._call_windows(serial_number, calls, token, waiting, result, lead_s, late_ok_s)
         finally:
             # Whatever stopped the later windows (Redis or the database away), the calls
             # already made are waited for and recorded; the unmarked rest is handed back
             # by the caller, or by the rescue.
-            if pending:
-                self._finish(state, token, pending, result)
+            self._drain(token, waiting, result, until=None)
 
     def _call_windows(self, serial_number: str, calls: list[tuple[Work, float]], token: str,
-                      pending: list[tuple[list[Work], Any]], result: BatchResult, lead_s: float,
-                      late_ok_s: float) -> None:
+                      waiting: Waiting, result: BatchResult, lead_s: float, late_ok_s: float) -> None:
         """Mark each window of slots calling just before it, then hand its calls to the transport
-        (each may leave at most `late_ok_s` after its slot)."""
+        (each may leave at most `late_ok_s` after its slot); record answers while waiting."""
         i = 0
         while i < len(calls):
             window_start = calls[i][1]
@@ -215,7 +225,7 @@ class Sender:
             i = j
             delay = window_start - lead_s - time.monotonic()
             if delay > 0:
-                self.sleep(delay)
+                self._drain(token, waiting, result, until=time.monotonic() + delay)
                 if self.limiter.paused(serial_number):
                     # Paused (a 429 elsewhere) while we waited: hand the rest back.
                     rest = [w.id for w, _ in window] + [w.id for w, _ in calls[i:]]
@@ -235,9 +245,11 @@ class Sender:
             result.skipped += len(keep) - len(marked) - len(stopped)
             chosen = [(w, at) for w, at in window if w.id in ok]
             if chosen:
-                future = self.transport.submit([Call(w.serial_number, w.to_phone, w.body, at, late_ok_s)
-                                                for w, at in chosen])
-                pending.append(([w for w, _ in chosen], future))
+                # Each request carries an id of ours, stored on its attempt row under a unique index.
+                requests = [(w, uuid.uuid4().hex) for w, _ in chosen]
+                futures = self.transport.submit_each([Call(w.serial_number, w.to_phone, w.body, at, late_ok_s, rid)
+                                                      for (w, at), (_, rid) in zip(chosen, requests, strict=True)])
+                waiting.update(zip(futures, requests, strict=True))
 
     def _drop_too_late(self, group: list[Work], token: str, now: datetime, ahead_s: float,
                        result: BatchResult) -> list[Work]:
@@ -269,14 +281,28 @@ class Sender:
                 result.count("expired", self.outbox.expire_group([work.id], token, now, check.reason))
         return keep
 
-    def _finish(self, state: ChatbotState, token: str, pending: list[tuple[list[Work], Any]],
-                result: BatchResult) -> None:
+    def _drain(self, token: str, waiting: Waiting, result: BatchResult, *, until: float | None) -> None:
+        """Record answers as they arrive, each batch in one transaction, until the monotonic time `until`
+        (None: until every call has answered). A kill now duplicates only what is in flight."""
+        while True:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            if not waiting:
+                if left is not None:
+                    self.sleep(left)
+                return
+            if not wait(waiting, timeout=left, return_when=FIRST_COMPLETED).done:
+                return
+            # A short linger gathers the answers that arrive together into one transaction.
+            wait(waiting, timeout=RECORD_LINGER_S, return_when=ALL_COMPLETED)
+            done = [f for f in waiting if f.done()]
+            self._answers(token, [(*waiting.pop(f), f.result()) for f in done], result)
+
+    def _answers(self, token: str, made: list[tuple[Work, str, CallResult]], result: BatchResult) -> None:
         outcomes: list[tuple[Work, AttemptRecord, Transition]] = []
         not_made: list[int] = []
-        made: list[tuple[Work, CallResult]] = []
-        for works, future in pending:
-            made += zip(works, future.result(), strict=True)
-        for work, call in made:
+        for work, request_id, call in made:
             if call.outcome is None:
                 not_made.append(work.id)
                 continue
@@ -289,9 +315,10 @@ class Sender:
             session_id = getattr(call.outcome, "session_id", None)
             change = plan(decision, failures=work.failures, deadline_at=work.deadline_at, now=now,
                           policy=self.policy, rng=self.rng, session_id=session_id)
-            started = datetime.fromtimestamp(call.started_wall, tz=now.tzinfo)
+            # When the request started, on the clock this worker writes with.
+            started = now - timedelta(seconds=max(0.0, time.monotonic() - call.started_monotonic))
             record = attempt_record(call.outcome, decision, number=work.attempts + 1, started_at=started,
-                                    latency_ms=call.latency_ms, worker=self.name)
+                                    latency_ms=call.latency_ms, worker=self.name, request_id=request_id)
             outcomes.append((work, record, change))
             result.count(change.state)
             if log.isEnabledFor(logging.INFO):
@@ -313,9 +340,10 @@ class Sender:
         """Write the outcomes; while the database is away, keep trying (within the call lease)."""
         give_up = time.monotonic() + self.settings.record_retry_s
         delay = 0.2
+        again = False  # after a failure the write may have landed: the next one looks first
         while True:
             try:
-                self.outbox.record_group(token, outcomes, self.clock())
+                self.outbox.record_group(token, outcomes, self.clock(), again=again)
                 return
             except Exception as exc:  # noqa: BLE001 - sorted below: outage or not
                 ids = [w.id for w, _, _ in outcomes]
@@ -333,6 +361,7 @@ class Sender:
                             len(ids), type(exc).__name__, delay)
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                again = True
 
     def _pause(self, serial_number: str, until: datetime, now: datetime) -> None:
         metrics.observe_pause(serial_number)

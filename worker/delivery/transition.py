@@ -109,8 +109,8 @@ def _pause(decision: Decision, now: datetime) -> tuple[datetime | None, str | No
 
 
 def attempt_record(outcome: Outcome, decision: Decision, *, number: int, started_at: datetime,
-                   latency_ms: float, worker: str) -> AttemptRecord:
-    """The audit row of one call: every envelope field, the classification, the error.
+                   latency_ms: float, worker: str, request_id: str | None = None) -> AttemptRecord:
+    """The audit row of one call: every envelope field, the classification, the error, our request id.
 
     Every value is made to fit its column (`models.fit`): what the API answered is
     data, and writing it must never fail.
@@ -124,6 +124,7 @@ def attempt_record(outcome: Outcome, decision: Decision, *, number: int, started
             reason=decision.reason,
             error=f"{outcome.kind}: {outcome.detail}"[:2000],
             worker=worker,
+            request_id=request_id,
         ))
     error = None
     if outcome.malformed:
@@ -146,4 +147,5 @@ def attempt_record(outcome: Outcome, decision: Decision, *, number: int, started
         session_id_text=outcome.session_id_text,
         # What the parser found odd, then what the verdict had to make of it ("Data missing: success stated ...").
         anomalies="; ".join([*outcome.anomalies, *([decision.anomaly] if decision.anomaly else [])]) or None,
+        request_id=request_id,
     ))

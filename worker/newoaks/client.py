@@ -1,352 +1,352 @@
-"""Asynchronous sending: one asyncio loop per worker process, calls on kept-alive HTTP/1.1 connections.
+"""Asynchronous sending: one asyncio loop and ONE `httpx.AsyncClient` per worker process.
 
 Requests in flight are coroutines, not threads: a worker process keeps hundreds of
 calls open at 200 ms (or 2 s) of API latency. Celery's threads only hand groups of
-messages over (`Transport.submit`) and wait for their outcomes.
+messages over (`Transport.submit_each`) and wait for each call's outcome.
 
-Each call is one POST on a connection of `newoaks.http11` (h11, the HTTP/1.1 parser
-under httpx, over asyncio): httpx's request and response objects and httpcore's
-connection machinery (anyio locks and cancel scopes around every request) cost
-more CPU per message than the rest of a send and do nothing for one fixed POST on
-a connection held by one request at a time. The request asks for an uncompressed
-answer (`Accept-Encoding: identity`), so the body read is the body parsed; failures
-are httpcore's exceptions, classified like httpx's.
+httpx does the HTTP: connections and their pool (kept alive, an idle connection the
+server closed or wrote on is never reused), proxies and TLS settings from the
+environment (`trust_env`), decoding (gzip, deflate), Happy Eyeballs across a name's
+addresses. Nothing of ours is below its public client API. Above it: the scheduling of
+each call (its slot, its lateness, its chatbot's pauses), the whole-exchange deadline,
+the body cap, and the translation of httpx's exceptions into `TransportError` values
+(`kind_of`, here and nowhere else). Parsing is `newoaks.envelope`'s.
 
-Parsing is `newoaks.envelope`'s, error translation `newoaks.failures`'s: the values
-handed back are `newoaks.outcome`'s.
+Two gates in front of httpx, because httpcore 1.0's pool walks all its connections (and
+polls every idle one) for each request that enters or ends, and for each request queued
+in it: at most `max_connections` requests are in httpx at once (the others wait for a slot
+here, so its pool never queues), and requests enter it one at a time, each until its
+connection is its own (its first `trace` event), so an idle connection is never handed to
+two requests at once (the loser would go round the pool again).
+
+What bounds a call, from its slot (`Call.at`):
+- the wait for a free connection (a slot, the entry, httpx's pool): the lateness left
+  (`at + late_ok_s - now`), else the pool timeout; past it the request never left (a
+  lateness-bound wait is "not made");
+- a new connection: the connect timeout (TCP, then TLS, each), NOT the lateness: a slow
+  TLS handshake to a distant API would otherwise never complete a connection, so a
+  request on a new connection may leave later than its lateness;
+- from the moment it has a connection (connecting included) to its body's last byte: the
+  response deadline, however the bytes trickle; each read and write also has its timeout
+  (a transport handed in that reports no `trace` events: from the hand-over, plus the
+  pool timeout).
+So a call ends at most `pool timeout + response deadline` after its wait began
+(`Transport.longest_call_s`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
-import math
-import threading
+import logging
+import socket
+import ssl
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
-import httpcore
 import httpx
 
 from oaksend.errors import ConfigError
+from oaksend.worker.newoaks.calls import (
+    Call,
+    CallLoop,
+    CallResult,
+    PauseProbe,
+    PauseRule,
+    Pauses,
+    PauseSetter,
+    Started,
+    not_made,
+)
 from oaksend.worker.newoaks.endpoint import SEND_PATH, check_api_key, parse_retry_after, reference_time
 from oaksend.worker.newoaks.envelope import Envelope, parse_envelope
-from oaksend.worker.newoaks.failures import transport_error
-from oaksend.worker.newoaks.http11 import Connection, Response
-from oaksend.worker.newoaks.netbackend import AsyncioBackend
-from oaksend.worker.newoaks.outcome import Outcome, TransportError
+from oaksend.worker.newoaks.outcome import Outcome, TransportError, safe_detail
+from oaksend.worker.newoaks.tls import TlsTrust, tls_context
 
-#: Requests in flight per worker process (and connections kept). Calls beyond it wait
-#: for a free one before they start (a wait for a connection is not counted against the
-#: connect timeout). 512 in flight carry 250/s at 2 s of API latency per
-#: process, 2,500/s at 200 ms.
+__all__ = ["Call", "CallResult", "Transport", "kind_of", "tls_context", "transport_error"]
+
+#: Requests in flight per worker process (and connections kept). Calls beyond it wait for a
+#: free connection. 512 in flight carry 250/s at 2 s of API latency per process, 2,500/s at 200 ms.
 MAX_CONNECTIONS = 512
-
-# Idle connections are dropped before common server idle timeouts (uvicorn
-# 5 s): reusing a connection the server is closing fails after the body may
-# have been sent, which is an ambiguous outcome we would rather not create.
+# Idle connections are dropped before common server idle timeouts (uvicorn 5 s): reusing a
+# connection the server is closing fails after the body may have been sent (ambiguous).
 KEEPALIVE_EXPIRY_S = 4.0
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request to make: at monotonic time `at` (not before), and not more than `late_ok_s` after it.
-
-    A request that leaves late lands on the next ones, which leave on time: past the
-    chatbot's burst tolerance, a strict limiter at the API refuses them (429), and the
-    chatbot pauses. Such a call is not made (its CallResult has no outcome): it is
-    handed back, certainly not called, and sent again at a new slot.
-    """
-
-    serial_number: str
-    to_phone: str
-    body: str
-    at: float
-    late_ok_s: float = math.inf
+# -- exceptions -> TransportError: the one place that knows httpx's exception classes ----------
+def transport_error(exc: BaseException, secret: str) -> TransportError:
+    """Translate an exception raised while sending into a TransportError (no key in its detail)."""
+    kind, sent = kind_of(exc)
+    return TransportError(kind=kind, sent=sent, detail=safe_detail(exc, secret))
 
 
-@dataclass(frozen=True)
-class CallResult:
-    """What a call did; `outcome` None: it was not made (its chatbot was paused meanwhile, or it was too late)."""
+def kind_of(exc: BaseException) -> tuple[str, bool]:
+    """Map an exception to (kind, sent). Subclasses are tested before bases."""
+    # Before the request was written: certainly not sent.
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect_timeout", False
+    if isinstance(exc, httpx.PoolTimeout):
+        return "pool_timeout", False
+    if isinstance(exc, httpx.ConnectError):
+        # A failed TLS handshake is a ConnectError caused by the ssl error: still "never left".
+        return ("tls" if _caused_by_ssl(exc) else "connect"), False
+    if isinstance(exc, httpx.ProxyError):
+        return "connect", False
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return "other", False
+    if isinstance(exc, httpx.LocalProtocolError):
+        return "protocol", False  # we refused to build the request (e.g. an illegal header value)
+    # After (part of) the request was written: the server may have it.
+    if isinstance(exc, httpx.ReadTimeout):
+        return "read_timeout", True
+    if isinstance(exc, httpx.WriteTimeout):
+        return "write_timeout", True
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "protocol", True
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, ConnectionResetError)):
+        return "reset", True
+    if isinstance(exc, ssl.SSLError):
+        return "tls", True
+    return "other", True  # unknown failure mid-send: assume the worst, a possible duplicate
 
-    outcome: Outcome | None
-    started_wall: float  #: time.time() when the request started
-    latency_ms: float
+
+def _caused_by_ssl(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return "SSL" in str(exc) or "CERTIFICATE" in str(exc).upper()
 
 
-#: Given an outcome, how many seconds its chatbot must pause (None: no pause). Runs on the loop.
-PauseRule = Callable[[Outcome], float | None]
-#: (serial number, seconds): spread a pause to the other processes (Redis). Runs on the loop.
-PauseSetter = Callable[[str, float], None]
-#: serial number -> whether it is paused elsewhere (Redis). Runs on the loop.
-PauseProbe = Callable[[str], bool]
-#: A waiting call asks the probe at most this often per chatbot.
-PROBE_EVERY_S = 0.05
+class _Progress:
+    """How far one call got, as httpx's `trace` extension reports its transport's events."""
+
+    __slots__ = ("connected", "deadline_s", "gate", "response", "scope", "started", "writing")
+
+    def __init__(self, deadline_s: float, started: Started, gate: asyncio.Lock | None) -> None:
+        self.deadline_s = deadline_s
+        self.started = started
+        self.connected = False  #: a connection was taken from the pool (or started connecting)
+        self.writing = False  #: our request's head started to be written
+        self.response: httpx.Response | None = None  #: its head arrived
+        self.scope: asyncio.Timeout | None = None
+        self.gate = gate  #: the entry, taken by the caller, held until the request has its connection
+
+    def let_go(self) -> None:
+        if self.gate is not None:
+            self.gate.release()
+            self.gate = None
+
+    async def trace(self, name: str, info: dict[str, Any]) -> None:
+        if not self.connected:
+            # Out of the pool: the response deadline runs from here, and the next request may enter.
+            self.connected = True
+            self.let_go()
+            if self.scope is not None:
+                self.scope.reschedule(asyncio.get_running_loop().time() + self.deadline_s)
+        if not self.writing and name.endswith("send_request_headers.started"):
+            # A proxy's CONNECT (the tunnel) is not our request.
+            self.writing = getattr(info.get("request"), "method", None) != b"CONNECT"
 
 
-class Transport:
-    """A background event loop that makes SendTwilioMessage calls for the whole process."""
+class Transport(CallLoop):
+    """A background event loop that makes SendTwilioMessage calls for the whole process (`CallLoop`)."""
 
     def __init__(self, base_url: str, api_key: str, *, connect_timeout_s: float, read_timeout_s: float,
                  response_deadline_s: float, max_connections: int = MAX_CONNECTIONS,
-                 max_body_bytes: int = 65536, pause_rule: PauseRule | None = None,
-                 pause_setter: PauseSetter | None = None, pause_probe: PauseProbe | None = None) -> None:
+                 pool_timeout_s: float | None = None, max_body_bytes: int = 65536,
+                 ca_bundle: str | None = None, tls_trust: TlsTrust = "certifi", client_cert: str | None = None,
+                 client_key: str | None = None, http_transport: httpx.AsyncBaseTransport | None = None,
+                 pause_rule: PauseRule | None = None, pause_setter: PauseSetter | None = None,
+                 pause_probe: PauseProbe | None = None) -> None:
         _check_base_url(base_url)
         check_api_key(api_key)
         self._url = base_url.rstrip("/") + SEND_PATH
         self._api_key = api_key
-        self._connect_timeout_s = connect_timeout_s
-        self._read_timeout_s = read_timeout_s
         self._deadline_s = response_deadline_s
-        self._max_connections = max_connections
+        #: A call waits this long at most for a pooled connection (less when its lateness binds).
+        self._pool_timeout_s = connect_timeout_s if pool_timeout_s is None else pool_timeout_s
+        self._timeouts = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s,
+                                       pool=self._pool_timeout_s).as_dict()
         self._max_body_bytes = max_body_bytes
-        self._pause_rule = pause_rule
-        self._pause_setter = pause_setter
-        self._pause_probe = pause_probe
-        #: serial -> monotonic time until which its calls do not start (a 429 seen here or elsewhere)
-        self._paused: dict[str, float] = {}
-        self._probed: dict[str, float] = {}
-        self._loop = asyncio.new_event_loop()
-        #: Idle connections, the most recently used last (the warmest, kept alive).
-        self._idle: list[Connection] = []
-        self._made: list[Connection] = []  #: at most max_connections
-        self._waiting: collections.deque[asyncio.Future[Connection]] = collections.deque()
-        self._tls: Any = None
-        self._backend = AsyncioBackend()
-        url = httpx.URL(self._url)
-        # Parsed once.
-        self._host = url.host
-        self._port = url.port or (443 if url.scheme == "https" else 80)
-        self._https = url.scheme == "https"
-        self._target = url.raw_path
-        self._headers = [(b"Host", url.netloc), (b"Authorization", api_key.encode("ascii")),
-                         (b"Content-Type", b"application/json"), (b"Accept", b"application/json"),
-                         (b"Accept-Encoding", b"identity"), (b"User-Agent", b"oaksend")]
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="oaksend-transport", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
+        self._pauses = Pauses(pause_rule, pause_setter, pause_probe)
+        self._slots = asyncio.Semaphore(max_connections)  #: requests in httpx at once (`_admit`)
+        #: One request at a time enters httpx's pool, until it has its connection (`_exchange`).
+        self._entry = asyncio.Lock() if http_transport is None else None
+        verify = tls_context(ca_bundle=ca_bundle, trust=tls_trust, client_cert=client_cert, client_key=client_key)
+        try:
+            self._client = httpx.AsyncClient(
+                headers={"Authorization": api_key, "Content-Type": "application/json",
+                         "Accept": "application/json", "User-Agent": "oaksend"},
+                verify=verify, trust_env=True, follow_redirects=False, transport=http_transport,
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                    keepalive_expiry=KEEPALIVE_EXPIRY_S),
+                timeout=httpx.Timeout(**self._timeouts))
+        except (ImportError, ValueError) as exc:  # e.g. a SOCKS proxy in ALL_PROXY without socksio
+            raise ConfigError(f"the HTTP client cannot be built: {safe_detail(exc, api_key)}") from None
+        _quiet_httpx_log()
+        super().__init__(api_key)
 
     def __repr__(self) -> str:
         return f"Transport(url={self._url!r}, api_key='[redacted]')"
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._tls = httpx.create_ssl_context()  # one for all clients: each costs milliseconds and memory
-        # The first name lookup starts the loop's resolver thread: pay that now, so the first
-        # request leaves at its slot (a late first request crowds the next slot of its chatbot).
-        self._loop.run_until_complete(self._warm_up())
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _warm_up(self) -> None:
-        with contextlib.suppress(Exception):  # only a warm-up: the real call reports any failure
-            await self._loop.getaddrinfo(self._host, self._port)
-
-    # -- from any thread ------------------------------------------------------------------
-    def submit(self, calls: Sequence[Call]) -> Future[list[CallResult]]:
-        """Schedule calls on the loop, all at once; the future holds their CallResults, in order.
-
-        One hand-over per group, not per call: each wakes the loop through its self-pipe."""
-        return asyncio.run_coroutine_threadsafe(self._calls(list(calls)), self._loop)
+    @property
+    def longest_call_s(self) -> float:
+        """The longest a call can take once handed to httpx: the pool wait, then the response deadline."""
+        return self._pool_timeout_s + self._deadline_s
 
     def close(self) -> None:
-        if not self._loop.is_running():
-            return
+        super().close()
+        self._pauses.close()
 
-        async def _close() -> None:
-            for connection in self._made:
-                await connection.aclose()
-            await asyncio.sleep(0)  # the sockets close on the loop's next turn (connection_lost)
+    async def _aclose(self) -> None:
+        await self._client.aclose()
 
-        with contextlib.suppress(Exception):  # closing at shutdown: nothing left to save
-            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
+    async def _warm_up(self) -> None:
+        """The loop's resolver thread, and the async library httpx's transport loads on its first request."""
+        with contextlib.suppress(Exception):  # only a warm-up: the real call reports any failure
+            import anyio
 
-    # -- on the loop ----------------------------------------------------------------------
-    async def _calls(self, calls: list[Call]) -> list[CallResult]:
-        if len(calls) == 1:
-            return [await self._call(calls[0])]
-        return list(await asyncio.gather(*map(self._call, calls)))
+            await anyio.sleep(0)
+            await self._loop.run_in_executor(None, socket.getaddrinfo, "127.0.0.1", 80)
 
-    def _new_connection(self) -> Connection:
-        """ONE keep-alive connection (worker.http11); it connects when first used (`_call`).
-
-        No pool: this transport hands out whole connections itself (a request holds one
-        from start to end), which is all a pool would do here."""
-        connection = Connection(self._host, self._port, tls=self._tls if self._https else None,
-                                connect_timeout_s=self._connect_timeout_s, read_timeout_s=self._read_timeout_s,
-                                keepalive_expiry_s=KEEPALIVE_EXPIRY_S, backend=self._backend)
-        self._made.append(connection)
-        return connection
-
-    async def _checkout(self) -> Connection:
-        while self._idle:
-            connection = self._idle.pop()
-            if self._usable(connection):
-                return connection
-            await self._discard(connection)
-        if len(self._made) < self._max_connections:
-            return self._new_connection()
-        waiter: asyncio.Future[Connection] = self._loop.create_future()
-        self._waiting.append(waiter)
-        connection = await waiter
-        if self._usable(connection):
-            return connection
-        await self._discard(connection)
-        return self._new_connection()  # the one discarded left room
-
-    def _checkin(self, connection: Connection) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return
-        self._idle.append(connection)
-
-    @staticmethod
-    def _usable(connection: Connection) -> bool:
-        """Not closed (an error, or the server said so) and not expired: the keep-alive time passed,
-        or the server closed it while it was idle (its socket reads end-of-stream). A connection
-        that never connected is usable: it connects on its request."""
-        return not (connection.is_closed() or connection.has_expired())
-
-    async def _discard(self, connection: Connection) -> None:
-        self._made.remove(connection)
-        with contextlib.suppress(Exception):  # closing a dead connection: nothing to report
-            await connection.aclose()
-
-    async def _call(self, call: Call) -> CallResult:
+    async def _call(self, call: Call, started: Started) -> CallResult:
         delay = call.at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        if time.monotonic() - call.at > call.late_ok_s or self._is_paused(call.serial_number, waited=delay > 0):
-            return CallResult(None, time.time(), 0.0)
+        serial = call.serial_number
+        if self._pauses.here(serial) or (
+                delay > 0 and await self._pauses.elsewhere(serial, call.at + call.late_ok_s - time.monotonic())):
+            return not_made()
+        left_s = call.at + call.late_ok_s - time.monotonic()
+        if left_s < 0:
+            return not_made()
+        # Waiting for a free connection is bounded by the lateness left (past it: never left, not
+        # made); the connect timeout is not (see the module's docstring). The wait is for a slot of
+        # ours, then for the entry, then httpx's pool timeout is what is left of it.
+        by_lateness = left_s < self._pool_timeout_s
+        wait_s = left_s if by_lateness else self._pool_timeout_s
+        waited_from, waited_wall = time.monotonic(), time.time()
+        if not await _take(self._slots, wait_s):
+            return self._no_connection(by_lateness, waited_from, waited_wall)
+        try:
+            if self._entry is not None and not await _take(self._entry, wait_s - (time.monotonic() - waited_from)):
+                return self._no_connection(by_lateness, waited_from, waited_wall)
+            progress = _Progress(self._deadline_s, started, self._entry)
+            try:
+                pool_s = max(0.001, wait_s - (time.monotonic() - waited_from))
+                outcome = await self._exchange(self._request(call, pool_s, progress), progress, pool_s)
+            finally:
+                progress.let_go()
+        finally:
+            self._slots.release()
+        latency_ms = (time.monotonic() - started.started) * 1000.0
+        if by_lateness and isinstance(outcome, TransportError) and outcome.kind == "pool_timeout":
+            return CallResult(None, started.started_wall, started.started, latency_ms)  # too late: not made
+        self._pauses.note(serial, outcome)
+        return CallResult(outcome, started.started_wall, started.started, latency_ms)
+
+    @staticmethod
+    def _no_connection(by_lateness: bool, waited_from: float, waited_wall: float) -> CallResult:
+        """No connection came free in time: the request never left (not made, when its lateness ran out)."""
+        if by_lateness:
+            return not_made()
+        return CallResult(TransportError("pool_timeout", False, "no free connection within the pool timeout"),
+                          waited_wall, waited_from, (time.monotonic() - waited_from) * 1000.0)
+
+    def _request(self, call: Call, pool_s: float, progress: _Progress) -> httpx.Request:
+        timeouts = {**self._timeouts, "pool": pool_s}
         payload = json.dumps({"SerialNumber": call.serial_number, "ToPhoneNumber": call.to_phone,
                               "Message": call.body}, ensure_ascii=True).encode("ascii")
-        connection = await self._checkout()
+        return self._client.build_request(
+            "POST", self._url, content=payload, headers={"X-Request-ID": call.request_id} if call.request_id else None,
+            extensions={"timeout": timeouts, "trace": progress.trace})
+
+    async def _exchange(self, request: httpx.Request, progress: _Progress, pool_s: float) -> Outcome:
+        """Send the request, read the answer: the whole exchange within the response deadline, counted
+        from the moment it has a connection (`_Progress.trace`; before that, the pool timeout bounds it)."""
+        scope = progress.scope = asyncio.timeout_at(self._loop.time() + pool_s + self._deadline_s)
         try:
-            started_wall = time.time()
-            t0 = time.perf_counter()
-            if connection.connected:
-                outcome = await self._post(connection, payload)
-            else:
-                # A new connection: connect first (a TLS handshake to a distant API takes tens
-                # of milliseconds or more), then ask again whether the request is still in time
-                # for its slot; if not, it is not made: nothing was written.
-                failed = await self._connect(connection)
-                if failed is not None:
-                    outcome = failed
-                elif time.monotonic() - call.at > call.late_ok_s:
-                    return CallResult(None, time.time(), 0.0)
-                else:
-                    started_wall = time.time()
-                    t0 = time.perf_counter()
-                    outcome = await self._post(connection, payload)
-        finally:
-            self._checkin(connection)
-        if self._pause_rule is not None:
-            self._note_pause(call.serial_number, outcome)
-        return CallResult(outcome, started_wall, (time.perf_counter() - t0) * 1000.0)
-
-    def _is_paused(self, serial_number: str, *, waited: bool) -> bool:
-        """Whether a call of this chatbot must not start now: paused here, or (for a call
-        that waited for its slot) paused by another process."""
-        now = time.monotonic()
-        if self._paused.get(serial_number, 0.0) > now:
-            return True
-        if waited and self._pause_probe is not None and self._probed.get(serial_number, 0.0) <= now:
-            self._probed[serial_number] = now + PROBE_EVERY_S
-            try:
-                if self._pause_probe(serial_number):
-                    self._paused[serial_number] = now + PROBE_EVERY_S
-                    return True
-            except Exception:  # noqa: BLE001 - Redis away: the slot was granted, go ahead
-                return False
-        return False
-
-    def _note_pause(self, serial_number: str, outcome: Outcome) -> None:
-        """A 429 (or an auth failure): hold this chatbot's later calls here at once, and elsewhere."""
-        assert self._pause_rule is not None
-        seconds = self._pause_rule(outcome)
-        if not seconds:
-            return
-        self._paused[serial_number] = max(self._paused.get(serial_number, 0.0), time.monotonic() + seconds)
-        if self._pause_setter is not None:
-            with contextlib.suppress(Exception):  # the worker writes the pause to the database too
-                self._pause_setter(serial_number, seconds)
-
-    async def _connect(self, connection: Connection) -> TransportError | None:
-        """Connect a new connection; the failure (never sent), if any."""
-        try:
-            await connection.connect()
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
-                httpcore.ConnectionNotAvailable, OSError) as exc:
-            failed = transport_error(exc, self._api_key)
-            # Nothing is written while connecting: whatever failed, the request never left.
-            return failed if not failed.sent else TransportError("connect", False, failed.detail)
-        return None
-
-    async def _post(self, connection: Connection, payload: bytes) -> Outcome:
-        head: list[Response] = []
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                response = await connection.request(
-                    self._target, [*self._headers, (b"Content-Length", b"%d" % len(payload))], payload)
-                head.append(response)
+            async with scope:
+                progress.started.hand_over()
                 try:
-                    return await self._receive(response)
+                    response = await self._client.send(request, stream=True)
                 finally:
-                    await response.aclose()
-        except TimeoutError:
-            # The whole-response deadline passed: the request may have reached the server.
-            if head:  # the status line arrived: keep it (a 429 or 503 is still safe to retry)
-                return parse_envelope(head[0].status, b"", retry_after_s=self._retry_after(head[0]),
-                                      incomplete="body read failed: read_timeout", secret=self._api_key)
-            return TransportError("read_timeout", True, "response deadline passed")
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError,
-                httpcore.ConnectionNotAvailable, httpcore.UnsupportedProtocol, OSError) as exc:
+                    progress.let_go()
+                progress.response = response
+                return await self._receive(response)
+        except TimeoutError as exc:
+            return self._past_deadline(progress) if scope.expired() else transport_error(exc, self._api_key)
+        except (httpx.TransportError, OSError) as exc:
             return transport_error(exc, self._api_key)
+        finally:
+            # Outside the deadline: a whole answer read is never lost to its closing.
+            if progress.response is not None:
+                with contextlib.suppress(httpx.HTTPError, OSError):
+                    await progress.response.aclose()
 
-    async def _receive(self, response: Response) -> Envelope:
-        retry_after_s = self._retry_after(response)
+    def _past_deadline(self, progress: _Progress) -> Outcome:
+        if progress.response is not None:  # the head arrived: keep it (a 429 or 503 is still safe to retry)
+            head = progress.response
+            return parse_envelope(head.status_code, b"", retry_after_s=_retry_after(head.headers),
+                                  incomplete="body read failed: read_timeout", secret=self._api_key)
+        if progress.connected and not progress.writing:  # still connecting (a slow proxy): nothing written
+            return TransportError("connect_timeout", False, "response deadline passed before the request left")
+        return TransportError("read_timeout", True, "response deadline passed")
+
+    async def _receive(self, response: httpx.Response) -> Envelope:
+        """The body as httpx decodes it (gzip, deflate), cut at `max_body_bytes`."""
         chunks: list[bytes] = []
         size = 0
         incomplete: str | None = None
         try:
-            async for chunk in response.aiter_stream():
+            async for chunk in response.aiter_bytes():
                 if size + len(chunk) > self._max_body_bytes:
                     chunks.append(chunk[: self._max_body_bytes - size])
                     incomplete = "body too large"
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
-            incomplete = f"body read failed: {transport_error(exc, self._api_key).kind}"
-        return parse_envelope(response.status, b"".join(chunks), retry_after_s=retry_after_s,
+        except httpx.DecodingError:
+            incomplete = "body read failed: decoding"
+        except (httpx.TransportError, OSError) as exc:
+            incomplete = f"body read failed: {kind_of(exc)[0]}"
+        return parse_envelope(response.status_code, b"".join(chunks), retry_after_s=_retry_after(response.headers),
                               incomplete=incomplete, secret=self._api_key)
 
-    @staticmethod
-    def _retry_after(response: Response) -> float | None:
-        """Seconds the response's Retry-After asks for (against its Date), or None."""
-        retry_after = date = None
-        for name, value in response.headers:
-            lower = name.lower()
-            if lower == b"retry-after" and retry_after is None:
-                retry_after = value.decode("latin-1")
-            elif lower == b"date" and date is None:
-                date = value.decode("latin-1")
-        if retry_after is None:
-            return None
-        return parse_retry_after(retry_after, now=reference_time(date))
+
+async def _take(lock: asyncio.Semaphore | asyncio.Lock, wait_s: float) -> bool:
+    """Acquire `lock` within `wait_s` (at once, without yielding, when it is free)."""
+    if not lock.locked():
+        await lock.acquire()
+        return True
+    try:
+        async with asyncio.timeout(max(0.0, wait_s)):
+            await lock.acquire()
+    except TimeoutError:
+        return False
+    return True
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds the response's Retry-After asks for (against its Date), or None."""
+    values = headers.get_list("retry-after")
+    if not values:
+        return None
+    dates = headers.get_list("date")
+    return parse_retry_after(values[0], now=reference_time(dates[0] if dates else None))
+
+
+def _quiet_httpx_log() -> None:
+    """httpx logs every request at INFO; the worker logs each send itself. Unless the application
+    set that logger's level, it says only warnings."""
+    logger = logging.getLogger("httpx")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
 
 
 def _check_base_url(base_url: str) -> None:

@@ -15,7 +15,6 @@ Each check is answered within a few seconds, whatever is down.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +62,7 @@ def _database(settings: Settings, now: Any) -> tuple[Check, Any]:
         engine.dispose()
 
 
-def check(settings: Settings, *, parts: Iterable[str] = PARTS, this_host: bool = False,
-          now_s: float | None = None) -> list[Check]:
+def check(settings: Settings, *, parts: Iterable[str] = PARTS, this_host: bool = False) -> list[Check]:
     """Run the checks named in `parts`; every part answers, none raises."""
     import redis
 
@@ -72,7 +70,6 @@ def check(settings: Settings, *, parts: Iterable[str] = PARTS, this_host: bool =
     from oaksend.worker.delivery.heartbeat import alive_workers, dispatcher_heartbeat
 
     wanted = set(parts)
-    now_s = time.time() if now_s is None else now_s
     now = utcnow()
     out: list[Check] = []
     oldest = None
@@ -94,9 +91,9 @@ def check(settings: Settings, *, parts: Iterable[str] = PARTS, this_host: bool =
             if "redis" in wanted:
                 out.append(Check("redis", redis_ok, redis_detail))
             if "dispatcher" in wanted:
-                out.append(_dispatcher(client, redis_ok, now_s, settings, dispatcher_heartbeat))
+                out.append(_dispatcher(client, redis_ok, settings, dispatcher_heartbeat))
             if "workers" in wanted:
-                out.append(_workers(client, redis_ok, now_s, settings, this_host, alive_workers))
+                out.append(_workers(client, redis_ok, settings, this_host, alive_workers))
         finally:
             client.close()
     if "backlog" in wanted:
@@ -112,7 +109,7 @@ def check(settings: Settings, *, parts: Iterable[str] = PARTS, this_host: bool =
     return sorted(out, key=lambda c: order[c.part])
 
 
-def _dispatcher(client: Any, redis_ok: bool, now_s: float, settings: Settings, read: Any) -> Check:
+def _dispatcher(client: Any, redis_ok: bool, settings: Settings, read: Any) -> Check:
     if not redis_ok:
         return Check("dispatcher", False, "unknown: Redis does not answer")
     try:
@@ -121,7 +118,7 @@ def _dispatcher(client: Any, redis_ok: bool, now_s: float, settings: Settings, r
         return Check("dispatcher", False, _error(exc))
     if beat is None:
         return Check("dispatcher", False, "no active dispatcher heartbeat")
-    age = now_s - float(beat.get("at", 0))
+    age = float(beat["age_s"])  # on Redis's clock: this host's clock does not enter
     limit = settings.health_dispatcher_max_age_s
     name = str(beat.get("name", "?"))
     if age > limit:
@@ -129,11 +126,11 @@ def _dispatcher(client: Any, redis_ok: bool, now_s: float, settings: Settings, r
     return Check("dispatcher", True, f"{name} active, beat {max(0.0, age):.1f}s ago")
 
 
-def _workers(client: Any, redis_ok: bool, now_s: float, settings: Settings, this_host: bool, read: Any) -> Check:
+def _workers(client: Any, redis_ok: bool, settings: Settings, this_host: bool, read: Any) -> Check:
     if not redis_ok:
         return Check("workers", False, "unknown: Redis does not answer")
     try:
-        alive = read(client, settings.keys, now_s, settings.worker_heartbeat_ttl_s)
+        alive = read(client, settings.keys, settings.worker_heartbeat_ttl_s)
     except Exception as exc:  # noqa: BLE001 - any failure to read the beats is a failed check, not a crash
         return Check("workers", False, _error(exc))
     if this_host:
