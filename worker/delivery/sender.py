@@ -41,6 +41,7 @@ from oaksend.worker.delivery.ratelimit import RateLimiter, binds, lateness
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 from oaksend.worker.logs import mask_phone, send_fields
 from oaksend.worker.newoaks.client import Call, CallResult, Transport
+from oaksend.worker.newoaks.outcome import TransportError
 from oaksend.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -303,21 +304,24 @@ class Sender:
         outcomes: list[tuple[Work, AttemptRecord, Transition]] = []
         not_made: list[int] = []
         for work, request_id, call in made:
-            if call.outcome is None:
+            # Not made: paused, too late for its slot, or no connection of ours free in time (a wait
+            # for our own pool is no call: nothing reached the API, so no attempt row either).
+            outcome = call.outcome
+            if outcome is None or (isinstance(outcome, TransportError) and outcome.kind == "pool_timeout"):
                 not_made.append(work.id)
                 continue
             result.calls += 1
-            decision = classify(call.outcome, overrides=self.overrides,
+            decision = classify(outcome, overrides=self.overrides,
                                 retry_after_cap_s=self.settings.retry_after_cap_s,
                                 retry_later_floor_s=self.settings.retry_later_floor_s)
             metrics.observe_send(decision.verdict, work.serial_number, call.latency_ms / 1000.0)
             now = self.clock()
-            session_id = getattr(call.outcome, "session_id", None)
+            session_id = getattr(outcome, "session_id", None)
             change = plan(decision, failures=work.failures, deadline_at=work.deadline_at, now=now,
                           policy=self.policy, rng=self.rng, session_id=session_id)
             # When the request started, on the clock this worker writes with.
             started = now - timedelta(seconds=max(0.0, time.monotonic() - call.started_monotonic))
-            record = attempt_record(call.outcome, decision, number=work.attempts + 1, started_at=started,
+            record = attempt_record(outcome, decision, number=work.attempts + 1, started_at=started,
                                     latency_ms=call.latency_ms, worker=self.name, request_id=request_id)
             outcomes.append((work, record, change))
             result.count(change.state)
@@ -328,8 +332,8 @@ class Sender:
         if not_made:
             # Their chatbot was paused before they started, or they would have left too late
             # after their rate slot: certainly not called.
-            self._give_back_quietly(not_made, token, "not started: chatbot paused, or too late for its rate slot",
-                                    called=False)
+            self._give_back_quietly(not_made, token, "not started: chatbot paused, too late for its rate slot, "
+                                    "or no connection free in time", called=False)
             result.throttled += len(not_made)
         self._record(token, outcomes)
         for work, _, change in outcomes:
