@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-fast chaos bench bench-latency bench-memory bench-limits bench-campaign bench-enqueue bench-scale bench-recovery compose-check clean
+.PHONY: lock install demo lint test test-fast chaos bench bench-latency bench-memory bench-limits bench-campaign bench-enqueue bench-scale bench-recovery compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,3 +75,7 @@ compose-check:  ## validate docker-compose.yml (Debian's docker-compose package)
 
 clean:
 	rm -rf var .pytest_cache oaksend.db oaksend.db-*
+
+lock:  ## pin every runtime dependency with hashes into requirements.lock (the image installs from it)
+	$(BIN)/python -m pip install -q 'uv>=0.5,<1'
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.12 --custom-compile-command "make lock" -o requirements.lock

@@ -63,16 +63,44 @@ def test_the_real_api_is_the_default_and_the_sandbox_is_dev_only() -> None:
             assert env["NEWOAKS_BASE_URL"] == "http://sandbox:8099"
             assert env["NEWOAKS_API_KEY"] == "sandbox-key"
             continue
-        # Default services: nothing points at the sandbox, the key and region come from the user.
+        # Default services: nothing points at the sandbox, the key and region come from the user,
+        # the key as a file (a compose secret), never as a value in the environment.
         assert "sandbox" not in " ".join(env.values())
-        if "NEWOAKS_API_KEY" in env:
-            assert env["NEWOAKS_API_KEY"] == "${NEWOAKS_API_KEY:-}"
+        assert "NEWOAKS_API_KEY" not in env
+        if "NEWOAKS_API_KEY_FILE" in env:
+            assert env["NEWOAKS_API_KEY_FILE"] == "/run/secrets/newoaks_api_key"
+            assert SERVICES[name]["secrets"] == ["newoaks_api_key"]
             assert env["NEWOAKS_REGION"] == "${NEWOAKS_REGION:-us}"
             assert env["NEWOAKS_BASE_URL"] == "${NEWOAKS_BASE_URL:-}"
-    # Dispatchers and the scheduler never call the API: they do not get the key.
+    assert COMPOSE["secrets"]["newoaks_api_key"]["file"] == "${NEWOAKS_API_KEY_FILE:-/dev/null}"
+    # Dispatchers and the scheduler never call the API: they get neither the key nor its file.
     for name in long_running():
         if oaksend_services()[name][0] != "worker":
-            assert "NEWOAKS_API_KEY" not in env_of(name)
+            assert not {"NEWOAKS_API_KEY", "NEWOAKS_API_KEY_FILE"} & set(env_of(name))
+            assert "secrets" not in SERVICES[name]
+
+
+def test_no_password_is_written_in_the_file() -> None:
+    """The database password is generated into a volume on first start and read from a file."""
+    assert "POSTGRES_PASSWORD" not in SERVICES["postgres"]["environment"]
+    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/oaksend-db/password"
+    assert SERVICES["postgres"]["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    for name in oaksend_services():
+        env = env_of(name)
+        if "DATABASE_URL" in env:
+            userinfo = env["DATABASE_URL"].split("//", 1)[1].split("@")[0]
+            assert ":" not in userinfo  # a user, no password
+            assert env["OAKSEND_DATABASE_PASSWORD_FILE"] == "/run/oaksend-db/password"
+            assert "dbsecret:/run/oaksend-db:ro" in SERVICES[name]["volumes"]
+
+
+def test_the_generated_password_script_makes_a_password_once(tmp_path: Path) -> None:
+    script = SERVICES["secrets"]["entrypoint"][2].replace("$$", "$").replace("/run/oaksend-db", str(tmp_path))
+    subprocess.run(["sh", "-c", script], check=True, timeout=10)
+    first = (tmp_path / "password").read_text()
+    assert re.fullmatch(r"[0-9a-f]{48}", first), first
+    subprocess.run(["sh", "-c", script], check=True, timeout=10)
+    assert (tmp_path / "password").read_text() == first  # kept: PostgreSQL's data was made with it
 
 
 @pytest.mark.parametrize("service", long_running())
@@ -122,10 +150,29 @@ def test_redis_keeps_its_data_and_never_evicts() -> None:
 def test_dockerfile_pins_its_base_runs_as_non_root_and_installs_the_wheel() -> None:
     text = (ROOT / "Dockerfile").read_text()
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
-    assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1))
-    assert "pip wheel" in text and re.search(r"pip install /dist/\*\.whl", text)
+    assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base.group(1))
+    assert "pip wheel" in text and re.search(r"pip install --no-deps /dist/\*\.whl", text)
+    # Dependencies exactly as locked, each file checked against its hash.
+    assert "pip install --require-hashes --no-deps -r /tmp/requirements.lock" in text
+    lock = (ROOT / "requirements.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==\S+ \\$", lock, re.M)
+    assert {"celery", "httpx", "sqlalchemy", "alembic", "phonenumbers", "tzdata"} <= {p.lower() for p in pins}
+    assert lock.count("--hash=sha256:") >= len(pins)
     user = re.findall(r"^USER (\S+)$", text, re.M)
     assert user and not user[-1].startswith(("root", "0"))
+
+
+def test_every_runtime_dependency_has_an_upper_bound() -> None:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    unbounded = [d for d in deps if "<" not in d and not d.startswith("tzdata")]  # tzdata: newest rules win
+    assert unbounded == []
+
+
+def test_the_build_context_leaves_out_what_the_image_does_not_need() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests", "*.db"} <= set(ignored)
 
 
 def test_docker_compose_validates_the_file() -> None:
@@ -137,3 +184,17 @@ def test_docker_compose_validates_the_file() -> None:
         out = subprocess.run([exe, *profile, "config", "-q"], cwd=ROOT, capture_output=True, text=True,
                              timeout=60, env=env)
         assert out.returncode == 0, out.stderr
+
+
+def test_the_key_is_in_no_rendered_configuration(tmp_path: Path) -> None:
+    """`docker-compose config` (what `docker inspect` would show) names the key's file, never the key."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("Debian's docker-compose is not installed (apt-get install docker-compose)")
+    key_file = tmp_path / "newoaks_api_key"
+    key_file.write_text("nk-COMPOSE-SECRET-4242\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWOAKS_", "OAKSEND_"))}
+    out = subprocess.run([exe, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**env, "NEWOAKS_API_KEY_FILE": str(key_file)})
+    assert out.returncode == 0, out.stderr
+    assert str(key_file) in out.stdout and "COMPOSE-SECRET" not in out.stdout
