@@ -28,6 +28,7 @@ lint: $(STAMP)  ## ruff and mypy, zero findings
 	ln -s $(CURDIR)/oaksend/*.py $(MYPY_TREE)/oaksend/
 	for d in worker models migrations sandbox; do ln -s $(CURDIR)/$$d $(MYPY_TREE)/oaksend/$$d; done
 	$(BIN)/mypy -p oaksend
+	cd tests/typing && $(CURDIR)/$(BIN)/mypy --config-file mypy.ini user_program.py
 
 # Test files run in TEST_WORKERS processes (pytest-xdist, a file per process at a time): most of a
 # test's time is spent waiting for other processes, so two keep both cores busy. Each worker has its

@@ -18,7 +18,24 @@ does not load the database and broker libraries.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time each name is imported on first use (below)
+    from oaksend.errors import (
+        ConfigError,
+        IdempotencyConflict,
+        InvalidTransition,
+        NotFound,
+        OaksendError,
+        ValidationError,
+    )
+    from oaksend.worker.campaigns.audience import AudienceSpec, read_csv
+    from oaksend.worker.campaigns.schedule import parse_schedule
+    from oaksend.worker.campaigns.service import Campaigns, CampaignSpec
+    from oaksend.worker.enqueue import Producer
+    from oaksend.worker.message.validation import SendRequest
+    from oaksend.worker.settings import Settings, load_settings
+    from oaksend.worker.status import AttemptStatus, MessagePage, MessageStatus, OperatorActionStatus, Status
 
 __version__ = "0.2.0"
 
@@ -46,7 +63,28 @@ _HOMES = {
     "read_csv": "oaksend.worker.campaigns.audience",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [  # the public names (a literal list: type checkers read it)
+    "AttemptStatus",
+    "AudienceSpec",
+    "CampaignSpec",
+    "Campaigns",
+    "ConfigError",
+    "IdempotencyConflict",
+    "InvalidTransition",
+    "MessagePage",
+    "MessageStatus",
+    "NotFound",
+    "OaksendError",
+    "OperatorActionStatus",
+    "Producer",
+    "SendRequest",
+    "Settings",
+    "Status",
+    "ValidationError",
+    "load_settings",
+    "parse_schedule",
+    "read_csv",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -88,7 +88,7 @@ def test_the_wheels_only_top_level_package_is_oaksend(installed: Installed) -> N
         names = zf.namelist()
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert top == {"oaksend"}
-    for needed in ("oaksend/__init__.py", "oaksend/worker/cli/__init__.py", "oaksend/models/repository/enqueue.py",
+    for needed in ("oaksend/__init__.py", "oaksend/py.typed", "oaksend/worker/cli/__init__.py", "oaksend/models/repository/enqueue.py",
                    "oaksend/migrations/env.py", "oaksend/migrations/script.py.mako", "oaksend/sandbox/server.py"):
         assert needed in names
     assert any(n.startswith("oaksend/migrations/versions/") and n.endswith(".py") for n in names)
