@@ -25,7 +25,7 @@ MYPY_TREE := $(VENV)/mypy-tree
 lint: $(STAMP)  ## ruff and mypy, zero findings
 	$(BIN)/ruff check oaksend worker models migrations sandbox
 	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/oaksend
-	ln -s $(CURDIR)/oaksend/*.py $(MYPY_TREE)/oaksend/
+	ln -s $(CURDIR)/oaksend/*.py $(CURDIR)/oaksend/contrib $(MYPY_TREE)/oaksend/
 	for d in worker models migrations sandbox; do ln -s $(CURDIR)/$$d $(MYPY_TREE)/oaksend/$$d; done
 	$(BIN)/mypy -p oaksend
 	cd tests/typing && $(CURDIR)/$(BIN)/mypy --config-file mypy.ini user_program.py
