@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lock install demo lint test test-fast chaos bench bench-latency bench-memory bench-limits bench-campaign bench-enqueue bench-scale bench-recovery compose-check clean
+.PHONY: lock install demo lint test test-fast chaos bench bench-latency bench-memory bench-limits bench-campaign bench-enqueue bench-async bench-scale bench-recovery compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ MYPY_TREE := $(VENV)/mypy-tree
 lint: $(STAMP)  ## ruff and mypy, zero findings
 	$(BIN)/ruff check oaksend worker models migrations sandbox
 	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/oaksend
-	ln -s $(CURDIR)/oaksend/*.py $(CURDIR)/oaksend/contrib $(MYPY_TREE)/oaksend/
+	ln -s $(CURDIR)/oaksend/*.py $(CURDIR)/oaksend/contrib $(CURDIR)/oaksend/web $(MYPY_TREE)/oaksend/
 	for d in worker models migrations sandbox; do ln -s $(CURDIR)/$$d $(MYPY_TREE)/oaksend/$$d; done
 	$(BIN)/mypy -p oaksend
 	cd tests/typing && $(CURDIR)/$(BIN)/mypy --config-file mypy.ini user_program.py
@@ -64,6 +64,9 @@ bench-campaign: $(STAMP)  ## 100,000 recipients from CSV: seconds to schedule, p
 
 bench-scale: $(STAMP)  ## the dispatcher with 50,000 chatbots holding 1,000,000 future messages (prints figures)
 	$(BIN)/python -m bench.scale
+
+bench-async: $(STAMP)  ## AsyncProducer.send in a caller's AsyncSession vs a bare INSERT, PostgreSQL (prints figures)
+	$(BIN)/python -m bench.async_enqueue $(BENCH_ARGS)
 
 bench-enqueue: $(STAMP)  ## send_many of 100,000 and Producer.send p99 on PostgreSQL vs raw INSERT/COPY (prints figures)
 	$(BIN)/python -m bench.enqueue

@@ -10,6 +10,9 @@ On the real services of this machine, in a fresh PostgreSQL database of its own:
    then the reminders in the database are counted. Baseline, same run: the
    same rows sent through the producer's ordinary bulk path
    (`Producer.send_many`, 5,000 a call) by a child process, into a fresh database;
+3. update (after the latency run): the same CSV with 10% of the appointments moved a
+   day later and 1% of the rows removed, through `oaksend campaign update` as a child
+   process: its wall time and peak memory, and its counts checked;
 2. latency: a dispatcher, a worker and the sandbox API run, and unrelated
    messages are sent one at a time at a steady rate to the same chatbot with
    Producer.send; enqueue-to-sent (sent_at - created_at) p50/p99, first with an
@@ -170,9 +173,49 @@ def run(opts: argparse.Namespace, procs: Processes, checks: list[Check]) -> dict
         requests = stack.control.stats().get("total", 0)
         checks.append(("the API saw only the latency messages (no reminder early)",
                        requests == opts.latency_messages, f"{requests} requests"))
+        figures.update(measure_update(opts, procs, env, csv_path, result["id"], checks))
     finally:
         stack.close()
     return figures
+
+
+def write_update(path: Path, source: Path) -> tuple[int, int]:
+    """The audience again, every 10th appointment a day later and every 100th row (offset 1) gone:
+    (moved, removed)."""
+    lines = source.read_text(encoding="utf-8-sig").splitlines()
+    out, moved, removed = [lines[0]], 0, 0
+    for i, line in enumerate(lines[1:]):
+        if i % 100 == 1:
+            removed += 1
+            continue
+        if i % 10 == 0:
+            head, appt = line.rsplit(",", 1)
+            line = f"{head},{(datetime.fromisoformat(appt) + timedelta(days=1)).isoformat(timespec='minutes')}"
+            moved += 1
+        out.append(line)
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return moved, removed
+
+
+def measure_update(opts: argparse.Namespace, procs: Processes, env: dict[str, str], csv_path: Path, campaign_id: int,
+                   checks: list[Check]) -> dict[str, float]:
+    """`oaksend campaign update` of the whole audience with 10% moved and 1% removed, as figures."""
+    new_path = procs.logdir / "audience-update.csv"
+    moved, removed = write_update(new_path, csv_path)
+    say(f"update: {moved:,} appointments moved, {removed:,} rows removed, with `oaksend campaign update` ...")
+    code, wall_s, rss_mb, out = run_child(
+        [sys.executable, "-m", "oaksend.worker.cli", "campaign", "update", str(campaign_id), "--audience",
+         str(new_path), "--json"], env, procs.log_path("update"))
+    if code != 0:
+        raise BenchError(f"campaign update failed ({code}); see {procs.log_path('update')}")
+    result = json.loads(out)
+    people = result["recipients"]
+    checks.append(("the update moved and removed what the file says",
+                   (people["changed"], people["removed"], people["added"]) == (moved, removed, 0),
+                   f"recipients {people}, reminders added {result['added']:,}, cancelled {result['cancelled']:,}"))
+    say(f"update: {opts.recipients:,} recipients diffed in {wall_s:.2f} s, peak memory {rss_mb:.0f} MB "
+        f"({result['added']:,} reminders added, {result['cancelled']:,} cancelled)")
+    return {"update_s": wall_s, "update_peak_mb": rss_mb}
 
 
 class LatencyStack:
@@ -194,7 +237,7 @@ class LatencyStack:
         procs.wait_for_log(["worker"], " ready.", 60)
         procs.wait_for_log(["dispatcher"], "is now active", 30)
         self.producer = Producer(load_settings(database_url=database_url, redis_url=opts.redis_url))
-        self.control = SandboxControl(url)
+        self.control = SandboxControl(url, API_KEY)
         self.engine = make_engine(database_url, pool_size=2)
 
     def pending(self, campaign_id: int) -> int:

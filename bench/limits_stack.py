@@ -132,7 +132,7 @@ class LimitStack:
         self.settings = load_settings(database_url=self.database_url, redis_url=opts.redis_url)
         self.producer = Producer(self.settings)
         self.reader = make_engine(self.database_url, pool_size=2)
-        self.control = SandboxControl(self.sandbox_url)
+        self.control = SandboxControl(self.sandbox_url, API_KEY)
         self.start_processes()
         self.warm_up()
         s = self.settings

@@ -307,7 +307,7 @@ def run(opts: argparse.Namespace, session: Session) -> int:
     say(f"bench.scale: two stacks side by side, each 1 dispatcher + 1 worker x --concurrency {opts.concurrency}, "
         f"PostgreSQL, its own redis-server; one sandbox; {os.cpu_count()} CPUs; logs in {session.logdir}")
     sandbox_url = start_sandbox(procs, "sandbox", ["--port", "0", "--api-key", API_KEY, "--seed", "1"])
-    control = SandboxControl(sandbox_url)
+    control = SandboxControl(sandbox_url, API_KEY)
     session.at_exit(control.close)
     for name in ("baseline", "scale"):
         stacks.append(ScaleStack(opts, procs, name, sandbox_url))

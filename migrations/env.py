@@ -8,6 +8,7 @@ OAKSEND_DB_SCHEMA every table goes into that PostgreSQL schema.
 from __future__ import annotations
 
 import logging.config
+from importlib import import_module
 from typing import Any
 
 from alembic import context
@@ -16,6 +17,9 @@ from sqlalchemy.schema import CreateSchema
 from oaksend.migrations.hooks import compare_type, include_object, render_item
 from oaksend.models.db import make_engine, schema_of
 from oaksend.models.tables import VERSION_TABLE, Base
+
+# The HTTP API's tables live in their own module, on the same Base: load them so they are compared too.
+import_module("oaksend.models.api_tables")
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):

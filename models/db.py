@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from oaksend.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def make_engine(url: str, *, schema: str | None = None, connect_timeout_s: float | None = None,
@@ -70,6 +73,29 @@ def _make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engin
     if schema:
         engine = engine.execution_options(schema_translate_map=translate_map(schema))
     return engine
+
+
+def make_async_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> AsyncEngine:
+    """The async engine of the same database: psycopg 3's async connections on PostgreSQL,
+    aiosqlite on SQLite (tuned like `make_engine`'s), the same schema map."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    kwargs.setdefault("hide_parameters", True)
+    for sync_prefix, async_prefix in (("postgresql://", "postgresql+psycopg://"), ("postgres://", "postgresql+psycopg://"),
+                                      ("sqlite://", "sqlite+aiosqlite://"), ("sqlite+pysqlite://", "sqlite+aiosqlite://")):
+        if url.startswith(sync_prefix):
+            url = async_prefix + url.removeprefix(sync_prefix)
+    try:
+        if url.startswith("sqlite"):
+            if schema:
+                raise ConfigError("OAKSEND_DB_SCHEMA: is for PostgreSQL; SQLite has no schemas")
+            engine = create_async_engine(url, connect_args={"timeout": 60}, **kwargs)
+            _tune_sqlite(engine.sync_engine)
+            return engine
+        engine = create_async_engine(url, **kwargs)
+    except (ArgumentError, ValueError, ImportError) as exc:
+        raise ConfigError(f"DATABASE_URL: {_without_password(str(exc), url)}") from None
+    return engine.execution_options(schema_translate_map=translate_map(schema)) if schema else engine
 
 
 def translate_map(schema: str | None) -> dict[str | None, str] | None:

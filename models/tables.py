@@ -300,12 +300,18 @@ class Campaign(Base):
     recipients: Mapped[int] = mapped_column(Integer, default=0)
     #: Cron campaigns: occurrences up to this instant are materialized.
     materialized_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Cron campaigns: the first occurrence after materialized_until (None: the next tick computes it).
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Why the scheduler could not tick this campaign last time (None once a tick succeeds).
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         CheckConstraint(_states_check("state", CAMPAIGN_STATES), name="state"),
         Index("ix_oaksend_campaigns_state", "state"),
+        # A tick reads only the cron campaigns whose next occurrence is near.
+        Index("ix_oaksend_campaigns_next_fire", "next_fire_at"),
     )
 
 
@@ -324,10 +330,13 @@ class CampaignRecipient(Base):
 
     __table_args__ = (UniqueConstraint("campaign_id", "key"),)
 class OperatorAudit(Base):
-    """One operator command over a selection of messages (retry, cancel, resolve, purge).
+    """One operator command (retry, cancel, resolve, purge, campaign and chatbot actions, migrate).
 
     Per-message effects stay in `oaksend_operator_actions`; this row says who ran
     what, when, on which selection, and how many messages it touched. Purge keeps it.
+    It is written, committed, before the command acts (`state` 'started'), and completed
+    after it ('done' or 'failed', `finished_at`, `count`, `result`): an interrupted
+    command leaves its intent, still 'started'.
     """
 
     __tablename__ = PREFIX + "operator_audit"
@@ -340,5 +349,32 @@ class OperatorAudit(Base):
     selection: Mapped[dict[str, Any]] = mapped_column(JSON)
     count: Mapped[int] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: 'started' (the intent, written before acting), then 'done' or 'failed'. Rows older
+    #: than revision 0015 were written after the work: 'done'.
+    state: Mapped[str] = mapped_column(String(16), server_default=text("'done'"))
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: What the command did, by kind (e.g. {"selected": 150, "refused": {...}}), or the error's type.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (Index("ix_oaksend_operator_audit_at", "at"),)
+
+
+#: What a dashboard user may do (oaksend.web): read, act on messages and chatbots, and manage users.
+WEB_ROLES = ("read", "operator", "admin")
+
+
+class WebUser(Base):
+    """A user of the dashboard (`oaksend web add-user`): a name, an argon2 hash, a role."""
+
+    __tablename__ = PREFIX + "web_users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    #: argon2id, in its own encoded form (parameters and salt included); never the password.
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (CheckConstraint(_states_check("role", WEB_ROLES), name="role"),
+                      UniqueConstraint("name"))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
         OaksendError,
         ValidationError,
     )
+    from oaksend.worker.aio import AsyncProducer, AsyncStatus
     from oaksend.worker.campaigns.audience import AudienceSpec, read_csv
     from oaksend.worker.campaigns.schedule import parse_schedule
     from oaksend.worker.campaigns.service import Campaigns, CampaignSpec
@@ -41,6 +42,8 @@ __version__ = "0.2.0"
 
 _HOMES = {
     "Producer": "oaksend.worker.enqueue",
+    "AsyncProducer": "oaksend.worker.aio",
+    "AsyncStatus": "oaksend.worker.aio",
     "SendRequest": "oaksend.worker.message.validation",
     "Settings": "oaksend.worker.settings",
     "load_settings": "oaksend.worker.settings",
@@ -64,6 +67,8 @@ _HOMES = {
 }
 
 __all__ = [  # the public names (a literal list: type checkers read it)
+    "AsyncProducer",
+    "AsyncStatus",
     "AttemptStatus",
     "AudienceSpec",
     "CampaignSpec",

@@ -8,6 +8,7 @@ without sockets.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -31,6 +32,9 @@ log = logging.getLogger("sandbox")
 #: above 2**31 on purpose: a client storing SessionID in a 32-bit int breaks at once
 FIRST_SESSION_ID = 123123123123
 CONTROL_PREFIX = "/_sandbox"
+#: The header that carries the sandbox's key to its control endpoints (all but /health): they show every
+#: number and text it received, and change its behaviour.
+CONTROL_KEY_HEADER = "x-sandbox-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,7 @@ class SandboxApp:
         self.limiter = Limiter()
         self.scripts = Scripts()
         self._next_session_id = FIRST_SESSION_ID
+        self._control_key = config.api_key  # the key it started with, even if POST /config changes the API's
         self._started_s = now_s
         self._burst_origin_s = now_s
         self._rng = random.Random()
@@ -159,6 +164,9 @@ class SandboxApp:
         methods = routes.get(route)
         if methods is None:
             return error(404, f"Not Found: no endpoint at {request.path}")
+        given = request.headers.get(CONTROL_KEY_HEADER, "").encode("latin-1")
+        if route != "/health" and not hmac.compare_digest(given, self._control_key.encode("utf-8")):
+            return json_response({"error": "the control endpoints need the sandbox's key in X-Sandbox-Key"}, 401)
         handler = methods.get(request.method)
         if handler is None:
             allowed = ", ".join(methods)

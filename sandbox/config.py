@@ -35,9 +35,9 @@ from oaksend.sandbox.values import (
 )
 
 ENV_PREFIX = "SANDBOX_"
-#: read when neither --api-key nor SANDBOX_API_KEY is given, so the sandbox
-#: accepts the key a developer's oaksend settings already send
-FALLBACK_API_KEY_ENV = "NEWOAKS_API_KEY"
+#: The key when none is given (--api-key / SANDBOX_API_KEY; never NEWOAKS_API_KEY, which may be a real
+#: key): accepted on loopback only, since anyone who can reach the sandbox knows it.
+DEFAULT_API_KEY = "sandbox-key"
 
 #: random faults, in the order their probability bands are laid out on [0, 1)
 PROBABILITY_FIELDS = (
@@ -64,7 +64,7 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 8099  #: 0 picks a free port
-    api_key: str = field(default="sandbox-key", repr=False)  # never in a repr, a log or a record
+    api_key: str = field(default=DEFAULT_API_KEY, repr=False)  # never in a repr, a log or a record
     seed: int | None = None  #: None draws a fresh seed
     latency: Latency = Latency()
     p_429: float = 0.0
@@ -158,7 +158,8 @@ _SPECS = [
     FieldSpec("host", parse_str, "address to listen on (default 127.0.0.1)"),
     FieldSpec("port", parse_port, "port to listen on; 0 picks a free one (default 8099)"),
     FieldSpec("api_key", parse_str,
-              f"accepted Authorization value (env also {FALLBACK_API_KEY_ENV}; default sandbox-key)", "KEY"),
+              f"accepted Authorization value, and X-Sandbox-Key of the control endpoints (default "
+              f"{DEFAULT_API_KEY}, on a loopback host only)", "KEY"),
     FieldSpec("seed", parse_seed, "seed of the fault random source (default: fresh)", "INT"),
     FieldSpec("latency", parse_latency, "added delay in ms: 20, uniform:10,50, normal:30,10, exp:20", "SPEC"),
     FieldSpec("p_429", parse_probability, "probability of HTTP 429", "P"),
@@ -239,8 +240,6 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     for spec in _SPECS:
         flag_value = getattr(namespace, spec.name)
         env_value = env.get(spec.env) or None
-        if spec.name == "api_key" and env_value is None:
-            env_value = env.get(FALLBACK_API_KEY_ENV) or None
         try:
             if flag_value is not None:
                 values[spec.name] = parse_limits(flag_value) if spec.name == "limits" else flag_value
@@ -248,4 +247,18 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
                 values[spec.name] = spec.parse(env_value)
         except ConfigError as exc:
             raise ConfigError(f"{spec.env}: {exc}") from exc
+    if "api_key" not in values and not _is_loopback(values.get("host", "127.0.0.1")):
+        raise ConfigError(f"--host {values['host']} is not loopback: give the sandbox its own key (--api-key or "
+                          f"{ENV_PREFIX}API_KEY); with the default one anyone who reaches it could read its records")
     return Config(**values)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

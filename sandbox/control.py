@@ -6,12 +6,16 @@ from typing import Any
 
 import httpx
 
+from oaksend.sandbox.config import DEFAULT_API_KEY
+
 
 class SandboxControl:
     """Reads records and stats of a running sandbox, scripts it and changes its faults."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=base_url.rstrip("/") + "/_sandbox", timeout=timeout_s)
+    def __init__(self, base_url: str, api_key: str = DEFAULT_API_KEY, timeout_s: float = 10.0) -> None:
+        """``api_key``: the key the sandbox was started with (its control endpoints require it)."""
+        self._client = httpx.Client(base_url=base_url.rstrip("/") + "/_sandbox", timeout=timeout_s,
+                                    headers={"X-Sandbox-Key": api_key})
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._client.request(method, path, **kwargs)

@@ -98,7 +98,7 @@ def main() -> int:
 
         import httpx
 
-        control = httpx.Client(base_url=env["NEWOAKS_BASE_URL"], timeout=5)
+        control = httpx.Client(base_url=env["NEWOAKS_BASE_URL"], timeout=5, headers={"X-Sandbox-Key": DEMO_KEY})
         plan = [
             ("+14155550101", "Hi Ana, your cleaning is tomorrow at 10:00. Reply C to confirm.", [], "succeeds"),
             ("+14155550102", "Hi Ben, your table for 4 is booked for Friday 19:30.", [], "succeeds"),

@@ -119,7 +119,7 @@ class Sandbox:
             self.stop()
             raise RuntimeError(f"sandbox did not start: {line!r}; see {log_path}")
         self.base_url = line.strip().rsplit(" ", 1)[-1]
-        self.http = httpx.Client(base_url=self.base_url, timeout=10)
+        self.http = httpx.Client(base_url=self.base_url, timeout=10, headers={"X-Sandbox-Key": api_key})
 
     def requests(self) -> list[dict[str, Any]]:
         return self.http.get("/_sandbox/requests").json()

@@ -44,6 +44,19 @@ def wake(client: redis.Redis, keys: Keys) -> None:
         log.warning("could not wake the dispatcher (%s); it will find the work on its next poll", type(exc).__name__)
 
 
+def validate_many(requests: Iterable[SendRequest], *, now: datetime, default_deadline_s: float) -> list[NewMessage]:
+    """Every request validated (before any is written); an error names its position: `requests[3].to`."""
+    rows: list[NewMessage] = []
+    for i, req in enumerate(requests):
+        if not isinstance(req, SendRequest):
+            raise ValidationError(f"requests[{i}]", "must be a SendRequest")
+        try:
+            rows.append(validate(req, now=now, default_deadline_s=default_deadline_s))
+        except ValidationError as exc:
+            raise ValidationError(f"requests[{i}].{exc.field}", exc.message) from None
+    return rows
+
+
 class Producer:
     """Enqueue messages into the outbox. Thread-safe; build one per process."""
 
@@ -81,21 +94,15 @@ class Producer:
         An error names the request's position: `requests[3].to: ...`.
         """
         now = utcnow()
-        rows: list[NewMessage] = []
-        for i, req in enumerate(requests):
-            if not isinstance(req, SendRequest):
-                raise ValidationError(f"requests[{i}]", "must be a SendRequest")
-            try:
-                rows.append(validate(req, now=now, default_deadline_s=self.settings.default_deadline_s))
-            except ValidationError as exc:
-                raise ValidationError(f"requests[{i}].{exc.field}", exc.message) from None
+        rows = validate_many(requests, now=now, default_deadline_s=self.settings.default_deadline_s)
         return self._write(rows, now, session) if rows else []
 
     def _write(self, rows: Sequence[NewMessage], now: datetime, session: Session | None) -> list[int]:
         # One transaction (or one savepoint in the caller's): the suppression check, the
         # idempotency look-up and the insert. On SQLite a second connection would wait for
         # the caller's own write lock, so nothing runs outside `session` when one is given.
-        ids = self.outbox.add(rows, now, session=session, refuse=_refuse_suppressed)
+        ids = self.outbox.add(rows, now, session=session, refuse=refuse_suppressed,
+                              key_secret=self.settings.key_secret)
         if session is None:
             wake(self.redis, self.settings.keys)
         else:
@@ -108,7 +115,7 @@ class Producer:
         self.outbox.engine.dispose()
 
 
-def _refuse_suppressed(suppressed: dict[str, str]) -> None:
+def refuse_suppressed(suppressed: dict[str, str]) -> None:
     from oaksend.worker.logs import mask_phone
 
     phone, reason = min(suppressed.items())

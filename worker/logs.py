@@ -53,6 +53,16 @@ def mask_phone(phone: str) -> str:
     return f"+{digits[:head]}{'*' * (len(digits) - head - tail)}{digits[-tail:]}"
 
 
+def mask_key(key: str) -> str:
+    """A recipient key as logs show it: a phone number masked, anything else (a name, an email, a patient
+    id) as a short digest (`key#1a2b3c4d5e`): enough to tell recipients apart, not to read who they are."""
+    import hashlib
+
+    if _PHONE_RE.fullmatch(key):
+        return mask_phone(key)
+    return "key#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Mask phone numbers and URL passwords, and remove the given secrets, from a line of text."""
     for secret in secrets:

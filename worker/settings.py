@@ -1,4 +1,4 @@
-"""The one settings object of oaksend, read from the environment (and `.env`).
+"""The one settings object of oaksend, read from the environment (and the file `OAKSEND_ENV_FILE` names).
 
 Every process (producer, worker, dispatcher, CLI) builds a `Settings` once and
 passes it explicitly; nothing reads the environment elsewhere.  Units are in
@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from oaksend.errors import ConfigError
 from oaksend.worker.keys import DEFAULT_PREFIX, Keys, check_prefix
+from oaksend.worker.sources import env_file, read_secret
 
 #: Values that look like a key but are only the documentation's placeholder.
 _PLACEHOLDER_KEYS = {"", "<your-secret-key>", "your-secret-key", "changeme", "xxx"}
@@ -38,11 +39,16 @@ def _env(name: str) -> AliasChoices:
 class Settings(BaseSettings):
     """oaksend configuration. Field names map to upper-case environment variables."""
 
+    # No `.env` is read unless OAKSEND_ENV_FILE names one (load_settings): a file that happens to be in
+    # the working directory (another application's DATABASE_URL) must not configure oaksend.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=None, env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
     # -- stores ---------------------------------------------------------------------------
+    #: A file holding the database password (a compose or Kubernetes secret): it goes into
+    #: DATABASE_URL, which then names no password. Declared before the URL, whose validator reads it.
+    database_password_file: str | None = Field(None, validation_alias=_env("DATABASE_PASSWORD_FILE"))
     database_url: str = Field("sqlite:///oaksend.db", validation_alias=_env("DATABASE_URL"))
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
     #: Every Redis key oaksend writes starts with this (see worker/keys.py): two deployments
@@ -63,6 +69,8 @@ class Settings(BaseSettings):
     #: network). Declared before the URL, whose validator reads it.
     allow_insecure_base_url: bool = Field(False, validation_alias=_env("ALLOW_INSECURE_BASE_URL"))
     newoaks_base_url: str | None = Field(None, validation_alias="NEWOAKS_BASE_URL")
+    #: A file holding the API key (a compose or Kubernetes secret), read when NEWOAKS_API_KEY is unset.
+    newoaks_api_key_file: str | None = Field(None, validation_alias="NEWOAKS_API_KEY_FILE")
     newoaks_api_key: SecretStr | None = Field(None, validation_alias="NEWOAKS_API_KEY")
     connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("CONNECT_TIMEOUT_S"))
     read_timeout_s: float = Field(15.0, gt=0, validation_alias=_env("READ_TIMEOUT_S"))
@@ -120,6 +128,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
     #: The address the exporter binds (0.0.0.0 inside a container).
     metrics_host: str = Field("127.0.0.1", validation_alias=_env("METRICS_HOST"))
+    #: Chatbots that get metrics series of their own (the busiest, plus `other`); 0: none, so the
+    #: series stay few however many chatbots there are (per-chatbot figures: `oaksend stats`).
+    metrics_chatbots: int = Field(0, ge=0, le=1000, validation_alias=_env("METRICS_CHATBOTS"))
     #: `text` (one line each) or `json` (one object each, for log shippers).
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("LOG_FORMAT"))
     #: Purge terminal messages created more than this many days ago (unset: keep everything).
@@ -128,9 +139,27 @@ class Settings(BaseSettings):
     retention_anonymize: bool = Field(False, validation_alias=_env("RETENTION_ANONYMIZE"))
     #: How often the dispatcher runs that purge.
     purge_interval_s: float = Field(3600.0, gt=0, validation_alias=_env("PURGE_INTERVAL_S"))
+    #: The HMAC key under which idempotency keys are stored (oaksend.models.keyhash); unset: a
+    #: fixed, public one. The same on every process; changing it makes stored keys unmatchable.
+    key_hash_secret: SecretStr | None = Field(None, validation_alias=_env("KEY_HASH_SECRET"))
     #: Processes that build a large campaign's rows: 0 = one per core (forked), 1 = this process
     #: only (e.g. inside an application whose other threads must not be forked).
     campaign_processes: int = Field(0, ge=0, le=64, validation_alias=_env("CAMPAIGN_PROCESSES"))
+    #: The IANA zone of `campaign create` / `preview` when no --tz is given (unset: --tz is required).
+    campaign_timezone: str | None = Field(None, max_length=64, validation_alias=_env("CAMPAIGN_TIMEZONE"))
+    #: Who runs operator commands, for the audit when `--actor` is not given (unset: the login name).
+    actor: str | None = Field(None, max_length=200, validation_alias="OAKSEND_ACTOR")
+
+    # -- the HTTP API (/v1) and status webhooks: docs/api.md, docs/configuration.md -----------------
+    api_rate_limit: int = Field(6000, ge=1, validation_alias=_env("API_RATE_LIMIT"))
+    api_rate_window_s: int = Field(60, ge=1, le=86400, validation_alias=_env("API_RATE_WINDOW_S"))
+    api_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, validation_alias=_env("API_MAX_BODY_BYTES"))
+    webhook_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("WEBHOOK_TIMEOUT_S"))
+    webhook_retry_first_s: float = Field(5.0, gt=0, validation_alias=_env("WEBHOOK_RETRY_FIRST_S"))
+    webhook_poll_s: float = Field(1.0, gt=0, validation_alias=_env("WEBHOOK_POLL_S"))
+    #: At most N campaign messages per chatbot and number within PERIOD, over every campaign
+    #: ("2 per 24h"; off by default), checked when written and again when sent (worker/message/cap.py).
+    frequency_cap: str | None = Field(None, validation_alias=_env("FREQUENCY_CAP"))
 
     # -- workers: liveness, outcome writes, the call lease ----------------------------------
     #: A worker process is dead when it has not beaten (every second) for this long: at least
@@ -140,6 +169,10 @@ class Settings(BaseSettings):
     record_retry_s: float = Field(300.0, gt=0, validation_alias=_env("RECORD_RETRY_S"))
     #: How long a claimed (sending) row stays its worker's. Unset: derived (see `call_lease`).
     call_lease_s: float | None = Field(None, gt=0, validation_alias=_env("CALL_LEASE_S"))
+    # -- the dashboard, `oaksend web` (docs/web.md: a header naming the user, from these proxies only) --
+    web_proxy_header: str | None = Field(None, max_length=100, validation_alias=_env("WEB_PROXY_HEADER"))
+    web_trusted_proxies: str | None = Field(None, validation_alias=_env("WEB_TRUSTED_PROXIES"))
+    web_session_ttl_s: float = Field(8 * 3600.0, gt=0, validation_alias=_env("WEB_SESSION_TTL_S"))
 
     @field_validator("code_overrides", mode="before")
     @classmethod
@@ -155,6 +188,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"CODE_OVERRIDES verdicts must be one of {sorted(_VERDICTS)}")
             return {int(k): str(v).lower() for k, v in value.items()}
         return value
+
+    @field_validator("frequency_cap", mode="after")
+    @classmethod
+    def _check_cap(cls, value: str | None) -> str | None:
+        from oaksend.errors import ValidationError
+        from oaksend.worker.message.cap import parse_cap
+
+        try:
+            cap = parse_cap(value, "OAKSEND_FREQUENCY_CAP")
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        return None if cap is None else str(cap)
 
     @field_validator("redis_prefix", mode="after")
     @classmethod
@@ -181,6 +226,25 @@ class Settings(BaseSettings):
         if info.field_name == "client_key" and value is not None and info.data.get("client_cert") is None:
             raise ValueError("set OAKSEND_CLIENT_CERT too: a key alone is no client certificate")
         return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _password_from_file(cls, value: str, info: ValidationInfo) -> str:
+        path = info.data.get("database_password_file")
+        if not path:
+            return value
+        from sqlalchemy.engine import make_url
+
+        password = read_secret(path, "OAKSEND_DATABASE_PASSWORD_FILE")
+        return make_url(value).set(password=password).render_as_string(hide_password=False)
+
+    @field_validator("newoaks_api_key", mode="after")
+    @classmethod
+    def _key_from_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        path = info.data.get("newoaks_api_key_file")
+        if (value is not None and value.get_secret_value()) or not path:
+            return value
+        return SecretStr(read_secret(path, "NEWOAKS_API_KEY_FILE"))
 
     @field_validator("newoaks_base_url", mode="after")
     @classmethod
@@ -209,15 +273,34 @@ class Settings(BaseSettings):
         from oaksend.worker.logs import mask_url
 
         for name, value in super().__repr_args__():
-            yield name, mask_url(value) if name in ("database_url", "redis_url") and isinstance(value, str) else value
+            masked = name in ("database_url", "redis_url", "newoaks_base_url") and isinstance(value, str)
+            yield name, mask_url(value) if masked else value
+
+    def insecure_warnings(self) -> list[str]:
+        """What a worker warns of at start: an API base URL without TLS, or the override that allows one."""
+        from oaksend.worker.logs import mask_url
+
+        out = []
+        if self.base_url.lower().startswith("http://"):
+            out.append(f"NEWOAKS_BASE_URL {mask_url(self.base_url)} is not https: the API key and every message "
+                       f"travel in cleartext (a sandbox only)")
+        if self.allow_insecure_base_url:
+            out.append("OAKSEND_ALLOW_INSECURE_BASE_URL is set: an http:// API base URL is accepted off loopback")
+        return out
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret these settings hold (API key, store passwords), for log redaction."""
         from oaksend.worker.logs import url_password
 
         key = self.newoaks_api_key.get_secret_value() if self.newoaks_api_key else ""
-        found = [key.strip(), url_password(self.database_url), url_password(self.redis_url)]
+        found = [key.strip(), url_password(self.database_url), url_password(self.redis_url), self.key_secret or ""]
         return tuple(s for s in found if s and len(s) >= 4)
+
+    @property
+    def key_secret(self) -> str | None:
+        """OAKSEND_KEY_HASH_SECRET's value (None when unset or empty): the key of stored idempotency keys."""
+        value = self.key_hash_secret.get_secret_value() if self.key_hash_secret else ""
+        return value or None
 
     @property
     def response_deadline_s(self) -> float:
@@ -279,11 +362,13 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, turning pydantic's multi-line errors into one ConfigError line."""
+    """Build the settings from the environment and the `OAKSEND_ENV_FILE` file (the environment wins),
+    turning pydantic's multi-line errors into one ConfigError line."""
     from pydantic import ValidationError as PydanticValidationError
 
     try:
-        return Settings(**overrides)  # pydantic checks each value (Any: any field, any type, checked there)
+        # pydantic checks each value (Any: any field, any type, checked there)
+        return Settings(**{"_env_file": env_file(), **overrides})
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ())) or "settings"

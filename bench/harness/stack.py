@@ -119,7 +119,7 @@ class Stack:
         counts = self.wait_sent(ids[0], ids[-1], warm, "warm-up", progress=False)
         if counts.get("sent", 0) != warm:
             raise BenchError(f"warm-up messages were not all sent: {counts} (logs in {self.procs.logdir})")
-        self.control = SandboxControl(self.sandbox_url)
+        self.control = SandboxControl(self.sandbox_url, API_KEY)
         self.control.reset()
 
     def shown_db(self) -> str:

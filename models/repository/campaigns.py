@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from oaksend.models.repository.base import Repository, chunks, dialect_insert, rowcount
+from oaksend.models.repository.base import chunks, dialect_insert, rowcount
 from oaksend.models.repository.bulk import BulkWriter
+from oaksend.models.repository.campaign_sync import CampaignSyncRepository
 from oaksend.models.tables import OPEN_STATES, Campaign, CampaignRecipient, Message, SuppressedNumber
 
 if TYPE_CHECKING:
@@ -44,7 +45,14 @@ def _are_lines(rows: Sequence[dict[str, Any]] | Sequence[str]) -> TypeIs[Sequenc
     return bool(rows) and isinstance(rows[0], str)
 
 
-class CampaignRepository(Repository):
+class CampaignRepository(CampaignSyncRepository):
+    """Campaigns, recipients and their messages.
+
+    Every statement a caller's Session may run (upsert_recipient / remove_recipient in the
+    application's transaction) carries the schema map, `self._foreign_options`: that
+    Session's engine is the application's, which knows nothing of OAKSEND_DB_SCHEMA.
+    """
+
     # -- campaigns ------------------------------------------------------------------------
     def add_campaign(self, session: Session, values: dict[str, Any]) -> int:
         row = Campaign(**values)
@@ -52,9 +60,11 @@ class CampaignRepository(Repository):
         session.flush()
         return row.id
 
-    def campaign(self, campaign_id: int, session: Session | None = None) -> Campaign | None:
+    def campaign(self, campaign_id: int, session: Session | None = None, *, lock: bool = False) -> Campaign | None:
+        """A campaign (in `session` when given; `lock`: FOR UPDATE, so that two updates take turns)."""
         if session is not None:
-            return session.get(Campaign, campaign_id)
+            return session.get(Campaign, campaign_id, with_for_update=lock or None,
+                               execution_options=self._foreign_options)
         with self.session() as s:
             return s.get(Campaign, campaign_id)
 
@@ -70,7 +80,7 @@ class CampaignRepository(Repository):
         """Change a campaign only while it is in one of `from_states` (conditional, so two racers: one wins)."""
         return bool(rowcount(session.execute(
             update(Campaign).where(Campaign.id == campaign_id, Campaign.state.in_(list(from_states)))
-            .values(updated_at=now, **values)
+            .values(updated_at=now, **values), execution_options=self._foreign_options
         )))
 
     def set_campaign_mark(self, session: Session, campaign_id: int, old: datetime | None, new: datetime,
@@ -84,15 +94,17 @@ class CampaignRepository(Repository):
     def add_skipped(self, session: Session, campaign_id: int, counts: dict[str, int], now: datetime) -> None:
         if not any(counts.values()):
             return
-        row = session.get(Campaign, campaign_id, with_for_update=True)
-        if row is None:
+        opts = self._foreign_options
+        stored = session.execute(select(Campaign.skipped).where(Campaign.id == campaign_id).with_for_update(),
+                                 execution_options=opts).first()
+        if stored is None:
             return
-        merged = dict(row.skipped or {})
+        merged = dict(stored[0] or {})
         for cause, n in counts.items():
             if n:
                 merged[cause] = merged.get(cause, 0) + n
-        row.skipped = merged
-        row.updated_at = now
+        session.execute(update(Campaign).where(Campaign.id == campaign_id).values(skipped=merged, updated_at=now),
+                        execution_options=opts)
 
     # -- recipients -----------------------------------------------------------------------
     def put_recipients(self, session: Session, campaign_id: int, rows: Sequence[dict[str, Any]]) -> None:
@@ -104,7 +116,8 @@ class CampaignRepository(Repository):
             index_elements=["campaign_id", "key"],
             set_={"phone": stmt.excluded.phone, "tz": stmt.excluded.tz, "data": stmt.excluded.data},
         )
-        session.execute(stmt, [{"campaign_id": campaign_id, **r} for r in rows])
+        session.execute(stmt, [{"campaign_id": campaign_id, **r} for r in rows],
+                        execution_options=self._foreign_options)
 
     def recipient(self, session: Session, campaign_id: int, key: str) -> CampaignRecipient | None:
         return session.scalar(select(CampaignRecipient).where(CampaignRecipient.campaign_id == campaign_id,
@@ -114,7 +127,8 @@ class CampaignRepository(Repository):
         n = 0
         for chunk in chunks(list(keys), 500):
             n += rowcount(session.execute(_recipients.delete().where(_recipients.c.campaign_id == campaign_id,
-                                                                     _recipients.c.key.in_(list(chunk)))))
+                                                                     _recipients.c.key.in_(list(chunk))),
+                                          execution_options=self._foreign_options))
         return n
 
     def recipient_pages(self, campaign_id: int, page: int = 2000) -> Iterator[list[CampaignRecipient]]:
@@ -131,11 +145,13 @@ class CampaignRepository(Repository):
             after = rows[-1].id
 
     def recipient_keys(self, session: Session, campaign_id: int) -> set[str]:
-        return set(session.scalars(select(CampaignRecipient.key).where(CampaignRecipient.campaign_id == campaign_id)))
+        return set(session.scalars(select(CampaignRecipient.key).where(CampaignRecipient.campaign_id == campaign_id),
+                                   execution_options=self._foreign_options))
 
     def count_recipients(self, session: Session, campaign_id: int) -> int:
         return session.scalar(select(func.count()).select_from(CampaignRecipient)
-                              .where(CampaignRecipient.campaign_id == campaign_id)) or 0
+                              .where(CampaignRecipient.campaign_id == campaign_id),
+                              execution_options=self._foreign_options) or 0
 
     # -- messages -------------------------------------------------------------------------
     def insert_campaign_messages(self, session: Session, rows: Sequence[dict[str, Any]]) -> int:
@@ -143,7 +159,7 @@ class CampaignRepository(Repository):
         if not rows:
             return 0
         stmt = dialect_insert(session, _messages).on_conflict_do_nothing()
-        return rowcount(session.execute(stmt, list(rows))) or 0
+        return rowcount(session.execute(stmt, list(rows), execution_options=self._foreign_options)) or 0
 
     def bulk_writer(self, session: Session) -> BulkWriter:
         """Writes in `session`'s transaction from a thread of their own (see models.repository.bulk)."""
@@ -202,7 +218,8 @@ class CampaignRepository(Repository):
         out: dict[str, Message] = {}
         for chunk in chunks(list(keys), 500):
             for row in session.scalars(select(Message).where(Message.campaign_id == campaign_id,
-                                                             Message.idempotency_key.in_(list(chunk)))):
+                                                             Message.idempotency_key.in_(list(chunk))),
+                                       execution_options=self._foreign_options):
                 if row.idempotency_key is not None:  # always: selected by key
                     out[row.idempotency_key] = row
         return out
@@ -214,7 +231,7 @@ class CampaignRepository(Repository):
         if key_prefix is not None:
             escaped = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             q = q.where(Message.idempotency_key.like(escaped + "%", escape="\\"))
-        return list(session.scalars(q.with_for_update()))
+        return list(session.scalars(q.with_for_update(), execution_options=self._foreign_options))
 
     def cancel_campaign_messages(self, session: Session, campaign_id: int, now: datetime, reason: str,
                                  ids: Sequence[int] | None = None) -> int:
@@ -226,17 +243,30 @@ class CampaignRepository(Repository):
         q = update(Message).where(Message.campaign_id == campaign_id, Message.state.in_(("pending", "dispatched")))
         values = {"state": "cancelled", "lease_token": None, "lease_until": None, "last_outcome": "cancelled",
                   "last_reason": reason, "updated_at": now}
+        opts = self._foreign_options
         if ids is None:
-            return rowcount(session.execute(q.values(**values)))
+            return rowcount(session.execute(q.values(**values), execution_options=opts))
         n = 0
         for chunk in chunks(list(ids), 500):
-            n += rowcount(session.execute(q.where(Message.id.in_(list(chunk))).values(**values)))
+            n += rowcount(session.execute(q.where(Message.id.in_(list(chunk))).values(**values),
+                                          execution_options=opts))
         return n
 
     def reschedule_message(self, session: Session, message_id: int, now: datetime, values: dict[str, Any]) -> bool:
         """A pending campaign message's new time or text (a moved appointment, an edited name)."""
         return bool(rowcount(session.execute(
-            update(Message).where(Message.id == message_id, Message.state == "pending").values(updated_at=now, **values)
+            update(Message).where(Message.id == message_id, Message.state == "pending")
+            .values(updated_at=now, **values), execution_options=self._foreign_options
+        )))
+
+    def revive_message(self, session: Session, message_id: int, now: datetime, values: dict[str, Any],
+                       reason: str) -> bool:
+        """A cancelled campaign message pending again, with its new time and text (models.follow.REVIVE)."""
+        return bool(rowcount(session.execute(
+            update(Message).where(Message.id == message_id, Message.state == "cancelled")
+            .values(state="pending", ready=False, failures=0, lease_token=None, lease_until=None, claimed_by=None,
+                    calling_at=None, last_reason=reason, updated_at=now, **values),
+            execution_options=self._foreign_options
         )))
 
     def hold_campaign(self, session: Session, campaign_id: int, now: datetime) -> int:
@@ -333,7 +363,8 @@ class CampaignRepository(Repository):
                 select(Message.to_phone, Message.next_attempt_at)
                 .where(Message.campaign_id.is_not(None), Message.to_phone.in_(list(chunk)),
                        Message.state.in_((*OPEN_STATES, "sent")),
-                       Message.next_attempt_at >= lo, Message.next_attempt_at <= hi))
+                       Message.next_attempt_at >= lo, Message.next_attempt_at <= hi),
+                execution_options=self._foreign_options)
             for phone, at in rows:
                 out.setdefault(phone, []).append(at)
         return out

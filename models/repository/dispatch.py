@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, Select, String, bindparam, func, literal_column, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
+from oaksend.models.repository.api import Outcome, announce
 from oaksend.models.repository.base import Repository, rowcount
 from oaksend.models.tables import (
     LEASED,
@@ -362,11 +363,17 @@ class DispatchRepository(Repository):
 
     def expire_overdue(self, now: datetime) -> int:
         """Pending messages whose deadline has passed are expired: never sent late."""
+        reason = "deadline passed before sending"
         with self.session() as s:
-            return rowcount(s.execute(
+            expired = s.execute(
                 update(Message)
                 .where(text(PENDING), Message.deadline_at <= now)
-                .values(state="expired", last_outcome="expired", last_reason="deadline passed before sending",
+                .values(state="expired", last_outcome="expired", last_reason=reason,
                         lease_token=None, lease_until=None, updated_at=now)
-            ))
+                .returning(Message.id, Message.serial_number)
+                .execution_options(synchronize_session=False)
+            ).all()
+            # Status webhooks: announced in the same transaction (nothing is written when no endpoint is registered).
+            announce(s.connection(), [Outcome(mid, serial, "expired", reason) for mid, serial in expired], now)
+            return len(expired)
 

@@ -9,11 +9,16 @@ inside a savepoint when the caller hands in its Session).
 PostgreSQL with psycopg 3 (the default driver) goes through `pg_bulk`: COPY for
 batches, one statement for a single message, no per-row ORM objects. Other
 backends (SQLite) look the keys up, then insert in multi-row chunks.
+
+Keys are stored as their keyed hash (oaksend.models.keyhash), never as given: a
+key may be a phone number. Hashing is one-to-one in practice, so de-duplication
+and conflicts are decided exactly as on the keys themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -23,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from oaksend.errors import IdempotencyConflict
+from oaksend.models.keyhash import stored_key
 from oaksend.models.records import NewMessage
 from oaksend.models.repository.base import Repository, chunks
 from oaksend.models.tables import Message, SuppressedNumber
@@ -45,7 +51,7 @@ T = TypeVar("T")
 class EnqueueRepository(Repository):
     # -- producing ------------------------------------------------------------------------
     def add(self, messages: Sequence[NewMessage], now: datetime, session: Session | None = None,
-            refuse: Refuse | None = None) -> list[int]:
+            refuse: Refuse | None = None, key_secret: str | None = None) -> list[int]:
         """Insert messages (idempotently) and return their ids, in order.
 
         With `session`, the rows join the caller's transaction inside a savepoint and
@@ -53,7 +59,9 @@ class EnqueueRepository(Repository):
         number) rolls back the savepoint only: the caller's transaction stays usable
         and holds none of these rows. Without `session`, one transaction of our own.
         `refuse` sees the suppressed numbers among `messages` (same transaction) and raises.
+        Idempotency keys are stored hashed under `key_secret` (settings.key_secret; None: the default).
         """
+        messages = _dedupe_checked(messages, key_secret)
         if session is not None:
             return self._retrying(lambda: self._in_savepoint(session, messages, now, refuse))
 
@@ -220,6 +228,14 @@ class EnqueueRepository(Repository):
         return out
 
 
+def _dedupe_checked(messages: Sequence[NewMessage], key_secret: str | None) -> list[NewMessage]:
+    """The messages with their keys as stored (hashed), after a check for a key given twice in the batch
+    with different content (named as given: the hashed key would mean nothing to the caller)."""
+    _dedupe(messages)
+    return [m if m.idempotency_key is None else replace(m, idempotency_key=stored_key(m.idempotency_key, key_secret))
+            for m in messages]
+
+
 def _dedupe(messages: Sequence[NewMessage]) -> tuple[list[NewMessage], list[int]]:
     """The distinct messages to insert, and for each request the index of its row among them.
 
@@ -250,8 +266,8 @@ def _dedupe(messages: Sequence[NewMessage]) -> tuple[list[NewMessage], list[int]
 def _psycopg(session: Session) -> Any:
     """The psycopg 3 connection under `session`'s transaction, or None on another driver."""
     conn = session.connection()
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
-        return None
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg" or conn.dialect.is_async:
+        return None  # (psycopg's async connection is driven through SQLAlchemy's statements)
     return conn.connection.driver_connection
 
 
@@ -270,8 +286,7 @@ def _as_sqlalchemy_errors(session: Session, call: Callable[[], T]) -> T:
 def _same_or_conflict(row: NewMessage, stored: Stored) -> int:
     mid, sn, to, body = stored
     if (sn, to, body) != (row.serial_number, row.to_phone, row.body):
-        raise IdempotencyConflict("idempotency_key",
-                                  f"{row.idempotency_key!r} was already used for a different message")
+        raise IdempotencyConflict("idempotency_key", f"was already used for a different message (chatbot {sn})")
     return mid
 
 

@@ -1,21 +1,29 @@
-"""The operators' part of the repository: chatbot limits and pauses, reading, retry, cancel."""
+"""The operators' part of the repository: chatbot limits and pauses, reading, retry, cancel,
+the audit's intent rows, and rehearsals (an action's own statements, rolled back)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any, Self
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, inspect, select, update
+from sqlalchemy.orm import sessionmaker
 
-from oaksend.models.repository.base import Repository
+from oaksend.models.repository.base import Repository, chunks
 from oaksend.models.tables import (
     RETRYABLE_STATES,
     Attempt,
     Chatbot,
     Message,
     OperatorAction,
+    OperatorAudit,
     SuppressedNumber,
 )
+
+_audit = OperatorAudit.__table__
 
 
 class OperatorRepository(Repository):
@@ -105,6 +113,9 @@ class OperatorRepository(Repository):
                 if row.state not in RETRYABLE_STATES:
                     out[mid] = f"is {row.state}; only {', '.join(RETRYABLE_STATES)} can be retried"
                     continue
+                if not row.to_phone or not row.body:
+                    out[mid] = "is anonymized (no number or text left); it can never be sent again"
+                    continue
                 if s.get(SuppressedNumber, row.to_phone) is not None:
                     out[mid] = "number is suppressed (STOP or landline)"
                     continue
@@ -137,3 +148,88 @@ class OperatorRepository(Repository):
                     out[mid] = "cancelled"
         return out
 
+
+    def state_counts(self, ids: Sequence[int]) -> dict[str, int]:
+        """Of these message ids, how many are in each state."""
+        out: dict[str, int] = {}
+        with self.session() as s:
+            for part in chunks(ids, 500):
+                q = select(Message.state, func.count()).where(Message.id.in_(list(part))).group_by(Message.state)
+                for state, n in s.execute(q):
+                    out[state] = out.get(state, 0) + n
+        return out
+
+    # -- the operator audit: the intent first, committed; completed after -------------------
+    def begin_audit(self, command: str, selection: dict[str, Any], actor: str, now: datetime,
+                    note: str | None = None, result: dict[str, Any] | None = None) -> int:
+        """Write (and commit) a command's intent, state 'started', before it acts; returns its id."""
+        with self.session() as s:
+            row = OperatorAudit(command=command, selection=selection, count=0, actor=actor, at=now, note=note,
+                                state="started", result=result)
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    def begin_audit_any_schema(self, command: str, selection: dict[str, Any], actor: str,
+                               now: datetime) -> int | None:
+        """`begin_audit` for `migrate`, on a database at any revision: the columns the table has now.
+
+        None when there is no audit table yet (an empty database: the intent cannot be written first).
+        """
+        with self.engine.begin() as conn:
+            names = self._audit_columns(conn)
+            if not names:
+                return None
+            values = {"command": command, "selection": selection, "count": 0, "actor": actor, "at": now,
+                      "state": "started"}
+            result = conn.execute(insert(_audit).values({k: v for k, v in values.items() if k in names}))
+            key = result.inserted_primary_key
+            assert key is not None  # an INSERT of one row
+            return int(key[0])
+
+    def finish_audit_any_schema(self, audit_id: int, state: str, result: dict[str, Any], now: datetime) -> None:
+        """`finish_audit` for `migrate`: where the table predates revision 0015, the outcome goes in `note`."""
+        with self.engine.begin() as conn:
+            names = self._audit_columns(conn)
+            values: dict[str, Any] = {"state": state, "result": result, "finished_at": now}
+            if "state" not in names:
+                values = {"note": f"{state}: {result}"}
+            conn.execute(update(_audit).where(_audit.c.id == audit_id)
+                         .values({k: v for k, v in values.items() if k in names}))
+
+    def _audit_columns(self, conn: Any) -> set[str]:
+        """The audit table's columns in this database (none: no table yet)."""
+        found = inspect(conn)
+        if not found.has_table(_audit.name, schema=self.schema):
+            return set()
+        return {c["name"] for c in found.get_columns(_audit.name, schema=self.schema)}
+
+    def progress_audit(self, audit_id: int, count: int) -> None:
+        """The messages changed so far by a command still running (an interrupted one keeps this count)."""
+        with self.session() as s:
+            s.execute(update(OperatorAudit).where(OperatorAudit.id == audit_id).values(count=count))
+
+    def finish_audit(self, audit_id: int, state: str, count: int, result: dict[str, Any] | None,
+                     now: datetime) -> None:
+        """Complete an intent: 'done' or 'failed', with what the command changed."""
+        with self.session() as s:
+            s.execute(update(OperatorAudit).where(OperatorAudit.id == audit_id)
+                      .values(state=state, count=count, result=result, finished_at=now))
+
+    # -- rehearsals ---------------------------------------------------------------------------
+    @contextmanager
+    def rehearsal(self) -> Iterator[Self]:
+        """This repository on one transaction that is rolled back at the end.
+
+        An action run on it executes its own statements (each of its transactions is a
+        savepoint here), so its counts are exactly what it would change now; nothing is kept.
+        On PostgreSQL the rows it touched stay locked until the rollback: keep it short.
+        """
+        with self.engine.connect() as conn:
+            outer = conn.begin()
+            try:
+                box = copy.copy(self)
+                box._sessions = sessionmaker(conn, expire_on_commit=False, join_transaction_mode="create_savepoint")
+                yield box
+            finally:
+                outer.rollback()

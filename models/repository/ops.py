@@ -1,4 +1,4 @@
-"""The operations part of the repository: audit, settling `unknown` messages, stats, retention."""
+"""The operations part of the repository: audit, settling `unknown` messages, stats; retention (retention.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, null, select, text, update
+from sqlalchemy import func, select
 
-from oaksend.models.repository.base import Repository, rowcount
+from oaksend.models.repository.retention import RetentionRepository
 from oaksend.models.tables import (
-    TERMINAL,
-    TERMINAL_STATES,
     Attempt,
     Chatbot,
     Message,
@@ -23,13 +21,17 @@ from oaksend.models.tables import (
 RESOLUTIONS = ("sent", "failed")
 
 
-class OpsRepository(Repository):
+class OpsRepository(RetentionRepository):
     # -- the operator audit ---------------------------------------------------------------
     def record_audit(self, command: str, selection: dict[str, Any], count: int, actor: str | None,
                      now: datetime, note: str | None = None) -> int:
-        """Record one operator command over a selection; returns the audit row's id."""
+        """Record one finished operator command over a selection; returns the audit row's id.
+
+        Commands write their intent before acting instead (OperatorRepository.begin_audit).
+        """
         with self.session() as s:
-            row = OperatorAudit(command=command, selection=selection, count=count, actor=actor, at=now, note=note)
+            row = OperatorAudit(command=command, selection=selection, count=count, actor=actor, at=now, note=note,
+                                state="done", finished_at=now)
             s.add(row)
             s.flush()
             return int(row.id)
@@ -61,9 +63,10 @@ class OpsRepository(Repository):
     # -- settling unknown messages --------------------------------------------------------
     def resolve(self, ids: Sequence[int], outcome: str, note: str, actor: str | None,
                 now: datetime) -> dict[int, str]:
-        """Settle `unknown` messages as sent or failed after a check by hand, audited in one transaction.
+        """Settle `unknown` messages as sent or failed after a check by hand, in one transaction.
 
-        Returns, per id, "resolved" or why not. Only `unknown` messages change.
+        Returns, per id, "resolved" or why not. Only `unknown` messages change; each gets an
+        operator action. The command's audit row is the caller's (written before, as its intent).
         """
         if outcome not in RESOLUTIONS:
             raise ValueError(f"outcome must be one of {RESOLUTIONS}")
@@ -85,9 +88,6 @@ class OpsRepository(Repository):
                 if outcome == "sent":
                     row.sent_at = now
                 out[mid] = "resolved"
-            done = sum(1 for v in out.values() if v == "resolved")
-            s.add(OperatorAudit(command=f"resolve --{outcome}", selection={"ids": list(ids)}, count=done,
-                                actor=actor, at=now, note=note))
         return out
 
     # -- numbers for operators and metrics ------------------------------------------------
@@ -159,46 +159,3 @@ class OpsRepository(Repository):
         with self.session() as s:
             rows = s.execute(select(Chatbot.serial_number, Chatbot.pause_reason).where(Chatbot.paused_until > now))
             return {sn: reason for sn, reason in rows}
-
-    # -- retention ------------------------------------------------------------------------
-    def _purgeable(self, cutoff: datetime, anonymize: bool) -> Any:
-        # TERMINAL word for word: SQLite uses the partial index ix_oaksend_messages_finished only then.
-        where = [text(TERMINAL), Message.created_at < cutoff]
-        if anonymize:
-            where.append(Message.to_phone != "")  # already blanked rows are done
-        return where
-
-    def purge_preview(self, cutoff: datetime, anonymize: bool, sample: int = 10) -> tuple[int, list[Message]]:
-        """How many terminal messages created before `cutoff` a purge would touch, and a few of them."""
-        where = self._purgeable(cutoff, anonymize)
-        with self.session() as s:
-            n = s.scalar(select(func.count()).select_from(Message).where(*where)) or 0
-            rows = list(s.scalars(select(Message).where(*where).order_by(Message.id).limit(sample)))
-            return n, rows
-
-    def purge_batch(self, cutoff: datetime, anonymize: bool, batch: int, now: datetime) -> int:
-        """Delete (or blank) one batch of terminal messages created before `cutoff`, in one short transaction.
-
-        Deleting removes the messages with their attempts and per-message operator
-        actions; anonymizing blanks the phone number, text and metadata and keeps
-        every attempt and action. Open messages are never touched. Returns the
-        number of messages changed (0 when there is nothing left).
-        """
-        with self.session() as s:
-            q = select(Message.id).where(*self._purgeable(cutoff, anonymize)).order_by(Message.id).limit(batch)
-            if s.get_bind().dialect.name == "postgresql":
-                q = q.with_for_update(skip_locked=True)
-            ids = list(s.scalars(q))
-            if not ids:
-                return 0
-            # The state is checked again under the row lock: nothing open is ever purged.
-            still = (Message.id.in_(ids), Message.state.in_(TERMINAL_STATES))
-            if anonymize:
-                return rowcount(s.execute(
-                    update(Message).where(*still)
-                    .values(to_phone="", body="", meta=null(), updated_at=now)
-                ))
-            doomed = select(Message.id).where(*still)
-            s.execute(delete(Attempt).where(Attempt.message_id.in_(doomed)))
-            s.execute(delete(OperatorAction).where(OperatorAction.message_id.in_(doomed)))
-            return rowcount(s.execute(delete(Message).where(*still)))

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Integer, Text, bindparam, exists, func, select, update
+from sqlalchemy import BigInteger, Connection, Integer, Text, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from oaksend.models.api_tables import EVENTS
 from oaksend.models.fit import fit_attempt, fits_int64
 from oaksend.models.records import AttemptRecord, Transition, Work
+from oaksend.models.repository.api import Outcome, announce
 from oaksend.models.repository.base import Repository, dialect_insert
 from oaksend.models.tables import (
     Attempt,
@@ -54,10 +56,16 @@ _CLAIM_GROUP = (
 )
 _UNMARKED_OURS = (_GROUP_IDS, _messages.c.state == "sending", _messages.c.lease_token == bindparam("b_token"),
                   _messages.c.calling_at.is_(None))
-_MARK_CALLING = (update(_messages).where(*_UNMARKED_OURS, ~_IS_SUPPRESSED).values(calling_at=_NOW)
+# An anonymized message (retention blanked its number and text) is never called, whatever put it back.
+_NOTHING_TO_SEND = or_(_messages.c.to_phone == "", _messages.c.body == "")
+_REFUSED = or_(_IS_SUPPRESSED, _NOTHING_TO_SEND)
+_MARK_CALLING = (update(_messages).where(*_UNMARKED_OURS, ~_REFUSED).values(calling_at=_NOW)
                  .returning(_messages.c.id))
-_MARK_SUPPRESSED = (update(_messages).where(*_UNMARKED_OURS, _IS_SUPPRESSED)
-                    .values(updated_at=_NOW, **_SUPPRESSED_VALUES).returning(_messages.c.id))
+_MARK_SUPPRESSED = (update(_messages).where(*_UNMARKED_OURS, _REFUSED)
+                    .values(updated_at=_NOW, **{**_SUPPRESSED_VALUES, "last_reason": case(
+                        (_NOTHING_TO_SEND, "anonymized: no number or text left to send"),
+                        else_=_SUPPRESSED_VALUES["last_reason"])})
+                    .returning(_messages.c.id))
 _RECORD_VALUES = {
     "state": bindparam("b_state"),
     "attempts": _messages.c.attempts + 1,
@@ -151,8 +159,9 @@ class SendRepository(Repository):
         """Just before their requests leave: mark claimed messages as "may have been called".
 
         A number suppressed since the claim (a STOP answered to another message) is
-        checked here, the last moment: those messages fail without a call.
-        Returns (ids marked, ids failed as suppressed); others are no longer ours.
+        checked here, the last moment: those messages fail without a call, as do anonymized
+        ones (no number or text left: the API is never called with an empty one).
+        Returns (ids marked, ids failed as suppressed or anonymized); others are no longer ours.
         """
         params = {"b_ids": list(ids), "b_token": token, "b_now": now}
         with self.engine.begin() as conn:
@@ -184,13 +193,16 @@ class SendRepository(Repository):
     def expire_group(self, ids: Sequence[int], token: str, now: datetime, reason: str) -> int:
         """Claimed messages too close to (or past) their deadline: expired, no call made."""
         with self.engine.begin() as conn:
-            return conn.execute(
+            expired = conn.execute(
                 update(_messages)
                 .where(_messages.c.id.in_(list(ids)), _messages.c.state.in_(("dispatched", "sending")),
                        _messages.c.lease_token == token, _messages.c.calling_at.is_(None))
                 .values(state="expired", lease_token=None, lease_until=None, claimed_by=None, calling_at=None,
                         last_outcome="expired", last_reason=reason, updated_at=now)
-            ).rowcount
+                .returning(_messages.c.id, _messages.c.serial_number)
+            ).all()
+            announce(conn, [Outcome(mid, serial, "expired", reason) for mid, serial in expired], now)
+            return len(expired)
 
     def record_group(self, token: str, outcomes: Sequence[tuple[Work, AttemptRecord, Transition]],
                      now: datetime, *, again: bool = False) -> list[bool]:
@@ -259,6 +271,10 @@ class SendRepository(Repository):
             rows = [{"message_id": w.id, **a.__dict__} for w, a, _ in todo if w.id not in replaced]
             if rows:
                 conn.execute(_INSERT_ATTEMPT, rows)
+            # Status webhooks: the outcomes this batch settled, announced in its own transaction.
+            announce(conn, [Outcome(w.id, w.serial_number, c.state, c.reason,
+                                    (c.session_id or a.session_id_text) if c.sent else None, a.number)
+                            for w, a, c in todo if w.id in took and c.state in EVENTS], now)
             self._side_effects(conn, todo, now)
         return [work.id in took or attempt.request_id in done for work, attempt, _ in outcomes]
 

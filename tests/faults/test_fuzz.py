@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from oaksend.models.keyhash import stored_key
 from oaksend.models.tables import Message
 from oaksend.errors import ValidationError
 
@@ -62,7 +63,8 @@ def test_enqueue_stores_exactly_or_refuses(producer: Any, outbox: Any, serial: s
         assert _count(outbox) == before  # nothing half-written
         return
     row = outbox.get(mid)
-    assert (row.serial_number, row.to_phone, row.body, row.idempotency_key, row.meta) == (serial, to, text, key, meta)
+    assert (row.serial_number, row.to_phone, row.body, row.idempotency_key, row.meta) == (
+        serial, to, text, stored_key(key, None), meta)
     assert row.state == "pending"
 
 
@@ -86,7 +88,8 @@ def test_cli_send_stores_exactly_or_refuses(database_url: str, redis_url: str, o
             code = int(exc.code or 0)
     if code == 0:
         row = outbox.get(json.loads(out.getvalue())["id"])
-        assert (row.serial_number, row.to_phone, row.body, row.idempotency_key) == (serial, to, text, key)
+        assert (row.serial_number, row.to_phone, row.body, row.idempotency_key) == (serial, to, text,
+                                                                                    stored_key(key, None))
         return
     assert code == 2, (code, err.getvalue())
     assert err.getvalue().count("\n") == 1 or err.getvalue().startswith("usage:")

@@ -48,6 +48,7 @@ def make_app(database_url: str, producer: Any) -> Any:
         db.drop_all()
         db.create_all()
     app.extensions["visit_model"] = Visit
+    app.extensions["oaksend_test_db"] = db
     return app
 
 
@@ -67,3 +68,5 @@ def test_flask_requests_commit_or_roll_back_their_message(database_url: str, pro
     make_stack(workers=1)
     wait_until(lambda: len(sandbox.requests()) >= 2, 30, what="both committed messages to reach the API")
     assert sorted(r["to_phone_number"] for r in sandbox.requests()) == phones
+    with app.app_context():
+        app.extensions["oaksend_test_db"].engine.dispose()  # its pooled connections, closed

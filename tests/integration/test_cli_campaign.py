@@ -66,7 +66,9 @@ def test_create_show_pause_resume_cancel(ccli: Cli) -> None:
     again = ccli("campaign", "pause", cid)
     assert again.code == 1 and "is paused" in one_line(again.err)
     assert ccli("campaign", "resume", cid, "--json").json()["released"] == 4
-    assert ccli("campaign", "cancel", cid, "--json").json()["cancelled"] == 4
+    refused = ccli("campaign", "cancel", cid)  # a cancel always asks: no terminal, no --yes
+    assert refused.code == 2 and "--yes" in one_line(refused.err)
+    assert ccli("campaign", "cancel", cid, "--yes", "--json").json()["cancelled"] == 4
     listed = ccli("campaign", "list", "--json").json()
     assert {c["id"]: c["state"] for c in listed}[int(cid)] == "cancelled"
     missing = ccli("campaign", "show", "999999")
@@ -109,10 +111,10 @@ def test_preview_writes_nothing_and_shows_local_and_utc(ccli: Cli) -> None:
     before = count(ccli, "messages")
     result = ccli("campaign", "preview", *base_args(path), "--json")
     assert result.code == 0, result.err
-    first, second = result.json()
-    # a 415 number: Los Angeles; the appointment is read in that zone
-    assert first["send_at_local"] == "2030-05-31T10:00:00-07:00" and first["send_at_utc"] == "2030-05-31T17:00:00+00:00"
-    assert second["send_at_local"] == "2030-06-01T08:00:00-07:00"
+    first, second = result.json()["preview"]
+    # a 415 number in a New York campaign: the appointment is read in the campaign's zone (not the phone's)
+    assert first["send_at_local"] == "2030-05-31T10:00:00-04:00" and first["send_at_utc"] == "2030-05-31T14:00:00+00:00"
+    assert second["send_at_local"] == "2030-06-01T08:00:00-04:00" and first["quiet_zones"] == ["America/Los_Angeles"]
     assert first["text"] == "Hi Ann, your visit is Sat 10:00"
     assert (first["segments"], first["encoding"]) == (1, "GSM-7")
     people = ccli("campaign", "preview", *base_args(path))
@@ -120,7 +122,7 @@ def test_preview_writes_nothing_and_shows_local_and_utc(ccli: Cli) -> None:
     assert count(ccli, "messages") == before
     cid = ccli("campaign", "create", *base_args(path), "--json").json()["id"]
     stored = ccli("campaign", "preview", str(cid), "--json", "--limit", "1").json()
-    assert stored == [first]
+    assert stored["preview"] == [first]
 
 
 def test_update_from_a_new_file(ccli: Cli) -> None:
@@ -129,7 +131,8 @@ def test_update_from_a_new_file(ccli: Cli) -> None:
     moved = audience(ccli.cwd, [f"+12125550100,Ann,{later(5)}"], "u2.csv")
     result = ccli("campaign", "update", cid, "--audience", moved, "--json")
     assert result.code == 0, result.err
-    assert result.json() == {"id": int(cid), "added": 2, "cancelled": 4, "changed": 0, "skipped": {}}
+    assert result.json() == {"id": int(cid), "dry_run": False, "added": 2, "revived": 0, "cancelled": 4, "changed": 0,
+                             "skipped": {}, "recipients": {"added": 0, "changed": 1, "removed": 1}}
     assert ccli("campaign", "show", cid, "--json").json()["messages"] == {"pending": 2, "cancelled": 4}
 
 

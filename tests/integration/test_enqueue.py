@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -12,6 +13,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
+from oaksend.models.keyhash import stored_key
 from oaksend.models.repository import Outbox
 from tests.support import CHATBOT, private_redis_server
 from oaksend.worker.enqueue import Producer
@@ -342,7 +344,7 @@ def test_a_large_batch_stores_every_field_exactly(producer: Producer, outbox: Ou
         row = outbox.get(mid)
         assert row is not None
         assert (row.serial_number, row.to_phone, row.body, row.idempotency_key, row.meta) == (
-            req.serial_number, req.to, req.text, req.idempotency_key, req.metadata)
+            req.serial_number, req.to, req.text, stored_key(req.idempotency_key, None), req.metadata)
         assert (row.next_attempt_at, row.deadline_at, row.state, row.attempts) == (req.send_at, req.deadline,
                                                                                    "pending", 0)
     with reader.connect() as conn:  # no metadata is JSON null, as a single send stores it
@@ -422,8 +424,11 @@ def test_the_on_conflict_fallback_skips_a_taken_key(pg_producer: Producer) -> No
     with outbox.session() as s:
         conn = s.connection().connection.driver_connection
         ids = pg_bulk.take_ids(conn, None, table, len(rows))
-        got = pg_bulk.insert_many(conn, None, table, ids, [_values(r, now) for r in rows])
+        got = pg_bulk.insert_many(conn, None, table, ids,
+                                  [_values(replace(r, idempotency_key=stored_key(r.idempotency_key, None)), now)
+                                   for r in rows])
     assert got[5] is None and all(g == i for k, (g, i) in enumerate(zip(got, ids)) if k != 5)
     with outbox.session() as s:
         assert s.scalar(text("SELECT count(*) FROM oaksend_messages")) == len(rows)
-        assert s.scalar(text("SELECT id FROM oaksend_messages WHERE idempotency_key = 'k5'")) == stored
+        assert s.scalar(text("SELECT id FROM oaksend_messages WHERE idempotency_key = :k"),
+                        {"k": stored_key("k5", None)}) == stored

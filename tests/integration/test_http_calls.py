@@ -167,7 +167,7 @@ def test_after_close_every_future_still_resolves() -> None:
 
 def test_the_request_id_reaches_the_api_and_its_record() -> None:
     ids = [uuid.uuid4().hex for _ in range(5)]
-    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url) as control:
+    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url, KEY) as control:
         t = transport(base_url)
         try:
             results = [f.result(30) for f in t.submit_each(
@@ -266,7 +266,7 @@ def test_a_mock_transport_can_stand_in_for_the_api() -> None:
 def test_calls_of_many_threads_at_once() -> None:
     """Celery's threads hand groups over concurrently: every future gets its own call's outcome."""
     out: dict[int, list[CallResult]] = {}
-    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url) as control:
+    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url, KEY) as control:
         t = transport(base_url)
 
         def group(k: int) -> None:

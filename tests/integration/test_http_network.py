@@ -134,7 +134,7 @@ def proxy() -> Iterator[ForwardProxy]:
 
 def test_every_request_goes_through_the_proxy_of_the_environment(
         clean_proxy_env: pytest.MonkeyPatch, proxy: ForwardProxy) -> None:
-    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url) as control:  # control: built before
+    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url, KEY) as control:  # control: built before
         clean_proxy_env.setenv("HTTP_PROXY", proxy.url)  # the proxy is set, so it talks to the sandbox directly
         results = send(base_url, 20)
         records = control.requests()
@@ -157,7 +157,7 @@ def test_a_proxy_that_is_down_means_the_request_never_left(clean_proxy_env: pyte
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url) as control:
+    with running_sandbox(api_key=KEY) as base_url, SandboxControl(base_url, KEY) as control:
         clean_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
         [result] = send(base_url)
         assert control.requests() == []

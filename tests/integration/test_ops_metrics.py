@@ -48,7 +48,7 @@ def test_metrics_move_after_real_sends_and_logs_are_json(database_url: str, sand
                                  "-n", f"metrics-{uuid.uuid4().hex[:6]}@%h"])
         stack.wait_ready()
         before = scrape(w_port)
-        assert value(before, "oaksend_sends_total", verdict="sent", chatbot=CHATBOT) == 0
+        assert value(before, "oaksend_sends_total", verdict="sent") == 0
 
         sandbox.script("+14155550171", ["503"])  # retry, then sent
         sandbox.script("+14155550172", ["400"])  # final
@@ -62,13 +62,14 @@ def test_metrics_move_after_real_sends_and_logs_are_json(database_url: str, sand
 
         def settled() -> bool:
             s = scrape(w_port)
-            return (value(s, "oaksend_sends_total", verdict="sent", chatbot=CHATBOT) == 4
-                    and value(s, "oaksend_sends_total", verdict="final", chatbot=CHATBOT) == 1)
+            return (value(s, "oaksend_sends_total", verdict="sent") == 4
+                    and value(s, "oaksend_sends_total", verdict="final") == 1)
 
         wait_until(settled, 30, 0.2, "the worker's send counters")
         w = scrape(w_port)
-        assert value(w, "oaksend_sends_total", verdict="retry", chatbot=CHATBOT) == 1
+        assert value(w, "oaksend_sends_total", verdict="retry") == 1
         assert value(w, "oaksend_api_latency_seconds_count") == 6  # one observation per API call
+        assert not any(("chatbot", CHATBOT) in labels for _name, labels in w)  # no chatbot label by default
         assert value(w, "oaksend_api_latency_seconds_sum") > 0
         assert len(sandbox.requests()) == 6
 
@@ -127,7 +128,7 @@ def test_throttles_and_pauses_are_counted(pg_database: str, sandbox: Sandbox, tm
     # A slow chatbot: 1 message/s, so a burst of 4 waits for its rate; a 429 pauses it.
     env = stack_env(pg_database, sandbox, queue=f"oaksend-metrics-{uuid.uuid4().hex[:8]}",
                     OAKSEND_DEFAULT_RATE_PER_S="2", OAKSEND_DEFAULT_BURST="1", OAKSEND_MAX_TOKEN_WAIT_S="0.1",
-                    OAKSEND_DISPATCH_LOOKAHEAD_S="2")
+                    OAKSEND_DISPATCH_LOOKAHEAD_S="2", OAKSEND_METRICS_CHATBOTS="5")
     stack = Stack(env, tmp_path)
     w_port = free_port()
     try:
@@ -143,12 +144,15 @@ def test_throttles_and_pauses_are_counted(pg_database: str, sandbox: Sandbox, tm
 
         def done() -> bool:
             s = scrape(w_port)
-            return value(s, "oaksend_sends_total", verdict="sent", chatbot=CHATBOT) == 4
+            return value(s, "oaksend_sends_total", verdict="sent") == 4
 
         wait_until(done, 40, 0.3, "four messages sent")
         s = scrape(w_port)
-        assert value(s, "oaksend_pauses_total", chatbot=CHATBOT) == 1
-        assert value(s, "oaksend_throttles_total", chatbot=CHATBOT) >= 1
+        assert value(s, "oaksend_pauses_total") == 1
+        assert value(s, "oaksend_throttles_total") >= 1
+        # The opt-in per-chatbot series (OAKSEND_METRICS_CHATBOTS): the chatbot, or `other` before a scrape chose it.
+        assert value(s, "oaksend_chatbot_pauses_total", chatbot=CHATBOT) + value(
+            s, "oaksend_chatbot_pauses_total", chatbot="other") == 1
     finally:
         stack.stop()
 

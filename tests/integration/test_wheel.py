@@ -89,7 +89,8 @@ def test_the_wheels_only_top_level_package_is_oaksend(installed: Installed) -> N
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert top == {"oaksend"}
     for needed in ("oaksend/__init__.py", "oaksend/py.typed", "oaksend/worker/cli/__init__.py", "oaksend/models/repository/enqueue.py",
-                   "oaksend/migrations/env.py", "oaksend/migrations/script.py.mako", "oaksend/sandbox/server.py"):
+                   "oaksend/migrations/env.py", "oaksend/migrations/script.py.mako", "oaksend/sandbox/server.py",
+                   "oaksend/web/templates/story.html", "oaksend/web/static/app.js", "oaksend/web/static/app.css"):
         assert needed in names
     assert any(n.startswith("oaksend/migrations/versions/") and n.endswith(".py") for n in names)
     assert not any(n.startswith("tests/") or n.startswith("bench/") for n in names)

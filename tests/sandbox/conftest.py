@@ -38,7 +38,7 @@ def shared_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox
 @pytest.fixture(scope="session")
 def shared_client(shared_sandbox: SandboxProcess) -> Iterator[httpx.Client]:
     # One client for the session: building an httpx.Client costs tens of ms (its SSL context).
-    with httpx.Client(base_url=shared_sandbox.base_url, timeout=5.0) as c:
+    with httpx.Client(base_url=shared_sandbox.base_url, timeout=5.0, headers={"X-Sandbox-Key": KEY}) as c:
         yield c
 
 

@@ -65,7 +65,9 @@ def test_bad_limits(value: str) -> None:
 def test_precedence_flag_then_env_then_default() -> None:
     env = {"SANDBOX_P_503": "0.25", "SANDBOX_SEED": "9", "SANDBOX_API_KEY": "", "NEWOAKS_API_KEY": "nk"}
     config = load_config(["--seed", "3"], env)
-    assert (config.seed, config.p_503, config.api_key, config.port) == (3, 0.25, "nk", 8099)
+    # NEWOAKS_API_KEY is oaksend's (perhaps a real key): the sandbox never takes it as its own.
+    assert (config.seed, config.p_503, config.api_key, config.port) == (3, 0.25, "sandbox-key", 8099)
+    assert load_config([], {"SANDBOX_API_KEY": "env"}).api_key == "env"
     assert load_config(["--api-key", "flag"], {"SANDBOX_API_KEY": "env", "NEWOAKS_API_KEY": "nk"}).api_key == "flag"
     assert load_config([], {}).api_key == "sandbox-key"
 

@@ -42,7 +42,7 @@ def test_sigint_while_a_request_hangs(sandbox_factory, tmp_path: Path) -> None: 
 def test_environment_configures_and_flags_win(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
     env = {"SANDBOX_API_KEY": "env-key", "SANDBOX_P_503": "1", "SANDBOX_P_500": "0", "SANDBOX_LIMITS": "SN1=5:1,SN2=20:2"}
     sandbox = sandbox_factory("--p-500", "1", "--p-503", "0", env=env)
-    with SandboxControl(sandbox.base_url) as control, httpx.Client(base_url=sandbox.base_url) as client:
+    with SandboxControl(sandbox.base_url, "env-key") as control, httpx.Client(base_url=sandbox.base_url) as client:
         config = control.config()
         assert send(client, key="env-key").status_code == 500
     assert (config["p_500"], config["p_503"]) == (1.0, 0.0)
@@ -50,15 +50,18 @@ def test_environment_configures_and_flags_win(sandbox_factory) -> None:  # type:
     assert config["port"] != 0
 
 
-def test_newoaks_api_key_is_the_fallback(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+def test_newoaks_api_key_is_not_the_sandboxs(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    # oaksend's key (perhaps a real one) in the environment is not accepted, and opens no control endpoint.
     sandbox = sandbox_factory(env={"NEWOAKS_API_KEY": "project-key"})
     with httpx.Client(base_url=sandbox.base_url) as client:
-        assert send(client, key="project-key").status_code == 200
+        assert send(client, key="project-key").status_code == 401
+        assert send(client, key="sandbox-key").status_code == 200
+        assert client.get("/_sandbox/requests", headers={"X-Sandbox-Key": "project-key"}).status_code == 401
 
 
 def test_repeated_limit_flags(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
     sandbox = sandbox_factory("--limit", "SN1=5", "--limit", "SN2=0.5:3", "--default-limit", "2:1", env={"SANDBOX_LIMITS": "SN9=1"})
-    with SandboxControl(sandbox.base_url) as control:
+    with SandboxControl(sandbox.base_url) as control:  # started without a key: the default one, on loopback
         config = control.config()
     assert (config["limits"], config["default_limit"]) == ({"SN1": "5:1", "SN2": "0.5:3"}, "2:1")
 
@@ -86,7 +89,7 @@ def test_debug_log_masks_numbers_and_never_shows_the_key(sandbox_factory) -> Non
     with httpx.Client(base_url=sandbox.base_url) as client:
         send(client)
         send(client, key="wrong")
-        client.post("/_sandbox/config", json={"api_key": "another-secret"})
+        client.post("/_sandbox/config", json={"api_key": "another-secret"}, headers={"X-Sandbox-Key": KEY})
     assert sandbox.stop() == 0
     log = sandbox.log()
     assert "to=+1555****111" in log

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 import oaksend
 from oaksend import (
+    AsyncProducer,
+    AsyncStatus,
     ConfigError,
     IdempotencyConflict,
     MessagePage,
@@ -50,6 +52,14 @@ def check(settings: Settings, message_id: int) -> str:
         counts: dict[str, int] = status.counts()
     state: str = message.state
     return f"{state} {len(page.messages)} {sum(counts.values())}"
+
+
+async def book_async(settings: Settings, chatbot: str, phone: str) -> str:
+    async with AsyncProducer(settings) as producer, AsyncStatus(settings) as status:
+        message_id: int = await producer.send(chatbot, phone, "See you at 10:00", idempotency_key="appt-982")
+        ids: list[int] = await producer.send_many([SendRequest(chatbot, phone, "Tomorrow")])
+        message: MessageStatus = await status.get_message(message_id)
+        return f"{message.state} {len(ids)}"
 
 
 def main() -> None:

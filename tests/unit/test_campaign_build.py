@@ -57,7 +57,7 @@ def test_the_fast_message_line_is_the_reference_row(key: str, first_name: str, q
                           {"booking": key, "phone": "+14155550123", "first_name": first_name, "appt": "2026-12-01T10:00"})
     planned = Planned("-7200s@20261201T150000Z", datetime(2026, 12, 1, 13, tzinfo=UTC),
                       datetime(2026, 12, 1, 15, tzinfo=UTC), f"Hi {first_name}\t\\ " + "x" * 170)
-    row = message_row(7, CHATBOT, recipient, planned, quiet, NOW)
+    row = message_row(7, CHATBOT, recipient, planned, quiet, NOW, key_secret=None)
     assert tuple(row) == MESSAGE_COLUMNS
     assert builder(True)._message_line(recipient, planned, quiet) == copy_line(row.values())
     reference = {"campaign_id": 7, "key": key, "phone": recipient.phone, "tz": recipient.zone.key, "data": recipient.values}

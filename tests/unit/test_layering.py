@@ -36,7 +36,8 @@ PURE = ("oaksend.worker.message", "oaksend.worker.delivery.classify", "oaksend.w
 IMPURE_LIBRARIES = ("httpx", "httpcore", "h11", "redis", "sqlalchemy", "celery", "kombu", "psycopg", "alembic")
 #: The HTTP stack: only newoaks' client imports it (httpx; nothing of ours below its client API).
 HTTP_LIBRARIES = ("httpx", "httpcore", "h11")
-HTTP_HOMES = {"oaksend.worker.newoaks.client"}
+#: The two outside ports that speak HTTP: the NewOaks API, and the status webhooks' receivers (issue 22).
+HTTP_HOMES = {"oaksend.worker.newoaks.client", "oaksend.worker.webhooks.client"}
 HTTPX_HOME = "oaksend.worker.newoaks.client"
 #: Modules the process that only publishes (the dispatcher) must never load.
 SEND_STACK = ("oaksend.worker.delivery.sender", "oaksend.worker.newoaks.client", "oaksend.worker.delivery.classify")
@@ -225,7 +226,7 @@ def http_outside_newoaks(tree: Tree) -> list[str]:
         for i in tree.imports(name):
             if _in(i.target, HTTP_LIBRARIES) and name not in HTTP_HOMES:
                 out.append(f"{name} imports {i.target} (line {i.line}): only newoaks' client talks HTTP")
-            elif _in(i.target, {"httpx"}) and name != HTTPX_HOME:
+            elif _in(i.target, {"httpx"}) and name not in HTTP_HOMES:
                 out.append(f"{name} imports httpx (line {i.line}): only {HTTPX_HOME} does")
     return out
 

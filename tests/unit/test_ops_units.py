@@ -35,17 +35,17 @@ def test_sparkline() -> None:
 
 
 def test_child_commands() -> None:
+    # No store URL on a command line (settings go by environment: tests/integration/test_run_secrets.py).
     cmds = child_commands(workers=2, concurrency=4, metrics_port=9100, log_format="json", log_level="INFO",
-                          scheduler=True, global_args=["--database-url", "sqlite:///x.db"])
+                          scheduler=True)
     assert [name for name, _ in cmds] == ["dispatcher", "worker0", "worker1", "scheduler"]
-    assert cmds[0][1] == ["--database-url", "sqlite:///x.db", "dispatcher", "--log-level", "INFO",
-                          "--log-format", "json", "--metrics-port", "9100"]
-    assert cmds[1][1][2:] == ["worker", "--concurrency", "4", "--log-level", "INFO", "--log-format", "json",
-                              "--metrics-port", "9101", "-n", "worker0@%h"]
+    assert cmds[0][1] == ["dispatcher", "--log-level", "INFO", "--log-format", "json", "--metrics-port", "9100"]
+    assert cmds[1][1] == ["worker", "--concurrency", "4", "--log-level", "INFO", "--log-format", "json",
+                          "--metrics-port", "9101", "-n", "worker0@%h"]
     assert cmds[2][1][-4:] == ["--metrics-port", "9102", "-n", "worker1@%h"]
-    assert cmds[3][1] == ["--database-url", "sqlite:///x.db", "scheduler", "--log-level", "INFO"]
+    assert cmds[3][1] == ["scheduler", "--log-level", "INFO", "--log-format", "json"]
     bare = child_commands(workers=1, concurrency=8, metrics_port=None, log_format=None, log_level="INFO",
-                          scheduler=False, global_args=[])
+                          scheduler=False)
     assert bare == [("dispatcher", ["dispatcher", "--log-level", "INFO"]),
                     ("worker0", ["worker", "--concurrency", "8", "--log-level", "INFO", "-n", "worker0@%h"])]
 

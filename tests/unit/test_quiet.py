@@ -15,7 +15,7 @@ from oaksend.worker.message.quiet import (
     from_compact,
     next_allowed,
     parse_window,
-    recipient_zone,
+    recipient_zones,
 )
 
 NY = ZoneInfo("America/New_York")
@@ -81,7 +81,7 @@ def test_parse_window_refuses(text: str) -> None:
 def test_compact_round_trip() -> None:
     value = compact(NIGHT, NY)
     assert value == "21:00-08:00 America/New_York"
-    assert from_compact(value) == (NIGHT, NY)
+    assert from_compact(value) == (NIGHT, (NY,))
     assert compact(None, NY) is None
 
 
@@ -108,23 +108,23 @@ def test_at_send_without_quiet_hours_sends() -> None:
 
 
 @pytest.mark.parametrize(
-    ("row_zone", "phone", "expected"),
+    ("row_zone", "phone", "home", "quiet"),
     [
-        ("Europe/Paris", "+14155550123", "Europe/Paris"),  # the row wins
-        ("", "+14155550123", "America/Los_Angeles"),  # one zone for a 415 number
-        (None, "+12125550100", "America/New_York"),
-        (None, "+33612345678", "Europe/Paris"),
-        (None, "+447911123456", "America/Chicago"),  # four zones for a UK mobile: the campaign's
-        (None, "+79123456789", "America/Chicago"),
+        ("Europe/Paris", "+14155550123", "Europe/Paris", ["Europe/Paris"]),  # the row wins
+        ("", "+14155550123", "America/Chicago", ["America/Los_Angeles"]),  # a 415 number: quiet hours there
+        (None, "+12125550100", "America/Chicago", ["America/New_York"]),
+        (None, "+33612345678", "America/Chicago", ["Europe/Paris"]),
+        (None, "+18687531234", "America/Chicago", ["America/Port_of_Spain"]),  # a Trinidad mobile: its region's
     ],
 )
-def test_recipient_zone(row_zone: str | None, phone: str, expected: str) -> None:
-    assert recipient_zone(row_zone, phone, ZoneInfo("America/Chicago")).key == expected
+def test_recipient_zones(row_zone: str | None, phone: str, home: str, quiet: list[str]) -> None:
+    zones = recipient_zones(row_zone, phone, ZoneInfo("America/Chicago"))
+    assert (zones.home.key, [z.key for z in zones.quiet], zones.fallback) == (home, quiet, "")
 
 
-def test_recipient_zone_refuses_a_bad_row_zone() -> None:
+def test_recipient_zones_refuses_a_bad_row_zone() -> None:
     with pytest.raises(ValidationError, match="^tz_col: 'Moon/Base' is not an IANA"):
-        recipient_zone("Moon/Base", "+14155550123", NY, "tz_col")
+        recipient_zones("Moon/Base", "+14155550123", NY, "tz_col")
 
 
 def test_windows_do_not_drift_over_a_year() -> None:

@@ -78,10 +78,11 @@ def test_local_to_utc(wall: datetime, tz: ZoneInfo, expected: datetime) -> None:
         # every 30 minutes through the gap: the skipped 02:00/02:30 land on 03:00/03:30 and count once
         ("*/30 * * * *", NY, utc(2026, 3, 8, 5, 59), utc(2026, 3, 8, 7, 59),
          [utc(2026, 3, 8, 6), utc(2026, 3, 8, 6, 30), utc(2026, 3, 8, 7), utc(2026, 3, 8, 7, 30)]),
-        # ... and through the repeated hour: each wall time once (01:00 and 01:30 EDT only)
+        # ... and through the repeated hour: a wildcard hour runs by the wall clock, so 01:00 and
+        # 01:30 fire in EDT and again in EST (tests/unit/test_cron_dst.py)
         ("*/30 * * * *", NY, utc(2026, 11, 1, 3, 59), utc(2026, 11, 1, 7, 1),
          [utc(2026, 11, 1, 4), utc(2026, 11, 1, 4, 30), utc(2026, 11, 1, 5), utc(2026, 11, 1, 5, 30),
-          utc(2026, 11, 1, 7)]),
+          utc(2026, 11, 1, 6), utc(2026, 11, 1, 6, 30), utc(2026, 11, 1, 7)]),
         # the leap day, once every four years
         ("0 9 29 2 *", NY, utc(2026, 1, 1), utc(2029, 1, 1), [utc(2028, 2, 29, 14)]),
         # a window excludes its start and includes its end

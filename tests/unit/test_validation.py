@@ -1,10 +1,12 @@
-"""validate(): input that passes is stored exactly; every refusal names its field on one line."""
+"""validate(): input that passes is stored exactly (the number in its one canonical E.164 spelling);
+every refusal names its field on one line."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import phonenumbers
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -228,6 +230,7 @@ _any_char = st.characters(exclude_categories=())  # includes lone surrogates and
 phones = st.one_of(
     st.sampled_from(_VALID_PHONES),
     st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True),
+    st.from_regex(r"\+(44|49|33|61|39|7)0[1-9][0-9]{7,9}", fullmatch=True),  # trunk zeros typed after the code
     st.text(alphabet=st.sampled_from("+0123456789 -()"), max_size=18),
     st.text(_any_char, max_size=20),
 )
@@ -253,7 +256,9 @@ def test_validate_stores_exactly_or_raises_validation_error(serial: str, to: str
         assert "\n" not in str(exc)
         return
     assert row.serial_number == serial
-    assert row.to_phone == to
+    # The number's one spelling: what phonenumbers formats as E.164 (a trunk zero after the code dropped).
+    assert row.to_phone == phonenumbers.format_number(
+        phonenumbers.parse(to, None), phonenumbers.PhoneNumberFormat.E164)
     assert row.body == text
     assert row.segments == count_segments(text) >= 1
     assert row.next_attempt_at == NOW

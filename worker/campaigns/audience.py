@@ -1,38 +1,43 @@
 """A campaign's audience: recipients read from CSV (streamed) or given from Python as dicts.
 
-CSV: UTF-8 with or without a byte-order mark, a header row, RFC 4180 quoting
-(commas and newlines inside quotes), empty cells allowed. Rows are read one at
-a time, so 100,000 rows take no more memory than a handful. Each recipient has
-a key (a column; default the phone), an E.164 phone, an optional time-zone
-column, and any other columns, which templates may use.
+CSV: `read_csv` (oaksend.worker.campaigns.csvfile): a file either means one
+thing or is refused, naming its line. Each recipient has a key (a column;
+default the phone), a phone, an optional time-zone column, and any other
+columns, which templates may use. A phone has one spelling, canonical E.164
+(the producer's `check_phone`): `+44 (0)7911 123456` and `+4407911123456` are
+read as `+447911123456`; what a spreadsheet did to a number (`1.21256E+10`,
+`12125550130.0`, a dropped `+`) is refused with a hint, since its meaning is lost.
 
-Problems are `RowError` values (row number as a spreadsheet shows it, the header
+Problems are `RowError` values (row number as the file's line number, the header
 being row 1; the column; why), collected so an operator sees them all at once.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 
 from oaksend.errors import ValidationError
+from oaksend.worker.campaigns.csvfile import MAX_COLUMNS, problem_of, read_csv
+from oaksend.worker.logs import mask_phone
 from oaksend.worker.message import phone as fast_phone
-from oaksend.worker.message.quiet import recipient_zone
+from oaksend.worker.message.quiet import RecipientZones, recipient_zones
+from oaksend.worker.message.validation import E164_RE, check_phone
 
 MAX_KEY_CHARS = 150
-MAX_COLUMNS = 100
 MAX_CELL_CHARS = 2000
-#: CSV fields may be long (a note column), but not unbounded.
-csv.field_size_limit(64 * 1024)
-#: Where a row's surplus cell count is kept (a name no header can have).
-_EXTRA = "\x00extra"
+#: What spreadsheets make of a phone number typed without care; each is refused with its hint.
+_SCIENTIFIC = re.compile(r"[0-9](?:[.,][0-9]+)?[eE]\+?[0-9]+")
+_DOT_ZERO = re.compile(r"\+?[0-9]+[.,]0+")
+_NO_PLUS = re.compile(r"[0-9]{7,15}")
+#: A number written with its + and spaces, dashes, dots or brackets (`+44 (0)7911 123-456`).
+_FORMATTED = re.compile(r"\+[0-9][0-9 ().-]*[0-9]")
+_AS_TEXT = "format the column as Text in the spreadsheet and type the numbers with their +"
 
 
 @dataclass(frozen=True)
@@ -62,94 +67,29 @@ class RowError:
 
 @dataclass(frozen=True)
 class Recipient:
-    """A checked recipient: key, phone, zone, and every column's text."""
+    """A checked recipient: key, phone, zone (its row's, else the campaign's), and every column's text.
+
+    `zones` holds where quiet hours apply (the number's candidate zones), when known."""
 
     key: str
     phone: str
     zone: ZoneInfo
     values: dict[str, str]
+    zones: RecipientZones | None = None
 
 
 class AudienceError(ValidationError):
     """The audience has bad rows; `errors` lists them (the message shows the first few)."""
 
-    def __init__(self, errors: list[RowError], total: int) -> None:
+    #: Bad rows the one-line message names.
+    SHOWN = 5
+
+    def __init__(self, errors: list[RowError], total: int, see_all: str = "") -> None:
         self.errors = errors
         self.total = total
-        shown = "; ".join(str(e) for e in errors[:5])
-        more = f" (and {total - 5} more)" if total > 5 else ""
+        shown = "; ".join(str(e) for e in errors[:self.SHOWN])
+        more = f" (and {total - self.SHOWN} more{'; ' + see_all if see_all else ''})" if total > self.SHOWN else ""
         super().__init__("audience", f"{total} bad row{'s' if total != 1 else ''}: {shown}{more}")
-
-
-def read_csv(path: str | Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
-    """Open a CSV audience: its header and an iterator of (row number, {column: text})."""
-    try:
-        # Undecodable bytes become lone surrogates, so the row that holds them can be named.
-        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115 - _rows closes it
-    except OSError as exc:
-        raise ValidationError("audience", f"cannot read {str(path)!r}: {exc.strerror}") from None
-    try:
-        header = _header(handle)
-    except BaseException:
-        handle.close()
-        raise
-    return header, _rows(handle, header)
-
-
-def _header(handle: io.TextIOBase) -> list[str]:
-    try:
-        first = next(csv.reader(handle), None)
-    except csv.Error as exc:
-        raise ValidationError("audience", f"row 1: {exc}") from None
-    if not first or not any(c.strip() for c in first):
-        raise ValidationError("audience", "has no header row")
-    if not _is_utf8("".join(first)):
-        raise ValidationError("audience", "row 1: is not UTF-8 text")
-    header = [c.strip() for c in first]
-    if len(header) > MAX_COLUMNS:
-        raise ValidationError("audience", f"has more than {MAX_COLUMNS} columns")
-    for i, name in enumerate(header):
-        if not name:
-            raise ValidationError("audience", f"row 1: column {i + 1} has no name")
-        if name in header[:i]:
-            raise ValidationError("audience", f"row 1: column {name!r} appears twice")
-    return header
-
-
-def _rows(handle: Any, header: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    reader = csv.reader(handle)
-    row_no = 1
-    try:
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                raise ValidationError("audience", f"row {row_no + 1}: {exc}") from None
-            row_no += 1
-            text = "".join(cells)
-            if not _is_utf8(text):
-                raise ValidationError("audience", f"row {row_no}: is not UTF-8 text")
-            if not text.strip():
-                continue  # a blank line (or only separators and spaces)
-            if len(cells) == len(header):
-                values = dict(zip(header, cells, strict=True))
-            else:
-                values = {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(header)}
-                if len(cells) > len(header):
-                    values[_EXTRA] = str(len(cells) - len(header))
-            yield row_no, values
-    finally:
-        handle.close()
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def from_dicts(rows: Iterable[dict[str, Any]]) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
@@ -191,8 +131,9 @@ def check_columns(header: list[str], spec: AudienceSpec, needed: Iterable[str]) 
 
 def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_tz: ZoneInfo) -> Recipient:
     """One row -> Recipient, or raise RowProblem with the first problem."""
-    if _EXTRA in values:
-        raise RowProblem(RowError(row_no, "", f"has {values[_EXTRA]} more cells than the header"))
+    problem = problem_of(values)
+    if problem is not None:
+        raise RowProblem(RowError(row_no, *problem))
     joined = "".join(values.values())
     if len(joined) > MAX_CELL_CHARS or "\x00" in joined:  # the whole row first: one check, not one per cell
         for column, text in values.items():
@@ -200,40 +141,63 @@ def check_row(row_no: int, values: dict[str, str], spec: AudienceSpec, campaign_
                 raise RowProblem(RowError(row_no, column, f"is longer than {MAX_CELL_CHARS} characters"))
             if "\x00" in text:
                 raise RowProblem(RowError(row_no, column, "contains a NUL character"))
-    phone = values.get(spec.phone_column, "").strip()
     try:
-        parsed, kind = _parse_phone(phone)
+        # One number, one spelling: keys, STOP and caps compare the canonical E.164.
+        phone, parsed, kind = read_phone(values.get(spec.phone_column, "").strip())
     except ValidationError as exc:
         raise RowProblem(RowError(row_no, spec.phone_column, exc.message)) from None
-    key = values.get(spec.key, "").strip()
+    key = phone if spec.key == spec.phone_column else values.get(spec.key, "").strip()
     if not key:
         raise RowProblem(RowError(row_no, spec.key, "is empty (every recipient needs a key)"))
     if len(key) > MAX_KEY_CHARS:
         raise RowProblem(RowError(row_no, spec.key, f"is longer than {MAX_KEY_CHARS} characters"))
     try:
-        tz = recipient_zone(values.get(spec.tz_column) if spec.tz_column else None, phone, campaign_tz,
-                            spec.tz_column or "tz", parsed=parsed, kind=kind)
+        zones = recipient_zones(values.get(spec.tz_column) if spec.tz_column else None, phone, campaign_tz,
+                                spec.tz_column or "tz", parsed=parsed, kind=kind)
     except ValidationError as exc:
         raise RowProblem(RowError(row_no, spec.tz_column or "tz", exc.message)) from None
     clean = dict(values)
     clean[spec.phone_column] = phone
-    return Recipient(key, phone, tz, clean)
+    return Recipient(key, phone, zones.home, clean, zones)
 
 
-def _parse_phone(phone: str) -> tuple[phonenumbers.PhoneNumber, int]:
-    """The producer's phone rules (oaksend.worker.message.validation), parsing the number once for the zone too."""
-    from oaksend.worker.message.validation import E164_RE, check_phone
-
-    if not E164_RE.fullmatch(phone):
-        check_phone(phone)  # raises with the producer's message and hint
+def read_phone(text: str) -> tuple[str, phonenumbers.PhoneNumber, int]:
+    """(canonical E.164, parsed, number type) of a phone cell; ValidationError with a hint if it is not one."""
+    if not E164_RE.fullmatch(text):
+        text = _unformatted(text)
     try:
-        parsed, kind = fast_phone.parse_and_type(phone)
+        parsed, kind = fast_phone.parse_and_type(text)
     except phonenumbers.NumberParseException:
         raise ValidationError("to", "is not a phone number") from None
     if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         # number_type is UNKNOWN exactly when is_valid_number is False (both match the region's patterns).
         raise ValidationError("to", "is not a valid phone number for its country code")
-    return parsed, kind
+    if fast_phone.e164(parsed, text) != text:
+        # Another spelling of a number (a trunk zero: +4407911...): the producer's rules say which is the one.
+        text = check_phone(text)
+        parsed, kind = fast_phone.parse_and_type(text)
+    return text, parsed, kind
+
+
+def _unformatted(text: str) -> str:
+    """A cell that is not `+` and digits: the number it surely means, or the reason it means none."""
+    if _FORMATTED.fullmatch(text):
+        return "+" + "".join(c for c in text if c.isdigit())
+    if _SCIENTIFIC.fullmatch(text):
+        raise ValidationError("to", "is a number in scientific notation (like 1.21256E+10), as a spreadsheet shows a "
+                                    f"long number: its last digits are lost; {_AS_TEXT}")
+    if _DOT_ZERO.fullmatch(text):
+        raise ValidationError("to", f"ends in '.0', as a spreadsheet writes a number: {_AS_TEXT}")
+    if _NO_PLUS.fullmatch(text):
+        hint = ""
+        try:
+            if fast_phone.is_valid(fast_phone.parse_e164("+" + text)):
+                hint = f"; did you mean {mask_phone('+' + text)}?"
+        except phonenumbers.NumberParseException:
+            pass
+        raise ValidationError("to", "is not an E.164 number: it has no + (a spreadsheet drops it from numbers: "
+                                    f"{_AS_TEXT}){hint}")
+    return check_phone(text)  # refuses, with the producer's message and hint
 
 
 class RowProblem(Exception):
@@ -244,5 +208,5 @@ class RowProblem(Exception):
         self.error = error
 
 
-__all__ = ["AudienceError", "AudienceSpec", "Recipient", "RowError", "RowProblem", "check_columns", "check_row",
-           "from_dicts", "read_csv"]
+__all__ = ["MAX_COLUMNS", "AudienceError", "AudienceSpec", "Recipient", "RowError", "RowProblem", "check_columns",
+           "check_row", "from_dicts", "read_csv", "read_phone"]

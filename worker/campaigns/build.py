@@ -29,14 +29,23 @@ from typing import Any
 
 from oaksend.errors import ValidationError
 from oaksend.worker.campaigns.audience import AudienceSpec, Recipient, RowError, RowProblem, check_row
-from oaksend.worker.campaigns.plan import BULK, MESSAGE_COLUMNS, CampaignPlan, Planned, idempotency_key, message_row
+from oaksend.worker.campaigns.plan import (
+    BULK,
+    FALLBACK,
+    MESSAGE_COLUMNS,
+    CampaignPlan,
+    Planned,
+    idempotency_key,
+    message_row,
+)
 from oaksend.worker.campaigns.spec import BAD_ROWS
 from oaksend.worker.message.segments import count_segments
 
 #: Audience rows per batch handed to a worker (and per COPY).
 BATCH = 2000
-#: Bad rows kept to show (all are counted): per batch, and the caller keeps the first of all batches.
-MAX_ERRORS_KEPT = 100
+#: Bad rows kept to show: every one (the CLI's --json lists them all); a bound only against a runaway
+#: file (about 200 bytes each). All are counted.
+MAX_ERRORS_KEPT = 1_000_000
 RECIPIENT_COLUMNS = ("campaign_id", "key", "phone", "tz", "data")
 
 Rows = list[tuple[int, dict[str, str]]]
@@ -87,6 +96,9 @@ class Builder:
                 continue  # nothing will be written: only look for more bad rows
             if skipped:
                 out.counts.update(skipped)
+            zones = plan.zones_of(recipient)
+            if zones.fallback:
+                out.counts[FALLBACK + zones.fallback] += 1
             if self.copy_text:
                 out.recipients.append(self._recipient_line(recipient))
             else:
@@ -95,13 +107,14 @@ class Builder:
             if recipient.phone in self.suppressed:
                 out.counts["suppressed"] += len(planned)
                 continue
-            zone = recipient.zone.key
-            quiet = quiet_of[zone] if zone in quiet_of else quiet_of.setdefault(zone, plan.quiet_compact(recipient))
+            token = zones.token
+            quiet = quiet_of[token] if token in quiet_of else quiet_of.setdefault(token, plan.quiet_compact(recipient))
             for p in planned:
                 if self.copy_text:
                     out.messages.append(self._message_line(recipient, p, quiet))
                 else:
-                    out.messages.append(message_row(self.campaign_id, self.chatbot, recipient, p, quiet, now))
+                    out.messages.append(message_row(self.campaign_id, self.chatbot, recipient, p, quiet, now,
+                                                    key_secret=plan.key_secret))
         if out.errors:
             out.recipients, out.messages = [], []
         return out
@@ -114,7 +127,7 @@ class Builder:
     def _message_line(self, recipient: Recipient, p: Planned, quiet: str | None) -> str:
         """copy_line(message_row(...).values()), written out: a third of the time (tests compare the two)."""
         cid = self.campaign_id
-        key = idempotency_key(cid, recipient.key, p.occurrence)
+        key = idempotency_key(cid, recipient.key, p.occurrence, self.plan.key_secret)
         meta = f'{{"campaign": {cid}, "recipient": {_json(recipient.key)}, "occurrence": {_json(p.occurrence)}}}'
         now = _timestamptz(self.now)
         return (f"{_escape(self.chatbot)}\t{_escape(recipient.phone)}\t{_escape(p.body)}\t{count_segments(p.body)}"

@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from oaksend.errors import ValidationError
+from oaksend.models.keyhash import digest
 from oaksend.models.records import PRIORITIES
 from oaksend.worker.campaigns.audience import Recipient
 from oaksend.worker.campaigns.schedule import (
@@ -23,14 +24,21 @@ from oaksend.worker.campaigns.schedule import (
     Relative,
     Schedule,
     anchor_at,
-    cron_times,
+    cron_occurrences,
     occurrence_label,
     once_at,
     relative_times,
     zone,
 )
 from oaksend.worker.campaigns.template import Template
-from oaksend.worker.message.quiet import QuietHours, compact, next_allowed, parse_window
+from oaksend.worker.message.quiet import (
+    QuietHours,
+    RecipientZones,
+    compact,
+    next_allowed_in_all,
+    parse_window,
+    recipient_zones,
+)
 from oaksend.worker.message.segments import count_segments
 from oaksend.worker.message.validation import MAX_BODY_CHARS
 
@@ -42,6 +50,9 @@ DEFAULT_DEADLINE = timedelta(hours=3)
 BULK = PRIORITIES.index("bulk")
 #: Skip causes shown by `campaign show`.
 CAUSES = ("quiet_hours", "deadline", "missed", "suppressed", "frequency_cap")
+#: A skip-count key for recipients whose quiet hours fell back to the campaign's zone, by cause
+#: (e.g. "campaign_zone:number_has_no_zone"): counted once per recipient when a campaign is created.
+FALLBACK = "campaign_zone:"
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,10 @@ class CampaignPlan:
     quiet: QuietHours | None
     deadline: timedelta | None
     missed: str = "send"
+    #: The audience's zone column: a row that fills it is in that zone, whatever its number says.
+    tz_column: str | None = None
+    #: OAKSEND_KEY_HASH_SECRET: message keys hold a keyed digest of the recipient's key (oaksend.models.keyhash).
+    key_secret: str | None = None
 
     def occurrences(self, recipient: Recipient, now: datetime, *, window: tuple[datetime, datetime] | None = None,
                     row: int | None = None) -> tuple[list[Planned], Counter[str]]:
@@ -72,6 +87,7 @@ class CampaignPlan:
         """
         prefix = f"row {row}, column " if row is not None else ""
         times: list[tuple[str, datetime, datetime]] = []
+        superseded = 0
         if isinstance(self.schedule, Once):
             at = once_at(self.schedule, self.tz)
             times.append((occurrence_label(at), at, at + (self.deadline or DEFAULT_DEADLINE)))
@@ -89,10 +105,16 @@ class CampaignPlan:
             assert isinstance(self.schedule, Cron)
             if window is None:
                 return [], Counter()
-            for at in cron_times(self.schedule.expr, self.tz, *window):
-                times.append((occurrence_label(at), at, at + (self.deadline or DEFAULT_DEADLINE)))
+            for at, following in cron_occurrences(self.schedule.expr, self.tz, *window):
+                if following is not None and following <= now:
+                    superseded += 1  # catch-up sends the latest missed occurrence only
+                    continue
+                # Moot once the next occurrence is due (schedule.cron_occurrences).
+                deadline = at + (self.deadline or DEFAULT_DEADLINE)
+                times.append((occurrence_label(at), at, deadline if following is None else min(deadline, following)))
         body = self.render(recipient, prefix)
-        skipped: Counter[str] = Counter()
+        zones = self.zones_of(recipient).quiet
+        skipped: Counter[str] = Counter({"missed": superseded} if superseded else {})
         out: list[Planned] = []
         for label, at, deadline in times:
             if at < now:
@@ -103,13 +125,10 @@ class CampaignPlan:
             if at >= deadline:
                 skipped["deadline"] += 1
                 continue
-            allowed = _next_allowed(at, self.quiet, recipient.zone)
-            if allowed >= deadline:
+            allowed = _next_allowed(at, self.quiet, zones)
+            if allowed is None or allowed >= deadline:
                 skipped["quiet_hours"] += 1
                 continue
-            if self.missed == "skip":
-                # Skipping missed sends holds at send time too: an outage later must not send this late.
-                deadline = min(deadline, allowed + MISSED_GRACE)
             out.append(Planned(label, allowed, deadline, body))
         return out, skipped
 
@@ -124,7 +143,15 @@ class CampaignPlan:
         return body
 
     def quiet_compact(self, recipient: Recipient) -> str | None:
-        return compact(self.quiet, recipient.zone)
+        return compact(self.quiet, self.zones_of(recipient).token)
+
+    def zones_of(self, recipient: Recipient) -> RecipientZones:
+        """Where quiet hours hold for this recipient (a stored recipient's are worked out again)."""
+        if recipient.zones is not None:
+            return recipient.zones
+        if self.tz_column and recipient.values.get(self.tz_column, "").strip():
+            return recipient_zones(recipient.zone.key, recipient.phone, self.tz)
+        return _phone_zones(recipient.phone, recipient.zone)
 
 
 #: The frequency cap's window: at most N campaign messages per number within this much of each other.
@@ -151,17 +178,18 @@ def apply_frequency_cap(rows: list[dict[str, Any]], existing: dict[str, list[dat
     return kept, skipped
 
 
-def idempotency_key(campaign_id: int, recipient_key: str, occurrence: str) -> str:
-    """One key per (campaign, recipient, occurrence); the key's length keeps 'a' and 'a:b' apart."""
-    return f"{recipient_prefix(campaign_id, recipient_key)}{occurrence}"
+def idempotency_key(campaign_id: int, recipient_key: str, occurrence: str, secret: str | None) -> str:
+    """One key per (campaign, recipient, occurrence); the digest's fixed length keeps 'a' and 'a:b' apart."""
+    return f"{recipient_prefix(campaign_id, recipient_key, secret)}{occurrence}"
 
 
-def recipient_prefix(campaign_id: int, recipient_key: str) -> str:
-    return f"oaksend-campaign:{campaign_id}:{len(recipient_key)}:{recipient_key}:"
+def recipient_prefix(campaign_id: int, recipient_key: str, secret: str | None) -> str:
+    """The start of every key of one recipient: its key (often the phone number) only as a keyed digest."""
+    return f"oaksend-campaign:{campaign_id}:{digest(recipient_key, secret)}:"
 
 
 def message_row(campaign_id: int, chatbot: str, recipient: Recipient, planned: Planned, quiet: str | None,
-                now: datetime) -> dict[str, Any]:
+                now: datetime, *, key_secret: str | None) -> dict[str, Any]:
     """An outbox row for a planned message (the repository inserts it as is)."""
     return {
         "serial_number": chatbot,
@@ -174,7 +202,7 @@ def message_row(campaign_id: int, chatbot: str, recipient: Recipient, planned: P
         "ambiguous": 0,
         "next_attempt_at": planned.send_at,
         "deadline_at": planned.deadline_at,
-        "idempotency_key": idempotency_key(campaign_id, recipient.key, planned.occurrence),
+        "idempotency_key": idempotency_key(campaign_id, recipient.key, planned.occurrence, key_secret),
         "metadata": {"campaign": campaign_id, "recipient": recipient.key, "occurrence": planned.occurrence},
         "campaign_id": campaign_id,
         "priority": BULK,
@@ -192,10 +220,29 @@ MESSAGE_COLUMNS = ("serial_number", "to_phone", "body", "segments", "state", "at
 
 #: next_allowed for planned times (always UTC, so equal keys are the same instant in the same form):
 #: send times repeat (appointment slots), and the zones are few.
-_next_allowed = lru_cache(maxsize=4096)(next_allowed)
+_next_allowed = lru_cache(maxsize=4096)(next_allowed_in_all)
+#: A stored recipient's zones (cron ticks, updates): the number is parsed once per process.
+_phone_zones = lru_cache(maxsize=65536)(lambda phone, home: recipient_zones(None, phone, home))
 
 
-def plan_from_row(campaign: Any, template: Template, schedule: Schedule) -> CampaignPlan:
+def summary(counts: Counter[str] | dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(messages skipped by cause, recipients that fell back to the campaign's zone by cause) of a skip count."""
+    skipped = {k: n for k, n in sorted(counts.items()) if n and not k.startswith(FALLBACK) and k.isprintable()}
+    fallback = {k[len(FALLBACK):]: n for k, n in sorted(counts.items()) if n and k.startswith(FALLBACK)}
+    return skipped, fallback
+
+
+def why_empty(skipped: dict[str, int], recipients: int) -> str:
+    """One line saying why a campaign has no message to write."""
+    if not recipients:
+        return "the audience has no recipients"
+    if not skipped:
+        return f"{recipients} recipient(s), but the schedule gives no occurrence"
+    causes = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in skipped.items())
+    return f"{recipients} recipient(s), every message skipped ({causes})"
+
+
+def plan_from_row(campaign: Any, template: Template, schedule: Schedule, *, key_secret: str | None) -> CampaignPlan:
     """A CampaignPlan from a stored campaign row."""
     return CampaignPlan(
         name=campaign.name,
@@ -205,7 +252,10 @@ def plan_from_row(campaign: Any, template: Template, schedule: Schedule) -> Camp
         quiet=parse_window(campaign.quiet_hours or "off"),
         deadline=timedelta(seconds=campaign.deadline_s) if campaign.deadline_s else None,
         missed=campaign.missed,
+        tz_column=campaign.tz_column,
+        key_secret=key_secret,
     )
 
 
-__all__ = ["CAUSES", "CampaignPlan", "Planned", "idempotency_key", "message_row", "plan_from_row", "recipient_prefix"]
+__all__ = ["CAUSES", "FALLBACK", "CampaignPlan", "Planned", "idempotency_key", "message_row", "plan_from_row",
+           "recipient_prefix", "summary", "why_empty"]

@@ -15,9 +15,16 @@ Daylight-saving rules (the same for every kind of schedule):
   change, which reads as the same distance past the gap (03:30 EDT). This is
   what zoneinfo does with ``fold=0`` and what cron daemons do.
 - A wall time that a fall-back day repeats (01:30 on 1 November 2026 in New
-  York) fires once, at its first occurrence (``fold=0``, EDT).
+  York) fires once, at its first occurrence (``fold=0``, EDT), unless it comes
+  from a cron whose hour field is a wildcard (``*``, ``*/2``): those run by the
+  clock on the wall all day, so the repeated hour fires again (01:30 EDT and
+  01:30 EST), as Vixie cron runs its wildcard jobs. An hourly cron fires every
+  real hour of a 25-hour day, and 24 times on a 23-hour day.
 - Two cron occurrences that land on the same instant (a skipped 02:30 and a real
   03:30) are one occurrence: occurrences are identified by their UTC instant.
+- Offsets (``--before appointment_at:1d``) are fixed durations: ``1d`` is 24
+  hours, so a reminder 1d before 10:00 on the day after a change reads 09:00 or
+  11:00 on the wall.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from oaksend.errors import ValidationError
 
@@ -72,7 +79,7 @@ def zone(name: str, field: str = "tz") -> ZoneInfo:
         raise ValidationError(field, f"{name!r} is not an IANA time zone (e.g. America/New_York)")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of zones ("America")
         raise ValidationError(field, f"{name!r} is not an IANA time zone (e.g. America/New_York)") from None
 
 
@@ -130,6 +137,8 @@ def parse_schedule(*, at: str | None = None, before: str | None = None, cron: st
     expr = " ".join(cron.split())
     if len(expr.split(" ")) != 5 or not croniter.is_valid(expr):
         raise ValidationError("cron", f"{cron!r} is not a five-field cron expression (e.g. '0 9 * * MON')")
+    if cron_next(expr, ZoneInfo("UTC"), datetime(2000, 1, 1, tzinfo=UTC)) is None:
+        raise ValidationError("cron", f"{cron!r} never fires (a date that does not exist)")
     return Cron(expr)
 
 
@@ -173,21 +182,99 @@ def cron_times(expr: str, tz: ZoneInfo, after_utc: datetime, until_utc: datetime
 
     The expression walks local wall-clock time (naive), so each wall time is
     visited once; `local_to_utc` maps skipped and repeated wall times as the
-    module docstring says.
+    module docstring says (a wildcard hour also fires the repeated one). Cached:
+    a tick asks once per recipient, with the same window.
     """
-    # Walk a little wider in wall time: an offset change moves wall times against instants.
-    start_wall = after_utc.astimezone(tz).replace(tzinfo=None) - timedelta(hours=3)
-    end_wall = until_utc.astimezone(tz).replace(tzinfo=None) + timedelta(hours=3)
+    return list(_cron_times(expr, tz, after_utc, until_utc))
+
+
+@lru_cache(maxsize=256)
+def _cron_times(expr: str, tz: ZoneInfo, after_utc: datetime, until_utc: datetime) -> tuple[datetime, ...]:
+    # Walk a little wider in wall time near an offset change: it moves wall times against instants.
+    start_wall = after_utc.astimezone(tz).replace(tzinfo=None) - _margin(tz, after_utc)
+    end_wall = until_utc.astimezone(tz).replace(tzinfo=None) + _margin(tz, until_utc)
+    wildcard_hour = expr.split(" ")[1].startswith("*")
     it = croniter(expr, start_wall)
     found: set[datetime] = set()
     while True:
-        wall = it.get_next(datetime)
+        try:
+            wall = it.get_next(datetime)
+        except CroniterBadDateError:  # a date that never comes ("0 9 30 2 *")
+            break
         if wall > end_wall:
             break
+        instants = [local_to_utc(wall, tz)]
+        if wildcard_hour and _repeated(wall, tz):
+            instants.append(wall.replace(tzinfo=tz, fold=1).astimezone(UTC))
+        found.update(i for i in instants if after_utc < i <= until_utc)
+    return tuple(sorted(found))
+
+
+#: No offset change moves a wall time further than this against its instant.
+_SHIFT = timedelta(hours=3)
+
+
+def _margin(tz: ZoneInfo, instant: datetime) -> timedelta:
+    """How much wider to walk wall time around `instant`: nothing where the offset is steady."""
+    steady = (instant - _SHIFT).astimezone(tz).utcoffset() == (instant + _SHIFT).astimezone(tz).utcoffset()
+    return timedelta(0) if steady else _SHIFT
+
+
+def _repeated(wall: datetime, tz: ZoneInfo) -> bool:
+    """A wall time that happens twice (fall-back): both folds exist and name different instants."""
+    first, second = wall.replace(tzinfo=tz, fold=0), wall.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return False
+    # In a gap both folds exist on paper too; a repeated time reads back as itself in both.
+    return all(d.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == wall for d in (first, second))
+
+
+#: How far `cron_next` looks: "0 9 29 2 *" may wait 8 years (2096 -> 2104 has no 29 February).
+_CRON_REACH = (timedelta(days=2), timedelta(days=40), timedelta(days=400), timedelta(days=366 * 9))
+
+
+def cron_next(expr: str, tz: ZoneInfo, after_utc: datetime) -> datetime | None:
+    """The first occurrence strictly after `after_utc` (None if there is none within 9 years)."""
+    if not _margin(tz, after_utc):
+        # The offset is steady around `after_utc`: the next wall time is the next instant, if it is near.
+        try:
+            wall = croniter(expr, after_utc.astimezone(tz).replace(tzinfo=None)).get_next(datetime)
+        except CroniterBadDateError:
+            return None
         instant = local_to_utc(wall, tz)
-        if after_utc < instant <= until_utc:
-            found.add(instant)
-    return sorted(found)
+        if instant <= after_utc + _SHIFT:
+            return instant
+    for reach in _CRON_REACH:
+        times = cron_times(expr, tz, after_utc, after_utc + reach)
+        if times:
+            return times[0]
+    return None
+
+
+def cron_upcoming(expr: str, tz: ZoneInfo, after_utc: datetime, n: int) -> list[datetime]:
+    """The next `n` occurrences after `after_utc` (fewer if the cron is that rare)."""
+    out: list[datetime] = []
+    at: datetime | None = after_utc
+    while at is not None and len(out) < n:
+        at = cron_next(expr, tz, at)
+        if at is not None:
+            out.append(at)
+    return out
+
+
+@lru_cache(maxsize=256)
+def cron_occurrences(expr: str, tz: ZoneInfo, after_utc: datetime,
+                     until_utc: datetime) -> tuple[tuple[datetime, datetime | None], ...]:
+    """Each occurrence in (after_utc, until_utc] with the one that follows it (None: none in 9 years).
+
+    A cron message is moot once the next occurrence is due: its deadline stops there, so
+    after any downtime (scheduler, dispatcher, pause) only the latest missed one is sent.
+    """
+    times = _cron_times(expr, tz, after_utc, until_utc)
+    if not times:
+        return ()
+    following: list[datetime | None] = [*times[1:], cron_next(expr, tz, times[-1])]
+    return tuple(zip(times, following, strict=True))
 
 
 def occurrence_label(instant_utc: datetime) -> str:
@@ -214,7 +301,52 @@ def spread(times: list[datetime], rate_per_s: float | None) -> list[datetime]:
     return out
 
 
+def spread_deadlines(rows: list[tuple[datetime, datetime | None, datetime | None]],
+                     rate_per_s: float | None) -> list[tuple[datetime, datetime | None]]:
+    """`spread` for messages (send time, deadline, hard limit), sorted by send time: each message
+    spaced later by the rate cap gets its deadline moved by as much, never past its hard limit
+    (a reminder's appointment). Returns (send time, deadline) in the same order."""
+    times = spread([at for at, _, _ in rows], rate_per_s)
+    out: list[tuple[datetime, datetime | None]] = []
+    for (old, deadline, limit), new in zip(rows, times, strict=True):
+        if deadline is not None and new != old:
+            deadline = deadline + (new - old)
+            if limit is not None:
+                deadline = min(deadline, limit)
+        out.append((new, deadline))
+    return out
+
+
+def late_at_rate(rows: list[tuple[datetime, datetime | None]], rate_per_s: float, now: datetime) -> int:
+    """How many messages (send time, deadline; sorted by send time) cannot go out before their
+    deadline at `rate_per_s`, even with nothing else on the chatbot: certain to expire."""
+    late = 0
+    for (_, deadline), at in zip(rows, spread([max(at, now) for at, _ in rows], rate_per_s), strict=True):
+        if deadline is not None and at >= deadline:
+            late += 1
+    return late
+
+
+def finish_at(times: list[datetime], rate_per_s: float, now: datetime) -> datetime | None:
+    """When the last of these send times (sorted) goes out at `rate_per_s`: a campaign's ETA."""
+    if not times:
+        return None
+    return spread([max(t, now) for t in times], rate_per_s)[-1]
+
+
+def anchor_of(occurrence: str) -> datetime | None:
+    """The appointment of a relative occurrence label ('-7200s@20261220T150000Z'), else None."""
+    _, sep, stamp = occurrence.partition("@")
+    if not sep:
+        return None
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 __all__ = [
-    "Cron", "Once", "Relative", "Schedule", "anchor_at", "cron_times", "local_to_utc", "occurrence_label",
-    "once_at", "parse_duration", "parse_schedule", "relative_times", "spread", "zone",
+    "Cron", "Once", "Relative", "Schedule", "anchor_at", "anchor_of", "cron_next", "cron_occurrences", "cron_times",
+    "cron_upcoming", "finish_at", "late_at_rate", "local_to_utc", "occurrence_label", "once_at", "parse_duration",
+    "parse_schedule", "relative_times", "spread", "spread_deadlines", "zone",
 ]

@@ -8,7 +8,13 @@ even while no scheduler runs.
 One instance is active at a time (a Redis lock with a TTL it renews, like the
 dispatcher's); others stand by. If two ever tick at once (Redis lost the lock),
 nothing is sent twice: every occurrence has one idempotency key and is inserted
-with ON CONFLICT DO NOTHING, and state changes are conditional updates.
+with ON CONFLICT DO NOTHING, and state changes are conditional updates. A long
+tick (an occurrence of 100,000 recipients) renews the lock between pages of
+work, and stops if another scheduler took it over.
+
+Nothing one campaign does stops the scheduler: the tick marks a campaign it
+cannot tick (`last_error`) and goes on, and an error the tick did not expect is
+logged and the next tick runs as usual.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class Scheduler:
         while not stop.is_set():
             try:
                 if self.hold_lock():
-                    stats = self.campaigns.tick(horizon=self.horizon)
+                    stats = self.campaigns.tick(horizon=self.horizon, keep_alive=self.hold_lock)
                     if stats:
                         log.info("tick: %s", stats)
                 last_error = ""
@@ -75,6 +81,9 @@ class Scheduler:
                 if text != last_error:
                     log.warning("scheduler: a service is unavailable (%s); retrying", text)
                 last_error = text
+            except Exception:  # the scheduler outlives any one tick's surprise
+                log.exception("scheduler: the tick failed; the next one runs as usual")
+                last_error = ""
             stop.wait(self.tick_s)
         self.release_lock()
         log.info("scheduler %s stopped", self.name)

@@ -50,16 +50,18 @@ from oaksend.worker.campaigns.audience import (
     from_dicts,
 )
 from oaksend.worker.campaigns.build import MAX_ERRORS_KEPT, RECIPIENT_COLUMNS, Builder, Built, build_all, planned_for
+from oaksend.worker.campaigns.caps import capped
 from oaksend.worker.campaigns.plan import (
-    CAP_WINDOW,
     DEFAULT_DEADLINE,
     MESSAGE_COLUMNS,
     CampaignPlan,
     Planned,
-    apply_frequency_cap,
     plan_from_row,
+    summary,
+    why_empty,
 )
-from oaksend.worker.campaigns.schedule import Cron, Once, once_at, parse_duration, spread, zone
+from oaksend.worker.campaigns.previews import Previews
+from oaksend.worker.campaigns.schedule import Once, once_at, parse_duration, zone
 from oaksend.worker.campaigns.spec import (
     BAD_ROWS,
     CRON_HORIZON,
@@ -86,7 +88,7 @@ log = logging.getLogger(__name__)
 ANALYZE_AFTER = 5000
 
 
-class Campaigns(AudienceSync, CronTicks):
+class Campaigns(AudienceSync, CronTicks, Previews):
     """The campaign service: create, preview, update, pause, resume, cancel, and the scheduler's tick."""
 
     def __init__(self, settings: Settings, *, outbox: Outbox | None = None, redis_client: redis.Redis | None = None,
@@ -122,7 +124,8 @@ class Campaigns(AudienceSync, CronTicks):
                 raise ValidationError("rate_cap",
                                       f"{spec.rate_cap_per_s:g}/s is above the chatbot's limit ({limit:g}/s)")
         return CampaignPlan(spec.name.strip(), template, spec.schedule, tz, parse_window(spec.quiet_hours),
-                            deadline, spec.missed)
+                            deadline, spec.missed, tz_column=spec.audience.tz_column,
+                            key_secret=self.settings.key_secret)
 
     def _chatbot_rate(self, chatbot: str) -> float:
         row = self.outbox.chatbots([chatbot]).get(chatbot)
@@ -183,8 +186,9 @@ class Campaigns(AudienceSync, CronTicks):
                 "materialized_until": window[1] if window else None, "created_at": now, "updated_at": now,
             })
             result.id = cid
+            capping = bool(spec.frequency_cap or self.settings.frequency_cap)  # rows as dicts: the caps read them
             builder = Builder(plan, spec.audience, cid, spec.chatbot, now, window, frozenset(suppressed),
-                              copy_text=self.outbox.is_postgres() and not spec.frequency_cap)
+                              copy_text=self.outbox.is_postgres() and not capping)
             # Rows are built on every core (forked before the writer's thread starts); the database
             # stores each batch while the next one is built (models.repository.bulk).
             batches = build_all(builder, rows, parallel=builder.copy_text,
@@ -210,12 +214,17 @@ class Campaigns(AudienceSync, CronTicks):
             if result.recipients == 0:
                 s.rollback()
                 raise ValidationError("audience", "has no recipients")
+            if not result.messages and kind != "cron" and not spec.allow_empty:
+                s.rollback()  # (a cron campaign's first occurrence may lie beyond the horizon)
+                why = why_empty(summary(counts)[0], result.recipients)
+                raise ValidationError("campaign", f"would write 0 messages: {why} (--allow-empty to create it anyway)")
             del counts[BAD_ROWS]
             result.skipped = counts
             self.outbox.set_campaign(s, cid, ("draft", "scheduled"), now, recipients=result.recipients,
                                      skipped=dict(counts))
             if spec.rate_cap_per_s:
-                self._spread(s, cid, spec.rate_cap_per_s)
+                self._spread(s, cid, spec.rate_cap_per_s)  # deadlines move with the send times
+            result.expiring = self.expiring(s, cid, spec.chatbot, spec.rate_cap_per_s, now)
             if spec.draft:
                 self.outbox.hold_campaign(s, cid, now)  # in this transaction: never visible unheld
         if result.messages >= ANALYZE_AFTER:
@@ -231,28 +240,15 @@ class Campaigns(AudienceSync, CronTicks):
         result.recipients += len(built.recipients)
         self.outbox.copy_recipients(writer, built.recipients, RECIPIENT_COLUMNS)
         rows = built.messages
-        if cap:
+        if cap or self.settings.frequency_cap:
             rows = writer.call(lambda s: self._capped(s, built.messages, cap, counts))
         self.outbox.copy_campaign_messages(writer, rows, MESSAGE_COLUMNS)
         result.messages += len(rows)
 
     def _capped(self, s: Session, rows: list[dict[str, Any]], cap: int | None,
                 counts: Counter[str]) -> list[dict[str, Any]]:
-        """The rows the frequency cap lets through (all of them without a cap); the others are counted."""
-        if not cap or not rows:
-            return rows
-        lo = min(r["next_attempt_at"] for r in rows) - CAP_WINDOW
-        hi = max(r["next_attempt_at"] for r in rows) + CAP_WINDOW
-        existing = self.outbox.campaign_times(s, [r["to_phone"] for r in rows], lo, hi)
-        kept, skipped = apply_frequency_cap(rows, existing, cap)
-        counts["frequency_cap"] += skipped
-        return kept
-
-    def _spread(self, s: Session, cid: int, rate_per_s: float) -> None:
-        rows = self.outbox.pending_times(s, cid)
-        times = spread([at for _, at in rows], rate_per_s)
-        moved = [(mid, new) for (mid, old), new in zip(rows, times, strict=True) if new != old]
-        self.outbox.spread_campaign(s, cid, moved)
+        """The rows the frequency caps (the campaign's, the deployment's) let through; the others are counted."""
+        return capped(self.outbox, s, rows, cap, self.settings.frequency_cap, counts)
 
     # -- preview --------------------------------------------------------------------------
     def preview(self, spec: CampaignSpec, audience: Any, limit: int = 5) -> list[dict[str, Any]]:
@@ -260,7 +256,7 @@ class Campaigns(AudienceSync, CronTicks):
         header, rows = from_dicts(audience) if isinstance(audience, list) else audience
         plan = self._plan(spec, header)
         now = self.clock()
-        window = (now - timedelta(seconds=1), now + CRON_HORIZON) if isinstance(spec.schedule, Cron) else None
+        window = self.preview_window(spec.schedule, plan.tz, now, limit)
         return self._preview(plan, rows, spec.audience, now, window, limit)
 
     def preview_id(self, campaign_id: int, limit: int = 5) -> list[dict[str, Any]]:
@@ -268,7 +264,7 @@ class Campaigns(AudienceSync, CronTicks):
         campaign = self._get(campaign_id)
         plan, spec = self._stored(campaign)
         now = self.clock()
-        window = (now - timedelta(seconds=1), now + CRON_HORIZON) if campaign.schedule_kind == "cron" else None
+        window = self.preview_window(plan.schedule, plan.tz, now, limit)
 
         def rows() -> Iterator[tuple[int, dict[str, str]]]:
             n = 0
@@ -287,6 +283,7 @@ class Campaigns(AudienceSync, CronTicks):
         for recipient, planned in self._recipients(rows, spec, plan, now, errors, counts, window):
             for p in planned:
                 out.append({"recipient": recipient.key, "to": recipient.phone, "zone": recipient.zone.key,
+                            "quiet_zones": [z.key for z in plan.zones_of(recipient).quiet],
                             "send_at_local": p.send_at.astimezone(recipient.zone).isoformat(),
                             "send_at_utc": p.send_at.isoformat(), "deadline_utc": p.deadline_at.isoformat(),
                             "text": p.body, "segments": count_segments(p.body), "encoding": encoding(p.body)})
@@ -309,7 +306,7 @@ class Campaigns(AudienceSync, CronTicks):
         header = [c for c in (campaign.phone_column, campaign.key_column, campaign.tz_column) if c]
         # Stored templates were checked against the audience at creation; check names only loosely now.
         template = parse_template(campaign.template, placeholder_names(campaign.template) + header)
-        return plan_from_row(campaign, template, schedule), spec
+        return plan_from_row(campaign, template, schedule, key_secret=self.settings.key_secret), spec
 
     def get(self, campaign_id: int) -> Any:
         return self._get(campaign_id)
@@ -329,20 +326,16 @@ class Campaigns(AudienceSync, CronTicks):
         deadline_expired = sum(n for reason, n in expired.items() if not reason.startswith("quiet hours"))
         if deadline_expired:
             skipped["deadline_at_send"] = deadline_expired
-        first, pending = self.outbox.campaign_next_send(campaign_id)
+        first, _ = self.outbox.campaign_next_send(campaign_id)
         held = first is not None and first.replace(tzinfo=None) >= PAUSED_AFTER
-        rate = min(self._chatbot_rate(c.serial_number), c.rate_cap_per_s or float("inf"))
-        now = self.clock()
-        eta = None
-        if pending and first is not None and not held:
-            eta = max(first, now) + timedelta(seconds=pending / rate)
+        first, eta = (None, None) if held else self.next_send(c, first, self.clock())
         kind, data = c.schedule_kind, c.schedule
         return {
             "id": c.id, "name": c.name, "chatbot": c.serial_number, "state": c.state,
             "schedule": {"kind": kind, **data}, "tz": c.tz, "quiet_hours": c.quiet_hours or "off",
             "deadline_s": c.deadline_s, "rate_cap_per_s": c.rate_cap_per_s, "frequency_cap": c.frequency_cap,
             "missed": c.missed, "recipients": c.recipients, "messages": counts, "skipped": skipped,
-            "next_send_at": None if first is None or held else first.isoformat(),
+            "next_send_at": None if first is None else first.isoformat(), "last_error": c.last_error,
             "eta": eta.isoformat() if eta else None, "priority": "bulk",
             "created_at": c.created_at.isoformat(), "updated_at": c.updated_at.isoformat(),
         }

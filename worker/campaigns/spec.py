@@ -43,6 +43,8 @@ class CampaignSpec:
     frequency_cap: int | None = None
     #: Write everything, but hold it until `Campaigns.start` (state "draft").
     draft: bool = False
+    #: Create it even when it would write no message (a relative or once campaign; cron may start empty).
+    allow_empty: bool = False
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Result:
     cancelled: int = 0
     moved: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    #: Messages written that are certain to expire: even alone on the chatbot, at its limit (or the
+    #: campaign's rate cap), they cannot go out before their deadlines (create warns).
+    expiring: int = 0
 
 
 def schedule_json(schedule: Schedule) -> tuple[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from oaksend.worker.cli import campaign, chatbot, messages, ops, processes
+from oaksend.worker.cli import api, campaign, chatbot, messages, ops, processes, web
 from oaksend.worker.cli.common import EXIT_NOT_FOUND, EXIT_PARTIAL, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main"]
@@ -36,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     processes.add_sandbox(sub)
     campaign.add_commands(sub)  # campaign, scheduler
     ops.add_commands(sub)  # health, stats, audit, resolve, purge, run; options of worker, retry, ...
+    web.add_commands(sub)  # web, web add-user
+    api.add_commands(sub)  # api-key, webhook, webhooks
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """The console script. Returns the exit code (see the module docstring)."""
-    import os
-
     from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
     from oaksend.errors import ConfigError, NotFound, OaksendError, ValidationError
@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in ("worker", "sandbox"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = [a for a in extra if a != "--"] if args.command == "worker" else extra
-    if getattr(args, "actor", "unset") is None:
-        args.actor = os.environ.get("USER") or None
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

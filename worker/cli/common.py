@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["EXIT_NOT_FOUND", "EXIT_OK", "EXIT_PARTIAL", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError",
-           "outbox_of", "parse_when", "settings_of"]
+           "login_name", "outbox_of", "parse_when", "resolve_actor", "settings_of"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -21,7 +21,8 @@ class CliError(Exception):
 
 
 def settings_of(args: argparse.Namespace) -> Any:
-    """The settings, with --database-url / --redis-url applied."""
+    """The settings, with --database-url / --redis-url applied; and, for a command that takes
+    `--actor`, `args.actor` resolved (never empty: see `resolve_actor`)."""
     from oaksend.worker.settings import load_settings
 
     overrides = {}
@@ -29,7 +30,41 @@ def settings_of(args: argparse.Namespace) -> Any:
         overrides["database_url"] = args.database_url
     if getattr(args, "redis_url", None):
         overrides["redis_url"] = args.redis_url
-    return load_settings(**overrides)
+    settings = load_settings(**overrides)
+    if hasattr(args, "actor"):
+        args.actor = resolve_actor(args.actor, settings.actor)
+    return settings
+
+
+#: The audit's actor column holds this many characters.
+ACTOR_MAX = 200
+
+
+def resolve_actor(given: str | None, configured: str | None) -> str:
+    """Who runs an operator command: `--actor`, else OAKSEND_ACTOR, else the login name. Never empty."""
+    if given is not None:
+        given = given.strip()
+        if not given:
+            raise CliError("actor: must not be empty (leave --actor out to use OAKSEND_ACTOR or the login name)")
+        if len(given) > ACTOR_MAX:
+            raise CliError(f"actor: at most {ACTOR_MAX} characters")
+        return given
+    if configured and configured.strip():
+        return configured.strip()
+    return login_name()
+
+
+def login_name() -> str:
+    """The login name: LOGNAME / USER / LNAME / USERNAME, else this uid's entry in the password
+    database (docker exec, systemd and cron often set no USER), else `uid N`."""
+    import getpass
+    import os
+
+    try:
+        name = getpass.getuser().strip()
+    except (OSError, KeyError, ImportError):  # no variable and no password entry (an arbitrary container uid)
+        name = ""
+    return name[:ACTOR_MAX] or f"uid {os.getuid()}"
 
 
 def outbox_of(settings: Any) -> Any:

@@ -7,9 +7,19 @@ import json
 import sys
 from typing import Any
 
+from oaksend.errors import ValidationError
+from oaksend.worker.cli.brakes import (
+    CONFIRM_ABOVE,
+    audited,
+    brake,
+    print_preview,
+    refused_of,
+    sample_rows,
+    selection_of,
+    stop_unless_confirmed,
+)
 from oaksend.worker.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_PARTIAL, CliError, parse_when, settings_of
-from oaksend.worker.cli.ops import audit_bulk, guard_bulk
-from oaksend.worker.cli.render import attempt_dict, iso, message_dict, print_json, table
+from oaksend.worker.cli.render import attempt_dict, iso, message_dict, print_json, printable, table
 
 __all__ = ["add_commands"]
 
@@ -61,8 +71,8 @@ def cmd_show(args: argparse.Namespace) -> int:
               "created_at", "sent_at"):
         if k == "session_id_text" and data[k] is None:
             continue  # only for a SessionID that is not a 64-bit integer
-        print(f"{k:16} {'' if data[k] is None else data[k]}")
-    print(f"{'text':16} {data['text']}")
+        print(f"{k:16} {printable(data[k])}")
+    print(f"{'text':16} {printable(data['text'])}")
     if data["metadata"]:
         print(f"{'metadata':16} {json.dumps(data['metadata'])}")
     print()
@@ -74,7 +84,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     table(rows, ["number", "started_at", "latency_ms", "http_status", "envelope", "session_id",
                   "classification", "reason", "error"])
     for a in data["operator_actions"]:
-        print(f"operator {a['action']} from {a['from_state']} at {a['at']} by {a['actor'] or '-'}")
+        print(printable(f"operator {a['action']} from {a['from_state']} at {a['at']} by {a['actor'] or '-'}"))
     return EXIT_OK
 
 
@@ -115,28 +125,66 @@ def _selected_ids(args: argparse.Namespace, status: Any) -> list[int]:
                              until=parse_when(args.until, "until"))
 
 
+def _rehearse(outbox: Any, verb: str, ids: list[int], actor: str, deadline: Any) -> dict[int, str]:
+    """What `retry` / `cancel` would do now: their own statements, in a transaction rolled back."""
+    from oaksend.worker.clock import utcnow
+
+    now = utcnow()
+    if deadline is not None and deadline <= now:
+        raise ValidationError("deadline", "has already passed")
+    with outbox.rehearsal() as box:
+        if verb == "retry":
+            return dict(box.operator_retry(ids, now, actor, deadline, renew_deadline_at=now))
+        return dict(box.cancel(ids, now, actor))
+
+
+def _brakes(args: argparse.Namespace, outbox: Any, verb: str, ids: list[int], deadline: Any) -> int | None:
+    """Before acting: a dry run reports what would change and ends here; a retry of `unknown`
+    messages or more than CONFIRM_ABOVE changes need confirming. An exit code to stop with, or None."""
+    done = "retried" if verb == "retry" else "cancelled"
+    if args.dry_run:
+        would = _rehearse(outbox, verb, ids, args.actor, deadline)
+        changing = [k for k, v in would.items() if v == done]
+        print_preview(args, verb, len(changing), sample_rows(outbox, changing), selected=len(ids),
+                      refused=refused_of(would, done))
+        return EXIT_OK
+    if args.yes:
+        return None
+    unknown = outbox.state_counts(ids).get("unknown", 0) if verb == "retry" else 0
+    if len(ids) <= CONFIRM_ABOVE and not unknown:
+        return None
+    would = _rehearse(outbox, verb, ids, args.actor, deadline)
+    changing = [k for k, v in would.items() if v == done]
+    if unknown:
+        unknown = outbox.state_counts(changing).get("unknown", 0)
+    return stop_unless_confirmed(args, verb, len(changing), why=brake(len(changing), unknown=unknown))
+
+
 def _apply(args: argparse.Namespace, verb: str) -> int:
     settings = settings_of(args)
     deadline = parse_when(getattr(args, "deadline", None), "deadline")
+    done = "retried" if verb == "retry" else "cancelled"
     with _status(settings) as status:
         ids = _selected_ids(args, status)
         if not ids:
             print("no message matches", file=sys.stderr)
             return EXIT_NOT_FOUND
-        if (stop_with := guard_bulk(args, ids, status.outbox, verb)) is not None:  # --dry-run, confirm
+        if (stop_with := _brakes(args, status.outbox, verb, ids, deadline)) is not None:
             return stop_with
-        done = "retried" if verb == "retry" else "cancelled"
         results: dict[int, str] = {}
         show_progress = len(ids) > BULK_CHUNK and (sys.stderr.isatty() or args.progress)
-        for start in range(0, len(ids), BULK_CHUNK):
-            chunk = ids[start : start + BULK_CHUNK]
-            if verb == "retry":
-                results.update(status.retry(chunk, actor=args.actor, deadline=deadline))
-            else:
-                results.update(status.cancel(chunk, actor=args.actor))
-            if show_progress:
-                print(f"{verb}: {min(start + BULK_CHUNK, len(ids))}/{len(ids)} messages", file=sys.stderr, flush=True)
-        audit_bulk(args, status.outbox, verb, results)
+        with audited(status.outbox, args, verb, selection_of(args), result={"selected": len(ids)}) as audit:
+            for start in range(0, len(ids), BULK_CHUNK):
+                chunk = ids[start : start + BULK_CHUNK]
+                if verb == "retry":
+                    results.update(status.retry(chunk, actor=args.actor, deadline=deadline))
+                else:
+                    results.update(status.cancel(chunk, actor=args.actor))
+                audit.progress(sum(1 for v in results.values() if v == done))
+                if show_progress:
+                    print(f"{verb}: {min(start + BULK_CHUNK, len(ids))}/{len(ids)} messages", file=sys.stderr,
+                          flush=True)
+            audit.result["refused"] = refused_of(results, done)
     if args.json:
         print_json([{"id": k, "result": v} for k, v in results.items()])
     elif len(results) > 50:
@@ -202,7 +250,8 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--since", help="with --state: created at or after (ISO 8601, or relative: --since=-1h)")
         p.add_argument("--until", help="with --state: created before")
         p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
-        p.add_argument("--actor", default=None, help="who did it, for the audit trail (default $USER)")
+        p.add_argument("--actor", default=None,
+                       help="who did it, for the audit (default: OAKSEND_ACTOR, else the login name)")
         if name == "retry":
             p.add_argument("--deadline", help="a new deadline (ISO 8601 or +2h); default: the message's own while "
                                               "still ahead, else now + OAKSEND_DEFAULT_DEADLINE_S")

@@ -1,97 +1,25 @@
 """Operations commands of `oaksend`: health, stats, audit, anomalies, resolve, purge, run; and what they add to others.
 
 `add_commands(sub)` registers them (one line in cli/__init__.py), and gives `retry` and
-`cancel` their `--dry-run` / `--yes` / `--note`, and `worker` and `dispatcher`
-their `--log-format` / `--metrics-port`. Exit codes are cli/common.py's; `health`
+`cancel` their `--dry-run` / `--yes` / `--note` (brakes and audit: cli/brakes.py), and `worker`
+and `dispatcher` their `--log-format` / `--metrics-port`. Exit codes are cli/common.py's; `health`
 exits 0 when healthy and 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 from typing import Any
 
 from oaksend.errors import ValidationError
+from oaksend.worker.cli.brakes import CONFIRM_ABOVE, SAMPLE, audited, confirm, refused_of, stop_unless_confirmed
+from oaksend.worker.cli.brakes import print_preview as _print_preview
+from oaksend.worker.cli.brakes import sample_rows as _sample_rows
 from oaksend.worker.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_PARTIAL, outbox_of, parse_when, settings_of
 from oaksend.worker.cli.render import iso, print_json, table
-
-#: Above this many messages, a selection needs `--yes` (or a "y" at the prompt).
-CONFIRM_ABOVE = 100
-#: Messages shown by a dry run.
-SAMPLE = 10
-
-
-# -- confirmation, dry runs and the audit around retry / cancel ---------------------------------
-def _sample_rows(outbox: Any, ids: list[int]) -> list[dict[str, Any]]:
-    from oaksend.worker.logs import mask_phone
-
-    rows = []
-    for mid in ids[:SAMPLE]:
-        m = outbox.get(mid)
-        if m is None:
-            rows.append({"id": mid, "state": "not found", "chatbot": None, "to": None, "created_at": None})
-        else:
-            rows.append({"id": m.id, "state": m.state, "chatbot": m.serial_number,
-                         "to": mask_phone(m.to_phone) if m.to_phone else "", "created_at": iso(m.created_at)})
-    return rows
-
-
-def _print_preview(args: argparse.Namespace, verb: str, count: int, sample: list[dict[str, Any]]) -> None:
-    if getattr(args, "json", False):
-        print_json({"dry_run": True, "command": verb, "count": count, "sample": sample})
-        return
-    print(f"{verb} --dry-run: {count} messages would be affected; nothing was changed")
-    if sample:
-        table(sample, ["id", "state", "chatbot", "to", "created_at"])
-
-
-def confirm(args: argparse.Namespace, verb: str, count: int) -> bool:
-    """Above CONFIRM_ABOVE messages: --yes, or "y" typed at a terminal; no terminal and no --yes is an error."""
-    if count <= CONFIRM_ABOVE or getattr(args, "yes", False):
-        return True
-    if not sys.stdin.isatty():
-        raise ValidationError("yes", f"{verb} would change {count} messages (more than {CONFIRM_ABOVE}); "
-                       f"pass --yes to confirm, or --dry-run to see them first")
-    print(f"{verb} {count} messages? [y/N] ", end="", file=sys.stderr, flush=True)
-    answer = sys.stdin.readline().strip().lower()
-    return answer in ("y", "yes")
-
-
-def guard_bulk(args: argparse.Namespace, ids: list[int], outbox: Any, verb: str) -> int | None:
-    """Before `retry`/`cancel` change anything: a dry run ends here; a large selection needs confirming.
-
-    Returns an exit code to stop with, or None to go on.
-    """
-    if getattr(args, "dry_run", False):
-        _print_preview(args, verb, len(ids), _sample_rows(outbox, ids))
-        return EXIT_OK
-    if not confirm(args, verb, len(ids)):
-        print(f"oaksend: {verb}: not confirmed; nothing was changed", file=sys.stderr)
-        return EXIT_PARTIAL
-    return None
-
-
-def selection_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The selection as the operator gave it, for the audit."""
-    if getattr(args, "ids", None):
-        return {"ids": list(args.ids)}
-    out: dict[str, Any] = {}
-    for name in ("state", "chatbot", "since", "until", "deadline"):
-        value = getattr(args, name, None)
-        if value:
-            out[name] = value
-    return out
-
-
-def audit_bulk(args: argparse.Namespace, outbox: Any, verb: str, results: dict[int, str]) -> None:
-    """Record one audit row for a `retry`/`cancel` command: what was selected and how many changed."""
-    from oaksend.worker.clock import utcnow
-
-    done = "retried" if verb == "retry" else "cancelled"
-    count = sum(1 for v in results.values() if v == done)
-    outbox.record_audit(verb, selection_of(args), count, args.actor, utcnow(), getattr(args, "note", None))
 
 
 # -- process start-up: logs, metrics, liveness ------------------------------------------------------
@@ -110,11 +38,13 @@ def start_worker_services(settings: Any, args: argparse.Namespace, secrets: tupl
     from oaksend.worker.logs import configure_logging
 
     configure_logging(args.log_level, secrets=secrets, fmt=_log_format(args, settings))
+    for warning in settings.insecure_warnings():
+        logging.getLogger("oaksend.worker").warning("%s", warning)
     port = _metrics_port(args, settings)
     if port is not None and getattr(args, "pool", "threads") not in ("threads", "solo"):
         raise ValidationError("metrics-port", f"needs --pool threads (or solo); a {args.pool} pool's children "
                        f"would not be counted")
-    metrics.serve(port, settings.metrics_host)
+    metrics.serve(port, settings.metrics_host, settings.metrics_chatbots)
     # The liveness beat starts with the send path (oaksend.worker.delivery.task) when the worker is ready.
 
 
@@ -127,7 +57,7 @@ def start_dispatcher_services(settings: Any, args: argparse.Namespace, stop: thr
     configure_logging(args.log_level, secrets=settings.secrets(), fmt=_log_format(args, settings))
     port = _metrics_port(args, settings)
     if port is not None:
-        metrics.serve(port, settings.metrics_host)
+        metrics.serve(port, settings.metrics_host, settings.metrics_chatbots)
         metrics.OutboxSampler(outbox_of(settings), stop, utcnow).start()
     if settings.retention_days:
         import redis
@@ -196,14 +126,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rows = outbox_of(settings_of(args)).audit_log(since=parse_when(args.since, "since"), command=args.command_name,
                                               limit=args.limit)
     data = [{"id": r.id, "at": iso(r.at), "actor": r.actor, "command": r.command, "selection": r.selection,
-             "count": r.count, "note": r.note} for r in rows]
+             "count": r.count, "note": r.note, "state": r.state, "finished_at": iso(r.finished_at),
+             "result": r.result} for r in rows]
     if args.json:
         print_json(data)
         return EXIT_OK
     import json
 
     table([{**d, "selection": json.dumps(d["selection"], separators=(",", ":"))[:60], "actor": d["actor"] or "-",
-            "note": d["note"] or ""} for d in data], ["id", "at", "actor", "command", "count", "selection", "note"])
+            "note": d["note"] or ""} for d in data],
+          ["id", "at", "actor", "command", "state", "count", "selection", "note"])
     return EXIT_OK
 
 
@@ -243,7 +175,21 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     if not note:
         raise ValidationError("note", "say what the check by hand found (e.g. --note 'carrier log shows delivered')")
     outcome = "sent" if args.sent else "failed"
-    results = outbox_of(settings_of(args)).resolve(list(args.ids), outcome, note, args.actor, utcnow())
+    outbox, ids, command = outbox_of(settings_of(args)), list(args.ids), f"resolve --{outcome}"
+    if args.dry_run or (len(ids) > CONFIRM_ABOVE and not args.yes):
+        with outbox.rehearsal() as box:  # resolve's own statements, rolled back
+            would = box.resolve(ids, outcome, note, args.actor, utcnow())
+        changing = [k for k, v in would.items() if v == "resolved"]
+        if args.dry_run:
+            _print_preview(args, command, len(changing), _sample_rows(outbox, changing), selected=len(ids),
+                           refused=refused_of(would, "resolved"))
+            return EXIT_OK
+        if (stop := stop_unless_confirmed(args, "resolve", len(changing))) is not None:
+            return stop
+    with audited(outbox, args, command, {"ids": ids}, result={"selected": len(ids)}) as audit:
+        results = outbox.resolve(ids, outcome, note, args.actor, utcnow())
+        audit.count = sum(1 for v in results.values() if v == "resolved")
+        audit.result["refused"] = refused_of(results, "resolved")
     if args.json:
         print_json([{"id": k, "result": v} for k, v in results.items()])
     else:
@@ -271,6 +217,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_preview(args, f"purge{' --anonymize' if args.anonymize else ''}", count,
                        _sample_rows(outbox, [m.id for m in sample]))
+        if not args.json:
+            print(f"and {outbox.purge_recipients_preview(cutoff)} recipients of campaigns that ended before "
+                  f"{iso(cutoff)} would be deleted")
         return EXIT_OK
     if not confirm(args, verb, count):
         print(f"oaksend: {verb}: not confirmed; nothing was changed", file=sys.stderr)
@@ -278,18 +227,23 @@ def cmd_purge(args: argparse.Namespace) -> int:
     progress = (lambda n: print(f"{verb}: {n}/{count} messages", file=sys.stderr, flush=True)) \
         if sys.stderr.isatty() else None
     command = f"purge --older-than {args.older_than}" + (" --anonymize" if args.anonymize else "")
-    n = purge(outbox, cutoff, anonymize=args.anonymize, clock=utcnow, actor=args.actor, command=command,
-              batch=args.batch, progress=progress)
+    done = purge(outbox, cutoff, anonymize=args.anonymize, clock=utcnow, actor=args.actor, command=command,
+                 batch=args.batch, progress=progress)
     if args.json:
-        print_json({"command": command, "created_before": iso(cutoff), "messages": n})
+        print_json({"command": command, "created_before": iso(cutoff), "messages": done.messages,
+                    "campaign_recipients": done.recipients, "texts_cleared": done.texts})
     else:
-        print(f"{'anonymized' if args.anonymize else 'deleted'} {n} messages created before {iso(cutoff)}")
+        print(f"{'anonymized' if args.anonymize else 'deleted'} {done.messages} messages created before "
+              f"{iso(cutoff)}; deleted {done.recipients} recipients of campaigns that ended before it")
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from oaksend.worker.logs import configure_logging
-    from oaksend.worker.ops.supervisor import Supervisor, child_commands
+    from oaksend.worker.ops.supervisor import Supervisor, child_commands, children_environ
+    from oaksend.worker.sources import env_file_values
 
     settings = settings_of(args)
     settings.api_key()  # refuse now rather than restart workers that refuse forever
@@ -297,17 +251,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValidationError("workers", "must be at least 1")
     configure_logging(args.log_level, secrets=settings.secrets(), fmt=_log_format(args, settings))
     scheduler = not args.no_scheduler
-    global_args = []
-    if args.database_url:
-        global_args += ["--database-url", args.database_url]
-    if args.redis_url:
-        global_args += ["--redis-url", args.redis_url]
     port = _metrics_port(args, settings)
     grace = args.grace if args.grace is not None else (
         settings.max_token_wait_s + settings.connect_timeout_s + settings.read_timeout_s + 10)
     sup = Supervisor(child_commands(workers=args.workers, concurrency=args.concurrency, metrics_port=port,
                                     log_format=getattr(args, "log_format", None), log_level=args.log_level,
-                                    scheduler=scheduler, global_args=global_args), grace_s=grace)
+                                    scheduler=scheduler), grace_s=grace,
+                     environ=children_environ(os.environ, env_file_values(), database_url=args.database_url,
+                                              redis_url=args.redis_url))
     sup.install_signals()
     return sup.run()
 
@@ -361,17 +312,20 @@ def add_commands(sub: Any) -> None:
     outcome.add_argument("--sent", action="store_true", help="the SMS did go out")
     outcome.add_argument("--failed", action="store_true", help="it did not")
     p.add_argument("--note", required=True, help="what the check found (kept in the audit)")
-    p.add_argument("--actor", default=None, help="who did it (default $USER)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be resolved; change nothing")
+    p.add_argument("--yes", action="store_true", help=f"confirm more than {CONFIRM_ABOVE} messages without a prompt")
+    p.add_argument("--actor", default=None, help="who did it (default: OAKSEND_ACTOR, else the login name)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("purge", help="delete (or anonymize) terminal messages older than an age, audited")
     p.add_argument("--older-than", required=True, help="age of the messages, e.g. 90d, 12w, 36h")
-    p.add_argument("--anonymize", action="store_true", help="blank phone, text and metadata; keep the rows")
+    p.add_argument("--anonymize", action="store_true",
+                   help="blank numbers, texts, names and notes; keep the rows (and their hashed keys)")
     p.add_argument("--dry-run", action="store_true", help="print the count and a sample; change nothing")
     p.add_argument("--yes", action="store_true", help=f"confirm more than {CONFIRM_ABOVE} messages without a prompt")
     p.add_argument("--batch", type=int, default=500, help="messages per transaction (default 500)")
-    p.add_argument("--actor", default=None, help="who did it (default $USER)")
+    p.add_argument("--actor", default=None, help="who did it (default: OAKSEND_ACTOR, else the login name)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_purge)
 
@@ -385,4 +339,4 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
-__all__ = ["add_commands", "audit_bulk", "guard_bulk", "start_dispatcher_services", "start_worker_services"]
+__all__ = ["add_commands", "start_dispatcher_services", "start_worker_services"]

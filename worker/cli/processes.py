@@ -14,10 +14,36 @@ __all__ = ["add_commands", "add_sandbox"]
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from oaksend.migrations.runner import upgrade
+    """Upgrade the database, audited: the intent first when the audit table exists already
+    (an empty database gets its row once the table is there)."""
+    from oaksend.migrations.runner import current, upgrade
+    from oaksend.worker.cli.common import outbox_of
+    from oaksend.worker.clock import utcnow
 
     settings = settings_of(args)
-    upgrade(settings.database_url, args.revision, schema=settings.db_schema)
+    outbox = outbox_of(settings)
+    command, selection = f"migrate {args.revision}", {"revision": args.revision}
+    try:
+        before = current(settings.database_url, schema=settings.db_schema)
+        audit_id = outbox.begin_audit_any_schema(command, selection, args.actor, utcnow())
+        try:
+            upgrade(settings.database_url, args.revision, schema=settings.db_schema)
+        except BaseException as exc:
+            try:
+                if audit_id is not None:
+                    outbox.finish_audit_any_schema(audit_id, "failed", {"from": before,
+                                                                        "error": type(exc).__name__}, utcnow())
+            except Exception:  # noqa: BLE001 - the database is away: the intent stays as written
+                pass
+            raise
+        result = {"from": before, "to": current(settings.database_url, schema=settings.db_schema)}
+        if audit_id is None:  # no audit table before: the row comes after, and says so
+            audit_id = outbox.begin_audit_any_schema(command, selection, args.actor, utcnow())
+            result["intent"] = "written after the migration: the database had no audit table"
+        if audit_id is not None:
+            outbox.finish_audit_any_schema(audit_id, "done", result, utcnow())
+    finally:
+        outbox.engine.dispose()
     print(f"database at revision {args.revision}")
     return EXIT_OK
 
@@ -58,6 +84,8 @@ def add_commands(sub: Any) -> None:
     """Register `migrate`, `worker` and `dispatcher`."""
     p = sub.add_parser("migrate", help="apply the database migrations (creates the outbox)")
     p.add_argument("--revision", default="head")
+    p.add_argument("--actor", default=None,
+                   help="who did it, for the audit (default: OAKSEND_ACTOR, else the login name)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("worker", help="run a Celery worker of oaksend's app (extra args go to Celery)")

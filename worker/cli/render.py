@@ -1,11 +1,27 @@
-"""How the CLI shows messages, attempts and tables: for people, and as JSON for scripts."""
+"""How the CLI shows messages, attempts and tables: for people, and as JSON for scripts.
+
+Text for people goes through `printable`: a message text, a name or an API
+answer is data, and its control characters must not drive the terminal
+(ESC[2J clears it, an OSC sequence retitles the window). JSON escapes them itself.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+#: C0 controls (ESC, BEL, CR, newline...), DEL, C1 controls (CSI as one character), line/paragraph
+#: separators and the bidi overrides that reorder what the terminal shows.
+_UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any) -> str:
+    """`value` as text safe to print to a terminal: control characters shown as escapes (`\\x1b`, `\\n`)."""
+    text = "" if value is None else str(value)
+    return _UNPRINTABLE_RE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -23,7 +39,7 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("(none)")
         return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[printable(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import redis
@@ -40,6 +41,7 @@ from oaksend.worker.delivery.limits import LimitBook
 from oaksend.worker.delivery.ratelimit import RateLimiter, binds, lateness
 from oaksend.worker.delivery.transition import RetryPolicy, attempt_record, plan
 from oaksend.worker.logs import mask_phone, send_fields
+from oaksend.worker.message.cap import cap_reason, over_cap_at_send, parse_cap
 from oaksend.worker.newoaks.client import Call, CallResult, Transport
 from oaksend.worker.newoaks.outcome import TransportError
 from oaksend.worker.settings import Settings
@@ -97,6 +99,7 @@ class Sender:
                                                           socket_connect_timeout=5)
         self.limiter = RateLimiter(self.redis, settings.keys)
         self.limits = LimitBook(self.outbox, settings)
+        self.cap = parse_cap(settings.frequency_cap)  # checked again here, after quiet-hour delays
         # The database's clock: what this worker writes, other hosts compare.
         self.clock = clock or DatabaseClock(self.outbox.database_now)
         self.rng = rng or random.Random()
@@ -171,7 +174,7 @@ class Sender:
         if not group:
             return
         # Campaigns: quiet hours hold when the message is SENT, not only when it was scheduled.
-        group = self._quiet(group, token, now, result)
+        group = self._over_cap(self._quiet(group, token, now, result), token, now, result)
         if not group:
             return
         state = self.limits.get(serial_number)
@@ -281,6 +284,15 @@ class Sender:
             else:
                 result.count("expired", self.outbox.expire_group([work.id], token, now, check.reason))
         return keep
+
+    def _over_cap(self, group: list[Work], token: str, now: datetime, result: BatchResult) -> list[Work]:
+        """The deployment's frequency cap, at send time: campaign messages over it end cancelled, uncalled."""
+        if self.cap is None or not group:
+            return group
+        over = set(self.outbox.stop_over_cap([w.id for w in group], token, now, self.cap.period,
+                                             partial(over_cap_at_send, cap=self.cap), cap_reason(self.cap)))
+        result.count("cancelled", len(over))
+        return [w for w in group if w.id not in over]
 
     def _drain(self, token: str, waiting: Waiting, result: BatchResult, *, until: float | None) -> None:
         """Record answers as they arrive, each batch in one transaction, until the monotonic time `until`

@@ -1,4 +1,4 @@
-"""Pure: quiet hours in the recipient's local time, and the recipient's zone.
+"""Pure: quiet hours in the recipient's local time, and the recipient's zones.
 
 The default window is 21:00-08:00 local (the TCPA allows 8 am to 9 pm). A window
 holds when the message is SENT, not only when it is scheduled: a campaign
@@ -9,6 +9,10 @@ message carries its window and zone on its row in a compact form
 Edges: the start is quiet, the end is not (21:00 is quiet, 08:00 is allowed).
 An end that a spring-forward day skips is read like a skipped schedule time
 (02:30 -> 03:30 after the change); an end in a fall-back hour is its first occurrence.
+
+A number whose candidate zones differ (South Dakota's 605: Central and Mountain; an
+Australian mobile: twelve zones) is sent to only at a time allowed in every one of
+them (`next_allowed_in_all`), so no one of its possible places gets a text at night.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import phonenumbers
-from phonenumbers import timezone as phone_timezones
 
 from oaksend.errors import ValidationError
 from oaksend.worker.campaigns.schedule import zone as parse_zone
 from oaksend.worker.message import phone as fast_phone
+from oaksend.worker.message.zones import NO_ZONE, NumberZones, number_zones, resolve
 
 DEFAULT_WINDOW = "21:00-08:00"
 _HHMM = re.compile(r"\d\d:\d\d")
@@ -83,14 +87,46 @@ def next_allowed(now_utc: datetime, window: QuietHours | None, tz: ZoneInfo) -> 
     return max(end, now_utc)
 
 
-def compact(window: QuietHours | None, tz: ZoneInfo) -> str | None:
-    """What a message row carries for the send-time check: '21:00-08:00 America/New_York'."""
-    return None if window is None else f"{window} {tz.key}"
+def next_allowed_in_all(now_utc: datetime, window: QuietHours | None,
+                        zones: tuple[ZoneInfo, ...]) -> datetime | None:
+    """The first instant from `now_utc` outside the window in EVERY one of `zones` (None: none within a week).
+
+    One zone, or zones that share one UTC offset then, answer as `next_allowed` does. Zones apart
+    move the time on until each allows it: the latest of their answers, asked again from there.
+    """
+    if window is None or not zones:
+        return now_utc
+    at = now_utc
+    for _ in range(_MAX_ROUNDS):
+        later = max(next_allowed(at, window, tz) for tz in zones)
+        if later == at:
+            return at
+        if later - now_utc > _SEARCH:
+            break
+        at = later
+    return None
 
 
-def from_compact(value: str) -> tuple[QuietHours | None, ZoneInfo]:
-    window, _, name = value.partition(" ")
-    return parse_window(window), parse_zone(name)
+#: How far and how long next_allowed_in_all looks: zones that allow no common hour have none within a week.
+_SEARCH = timedelta(days=7)
+_MAX_ROUNDS = 64
+
+
+def compact(window: QuietHours | None, tz: ZoneInfo | str) -> str | None:
+    """What a message row carries for the send-time check: '21:00-08:00 America/New_York'.
+
+    `tz` is a zone or a zone set's short name (oaksend.worker.message.zones: names, '@AU', '+61')."""
+    return None if window is None else f"{window} {tz if isinstance(tz, str) else tz.key}"
+
+
+def from_compact(value: str) -> tuple[QuietHours | None, tuple[ZoneInfo, ...]]:
+    window, _, names = value.partition(" ")
+    if " " not in names and not names.startswith(("@", "+")):
+        return parse_window(window), (parse_zone(names),)
+    try:
+        return parse_window(window), resolve(names)
+    except ValueError as exc:
+        raise ValidationError("quiet", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -106,48 +142,61 @@ def at_send(quiet: str | None, deadline_at: datetime | None, now_utc: datetime) 
     """Pure: the send-time quiet-hours decision for a message row's `quiet` value."""
     if not quiet:
         return SendCheck("send")
-    window, tz = from_compact(quiet)
-    allowed = next_allowed(now_utc, window, tz)
+    window, zones = from_compact(quiet)
+    allowed = next_allowed_in_all(now_utc, window, zones)
+    if allowed is None:
+        return SendCheck("expire", None, "quiet hours: no hour is allowed in every zone of the number")
     if allowed <= now_utc:
         return SendCheck("send")
     if deadline_at is not None and allowed >= deadline_at:
         return SendCheck("expire", None, "quiet hours: the next allowed time is past the deadline")
-    return SendCheck("wait", allowed, f"quiet hours until {allowed.astimezone(tz):%H:%M %Z}")
+    return SendCheck("wait", allowed, f"quiet hours until {allowed.astimezone(zones[0]):%H:%M %Z}")
 
 
-def recipient_zone(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, field: str = "tz",
-                   parsed: phonenumbers.PhoneNumber | None = None, kind: int | None = None) -> ZoneInfo:
-    """The row's zone, else the number's when phonenumbers gives exactly one, else the campaign's."""
+@dataclass(frozen=True)
+class RecipientZones:
+    """A recipient's zones. `home`: where its appointment times are read and its texts written
+    (the row's zone, else the campaign's). `quiet`: where quiet hours hold (the row's zone, else
+    every candidate zone of the number, else the campaign's, with `fallback` saying why)."""
+
+    home: ZoneInfo
+    quiet: tuple[ZoneInfo, ...]
+    token: str
+    fallback: str = ""
+
+
+def recipient_zones(row_zone: str | None, phone: str, campaign_zone: ZoneInfo, field: str = "tz",
+                    parsed: phonenumbers.PhoneNumber | None = None, kind: int | None = None) -> RecipientZones:
+    """The zones of one recipient: its row's zone when given, else its number's and the campaign's."""
     if row_zone and row_zone.strip():
-        return parse_zone(row_zone.strip(), field)
+        tz = parse_zone(row_zone.strip(), field)
+        return _single(tz)
     try:
         number = parsed if parsed is not None else fast_phone.parse_e164(phone)
-        zones = _zones_of(number, phone, kind)
+        if kind is None:
+            kind = fast_phone.number_type(number)
+        found = number_zones(number, kind, fast_phone.e164(number, phone))
     except phonenumbers.NumberParseException:
-        zones = ()
-    if len(zones) == 1 and zones[0] != phone_timezones.UNKNOWN_TIMEZONE:
-        return _zone_named(zones[0]) or campaign_zone
-    return campaign_zone
-
-
-def _zones_of(number: phonenumbers.PhoneNumber, text: str, kind: int | None) -> tuple[str, ...]:
-    # time_zones_for_number, reusing the number type (the costly part) when the caller has it.
-    if kind is None:
-        kind = fast_phone.number_type(number)
-    # `or 0`: a parsed number always has a country code; 0, like None, is in none of phonenumbers' lists.
-    if phonenumbers.is_number_type_geographical(kind, number.country_code or 0):
-        return fast_phone.geographical_time_zones(fast_phone.e164(number, text))
-    return tuple(phone_timezones.time_zones_for_number(number))
+        found = NumberZones((), "", NO_ZONE)
+    if not found.zones:
+        return _fallback(campaign_zone, found.why)
+    return _with_home(campaign_zone, found)
 
 
 @lru_cache(maxsize=1024)
-def _zone_named(name: str) -> ZoneInfo | None:
-    """The zone phonenumbers names, or None when this system's time-zone data lacks it."""
-    try:
-        return ZoneInfo(name)
-    except (ValueError, KeyError, OSError):
-        return None
+def _single(tz: ZoneInfo) -> RecipientZones:
+    return RecipientZones(tz, (tz,), tz.key)
 
 
-__all__ = ["DEFAULT_WINDOW", "QuietHours", "SendCheck", "at_send", "compact", "from_compact", "next_allowed",
-           "parse_window", "recipient_zone"]
+@lru_cache(maxsize=1024)
+def _fallback(tz: ZoneInfo, why: str) -> RecipientZones:
+    return RecipientZones(tz, (tz,), tz.key, why or NO_ZONE)
+
+
+@lru_cache(maxsize=8192)
+def _with_home(home: ZoneInfo, found: NumberZones) -> RecipientZones:
+    return RecipientZones(home, found.zones, found.token)
+
+
+__all__ = ["DEFAULT_WINDOW", "QuietHours", "RecipientZones", "SendCheck", "at_send", "compact", "from_compact",
+           "next_allowed", "next_allowed_in_all", "parse_window", "recipient_zones"]

@@ -1,7 +1,9 @@
 """Pure: check a send request before anything is written, and shape it into a NewMessage.
 
 Every refusal is a `ValidationError` naming the field, on one line. Input that
-passes is stored exactly as given (no silent reformatting of numbers or text).
+passes is stored as given, except the number: a number has one spelling, its
+canonical E.164 (`+4407911123456`, a trunk zero typed after the country code,
+is stored, keyed, suppressed and capped as `+447911123456`).
 """
 
 from __future__ import annotations
@@ -96,19 +98,33 @@ def check_serial_number(value: object) -> str:
     return value
 
 
-def check_phone(value: object) -> str:
+def check_phone(value: object, field: str = "to") -> str:
+    """The number's canonical E.164 text, or ValidationError naming `field`.
+
+    The input must be E.164-shaped (`+`, digits, no punctuation); phonenumbers reads it
+    (a trunk zero after the country code is dropped when the number is valid without it)
+    and its E.164 formatting is what is returned: one number, one spelling.
+    """
     if not isinstance(value, str) or not value:
-        raise ValidationError("to", "is required (an E.164 number such as +14155550123)")
+        raise ValidationError(field, "is required (an E.164 number such as +14155550123)")
     if not E164_RE.fullmatch(value):
         hint = _e164_hint(value)
-        raise ValidationError("to", f"is not an E.164 number (+ country code and digits only){hint}")
+        raise ValidationError(field, f"is not an E.164 number (+ country code and digits only){hint}")
     try:
-        _, kind = phone.parse_and_type(value)
+        number, kind = phone.parse_and_type(value)
     except phonenumbers.NumberParseException:
-        raise ValidationError("to", "is not a phone number") from None
+        raise ValidationError(field, "is not a phone number") from None
     if kind == phone.UNKNOWN:
-        raise ValidationError("to", "is not a valid phone number for its country code")
-    return value
+        raise ValidationError(field, "is not a valid phone number for its country code")
+    return phone.e164(number, value)
+
+
+def canonical_phone(value: str) -> str | None:
+    """The canonical E.164 of a stored or typed number, or None when it is not a valid number."""
+    try:
+        return check_phone(value)
+    except ValidationError:
+        return None
 
 
 def _e164_hint(value: str) -> str:

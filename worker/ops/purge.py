@@ -2,11 +2,15 @@
 
 Only terminal messages (sent, failed, unknown, expired, cancelled) created
 before the cutoff are touched; open ones never are. Deleting removes their
-attempts and per-message operator actions with them; `anonymize` blanks the
-phone number, the text and the metadata and keeps every attempt. Each batch
-is its own short transaction (row locks on at most `batch` rows, skipped when
-another transaction holds them), so sending goes on during a purge. The
-operator audit (`oaksend_operator_audit`) and suppressed numbers are kept.
+attempts and per-message operator actions with them; `anonymize` blanks every
+column that can hold a number, a text or a name (models.repository.retention
+lists them) and keeps the rows. Either way, the recipients of campaigns that
+finished or were cancelled before the cutoff are deleted (phone, key, every
+audience column), and older free text (audit notes, reasons of pauses long
+over) is cleared. Each batch is its own short transaction (row locks on at
+most `batch` rows, skipped when another transaction holds them), so sending
+goes on during a purge. The operator audit rows and suppressed numbers (the
+STOP list) are kept.
 
 `OAKSEND_RETENTION_DAYS` makes every dispatcher process run it every
 `OAKSEND_PURGE_INTERVAL_S`; a Redis lock lets only one of them do so per interval.
@@ -14,11 +18,13 @@ operator audit (`oaksend_operator_audit`) and suppressed numbers are kept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,24 +47,59 @@ def parse_age(value: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
 
 
-def purge(outbox: Any, cutoff: datetime, *, anonymize: bool, clock: Callable[[], datetime], actor: str | None,
-          command: str, batch: int = BATCH, pause_s: float = PAUSE_S,
-          progress: Callable[[int], None] | None = None) -> int:
-    """Purge in batches until nothing is left; audit the total once. Returns the messages changed."""
+@dataclass(frozen=True)
+class Purged:
+    """What one purge changed."""
+
+    messages: int  #: messages deleted (or anonymized)
+    recipients: int  #: campaign recipients deleted
+    texts: int  #: audit notes and pause reasons cleared
+
+
+def _batches(step: Callable[[], int], batch: int, pause_s: float,
+             progress: Callable[[int], None] | None = None) -> int:
+    """Run `step` (one batch, returns rows changed) until a batch comes back short; the total."""
     total = 0
     while True:
-        n = outbox.purge_batch(cutoff, anonymize, batch, clock())
+        n = step()
         total += n
         if progress is not None and n:
             progress(total)
         if n < batch:
-            break
+            return total
         if pause_s:
             time.sleep(pause_s)
+
+
+def purge(outbox: Any, cutoff: datetime, *, anonymize: bool, clock: Callable[[], datetime], actor: str | None,
+          command: str, batch: int = BATCH, pause_s: float = PAUSE_S,
+          progress: Callable[[int], None] | None = None) -> Purged:
+    """Purge in batches until nothing is left (messages, then ended campaigns' recipients, then old
+    free text). Audited before it acts: the intent first (committed), the messages changed after
+    each batch, the totals at the end; an interrupted purge leaves its intent, still 'started'."""
     selection = {"created_before": cutoff.isoformat(), "states": "terminal",
                  "action": "anonymize" if anonymize else "delete"}
-    outbox.record_audit(command, selection, total, actor, clock())
-    return total
+    audit_id = outbox.begin_audit(command, selection, actor or "retention", clock())
+    done = 0
+
+    def counted(total: int) -> None:
+        nonlocal done
+        done = total
+        outbox.progress_audit(audit_id, total)
+        if progress is not None:
+            progress(total)
+
+    try:
+        messages = _batches(lambda: outbox.purge_batch(cutoff, anonymize, batch, clock()), batch, pause_s, counted)
+        recipients = _batches(lambda: outbox.purge_recipients_batch(cutoff, batch), batch, pause_s)
+        texts = outbox.purge_free_text(cutoff)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # the database is away: the intent stays 'started'
+            outbox.finish_audit(audit_id, "failed", done, {"error": type(exc).__name__}, clock())
+        raise
+    outbox.finish_audit(audit_id, "done", messages, {"campaign_recipients": recipients, "texts_cleared": texts},
+                        clock())
+    return Purged(messages, recipients, texts)
 
 
 class PeriodicPurge:
@@ -74,18 +115,20 @@ class PeriodicPurge:
         return self
 
     def run_once(self) -> int | None:
-        """Purge if no other process did within the interval; None when another holds the turn."""
+        """Purge if no other process did within the interval: the messages changed; None when another
+        holds the turn."""
         interval_ms = int(self.settings.purge_interval_s * 1000)
         if not self.redis.set(self.settings.keys.purge_lock, "1", nx=True, px=interval_ms):
             return None
         days = self.settings.retention_days
         cutoff = self.clock() - timedelta(days=days)
-        n = purge(self.outbox, cutoff, anonymize=self.settings.retention_anonymize, clock=self.clock,
-                  actor="retention", command=f"purge --older-than {days:g}d (OAKSEND_RETENTION_DAYS)")
-        if n:
-            log.info("retention: %s %d messages created before %s",
-                     "anonymized" if self.settings.retention_anonymize else "deleted", n, cutoff.isoformat())
-        return n
+        done = purge(self.outbox, cutoff, anonymize=self.settings.retention_anonymize, clock=self.clock,
+                     actor="retention", command=f"purge --older-than {days:g}d (OAKSEND_RETENTION_DAYS)")
+        if done.messages or done.recipients:
+            log.info("retention: %s %d messages created before %s; deleted %d recipients of ended campaigns",
+                     "anonymized" if self.settings.retention_anonymize else "deleted", done.messages,
+                     cutoff.isoformat(), done.recipients)
+        return done.messages
 
     def _run(self) -> None:
         while not self.stop.is_set():

@@ -6,17 +6,30 @@ backoff that grows while it keeps dying); and on SIGTERM or SIGINT asks every
 child to stop (SIGTERM: workers finish the send in hand), waits up to the
 grace period, and kills what is left. Children are ordinary `oaksend`
 processes, so their logs, settings and metrics are the same as when run apart.
+
+Settings reach the children by environment, never on their command line (which
+`ps` shows to every user): `--database-url` / `--redis-url` become
+`DATABASE_URL` / `REDIS_URL`, and the `OAKSEND_ENV_FILE` file is read here and
+its values passed on. Only the workers get the API key (`NEWOAKS_API_KEY`,
+`NEWOAKS_API_KEY_FILE`): the dispatcher and the scheduler never call the API.
+On Linux every child asks the kernel for SIGTERM when `oaksend run` dies, even
+by SIGKILL (PR_SET_PDEATHSIG), so none is left running without its supervisor.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+from oaksend.worker.sources import ENV_FILE_VAR  # read by the parent; a child gets its values, not the file
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +40,55 @@ RESTART_BACKOFF_CAP_S = 30.0
 STABLE_AFTER_S = 60.0
 
 
+#: The variables that hold the API key: only workers inherit them.
+API_KEY_VARS = frozenset({"NEWOAKS_API_KEY", "NEWOAKS_API_KEY_FILE"})
+#: linux/prctl.h
+_PR_SET_PDEATHSIG = 1
+
+
+def children_environ(environ: Mapping[str, str], env_file: Mapping[str, str | None], *,
+                     database_url: str | None = None, redis_url: str | None = None) -> dict[str, str]:
+    """Pure: the environment the children start from. The env file's values under the environment's
+    (settings read the environment first), `OAKSEND_ENV_FILE` dropped, the URLs given on the command line
+    as `DATABASE_URL` / `REDIS_URL` (in place of any other spelling of them)."""
+    present = {name.upper() for name in environ}
+    env = {name.upper(): value for name, value in env_file.items() if value is not None and name.upper() not in present}
+    env.update((name, value) for name, value in environ.items() if name.upper() != ENV_FILE_VAR)
+    for var, url in (("DATABASE_URL", database_url), ("REDIS_URL", redis_url)):
+        if url:
+            for name in [n for n in env if n.upper() in (var, f"OAKSEND_{var}")]:
+                del env[name]
+            env[var] = url
+    return env
+
+
+def child_environ(base: Mapping[str, str], *, api_key: bool) -> dict[str, str]:
+    """Pure: one child's environment: `base`, without the API key unless the child is a worker."""
+    return {k: v for k, v in base.items() if api_key or k.upper() not in API_KEY_VARS}
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child SIGTERM when this process dies (Linux); else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only makes the call
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: nothing would signal this child
+            os._exit(1)
+
+    return preexec
+
+
 @dataclass
 class Child:
     """One supervised process and its restart bookkeeping."""
 
     name: str
     argv: list[str]
+    env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -42,17 +98,17 @@ class Child:
 
 
 def child_commands(*, workers: int, concurrency: int, metrics_port: int | None, log_format: str | None,
-                   log_level: str, scheduler: bool, global_args: list[str]) -> list[tuple[str, list[str]]]:
-    """Pure: the name and `oaksend` arguments of each child."""
+                   log_level: str, scheduler: bool) -> list[tuple[str, list[str]]]:
+    """Pure: the name and `oaksend` arguments of each child (no setting that could hold a secret)."""
     common = ["--log-level", log_level] + (["--log-format", log_format] if log_format else [])
-    out = [("dispatcher", [*global_args, "dispatcher", *common,
+    out = [("dispatcher", ["dispatcher", *common,
                            *(["--metrics-port", str(metrics_port)] if metrics_port is not None else [])])]
     for i in range(workers):
         port = ["--metrics-port", str(metrics_port + 1 + i)] if metrics_port is not None else []
-        out.append((f"worker{i}", [*global_args, "worker", "--concurrency", str(concurrency), *common, *port,
+        out.append((f"worker{i}", ["worker", "--concurrency", str(concurrency), *common, *port,
                                    "-n", f"worker{i}@%h"]))
     if scheduler:
-        out.append(("scheduler", [*global_args, "scheduler", "--log-level", log_level]))
+        out.append(("scheduler", ["scheduler", *common]))
     return out
 
 
@@ -60,8 +116,11 @@ class Supervisor:
     """Keeps its children running until stopped."""
 
     def __init__(self, commands: list[tuple[str, list[str]]], *, grace_s: float,
-                 python: str = sys.executable) -> None:
-        self.children = [Child(name, [python, "-m", "oaksend.worker.cli", *args]) for name, args in commands]
+                 python: str = sys.executable, environ: Mapping[str, str] | None = None) -> None:
+        base = dict(os.environ if environ is None else environ)
+        self.children = [Child(name, [python, "-m", "oaksend.worker.cli", *args],
+                               child_environ(base, api_key=name.startswith("worker"))) for name, args in commands]
+        self.preexec = die_with_parent()
         self.grace_s = grace_s
         self.stop = threading.Event()
 
@@ -70,7 +129,7 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stop.set())
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.argv)
+        child.proc = subprocess.Popen(child.argv, env=child.env, preexec_fn=self.preexec)
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("run: started %s (pid %d)", child.name, child.proc.pid)
