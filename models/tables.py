@@ -293,6 +293,8 @@ class Campaign(Base):
     rate_cap_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: At most this many campaign messages (of any campaign) per number within 24 h; None: no cap.
     frequency_cap: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: --max-segments: a recipient whose text is longer is skipped (revision 0018).
+    max_segments: Mapped[int | None] = mapped_column(Integer, nullable=True)
     missed: Mapped[str] = mapped_column(String(8), default="send")
     state: Mapped[str] = mapped_column(String(16), default="scheduled")
     #: Occurrences not turned into messages, by cause: quiet_hours, deadline, suppressed, frequency_cap.

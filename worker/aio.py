@@ -7,7 +7,8 @@
         session.add(booking)
         await producer.send(chatbot, booking.phone, "See you at 10:00", session=session)
 
-The same methods, arguments, rules and errors as `Producer` and `Status`: validation,
+The same methods, arguments, rules and errors as `Producer` and `Status` (and a campaign's
+`upsert_recipient` / `remove_recipient`, the booking system's calls): validation,
 canonical numbers, idempotency and suppression are the same code, and so are the
 outbox's statements. Only the I/O differs: they run on SQLAlchemy's asyncio engine
 (psycopg 3's async connections on PostgreSQL, aiosqlite on SQLite), through its
@@ -23,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -40,6 +41,10 @@ from oaksend.worker.enqueue import refuse_suppressed, validate_many
 from oaksend.worker.message.validation import SendRequest, validate
 from oaksend.worker.settings import Settings
 from oaksend.worker.status import MessagePage, MessageStatus, Status
+
+if TYPE_CHECKING:
+    from oaksend.worker.campaigns.service import Campaigns
+    from oaksend.worker.campaigns.sync import SyncResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +79,7 @@ class AsyncProducer:
         self.redis = redis_client or aioredis.Redis.from_url(settings.redis_url, socket_timeout=2,
                                                              socket_connect_timeout=2)
         self._wakes: set[asyncio.Task[None]] = set()
+        self._campaign_service: Campaigns | None = None
 
     async def send(self, serial_number: str, to: str, text: str, *, idempotency_key: str | None = None,
                    send_at: datetime | None = None, deadline: datetime | None = None,
@@ -106,6 +112,28 @@ class AsyncProducer:
         event.listen(session.sync_session, "after_commit", lambda _s: self._wake_soon(), once=True)
         return ids
 
+    async def upsert_recipient(self, campaign_id: int, row: dict[str, Any], *,
+                               session: AsyncSession | None = None) -> SyncResult:
+        """Add or change one campaign recipient, its reminders following (see `Campaigns.upsert_recipient`)."""
+        campaigns = self._campaigns()
+        if session is None:
+            return await self._db.run(campaigns.upsert_recipient, campaign_id, row)
+        return await session.run_sync(lambda s: campaigns.upsert_recipient(campaign_id, row, session=s))
+
+    async def remove_recipient(self, campaign_id: int, key: str, *, session: AsyncSession | None = None) -> int:
+        """Remove one campaign recipient; its unsent reminders are cancelled (see `Campaigns.remove_recipient`)."""
+        campaigns = self._campaigns()
+        if session is None:
+            return await self._db.run(campaigns.remove_recipient, campaign_id, key)
+        return await session.run_sync(lambda s: campaigns.remove_recipient(campaign_id, key, session=s))
+
+    def _campaigns(self) -> Campaigns:
+        if self._campaign_service is None:
+            from oaksend.worker.campaigns.service import Campaigns
+
+            self._campaign_service = Campaigns(self.settings, outbox=self._db.outbox)
+        return self._campaign_service
+
     def _wake_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self._wake())
         self._wakes.add(task)
@@ -126,6 +154,8 @@ class AsyncProducer:
         if self._wakes:
             await asyncio.gather(*self._wakes, return_exceptions=True)
         await self.redis.aclose()
+        if self._campaign_service is not None:
+            self._campaign_service.redis.close()
         await self._db.dispose()
 
     async def __aenter__(self) -> AsyncProducer:

@@ -351,8 +351,10 @@ class CampaignRepository(CampaignSyncRepository):
                               .where(Message.campaign_id == campaign_id, Message.state.in_(OPEN_STATES))) or 0
 
     def campaign_sent_any(self, session: Session, campaign_id: int) -> bool:
-        return session.scalar(select(Message.id).where(Message.campaign_id == campaign_id,
-                                                       Message.state != "pending").limit(1)) is not None
+        # Cancelled and expired messages were never sent: a campaign of only those has not run.
+        return session.scalar(select(Message.id).where(
+            Message.campaign_id == campaign_id,
+            Message.state.not_in(("pending", "cancelled", "expired"))).limit(1)) is not None
 
     def campaign_times(self, session: Session, phones: Sequence[str], lo: datetime,
                        hi: datetime) -> dict[str, list[datetime]]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, null, select, text, update
+from sqlalchemy import delete, func, null, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from oaksend.models.api_tables import WebhookDelivery, WebhookEvent
 from oaksend.models.repository.base import Repository, chunks, rowcount
 from oaksend.models.tables import (
     TERMINAL,
@@ -40,7 +41,8 @@ ANONYMIZED = {
 }
 #: Free text not tied to one message, cleared once older than the cutoff (both modes).
 FREE_TEXT = {
-    OperatorAudit.__tablename__: ("note",),
+    # `result` may quote an error's text (a value named in it): its counts stay in `count`.
+    OperatorAudit.__tablename__: ("note", "result"),
     Chatbot.__tablename__: ("pause_reason",),
 }
 #: Rows deleted with their campaign's end (phone, key and every audience column).
@@ -121,11 +123,17 @@ class RetentionRepository(Repository):
         """Clear the free text of FREE_TEXT older than `cutoff`: audit notes, reasons of pauses long over."""
         with self.session() as s:
             n = rowcount(s.execute(update(OperatorAudit)
-                                   .where(OperatorAudit.at < cutoff, OperatorAudit.note.is_not(None))
-                                   .values(note=null())))
+                                   .where(OperatorAudit.at < cutoff, OperatorAudit.state != "started",
+                                          or_(OperatorAudit.note.is_not(None), OperatorAudit.result.is_not(None)))
+                                   .values(note=null(), result=null())))
             n += rowcount(s.execute(update(Chatbot)
                                     .where(Chatbot.paused_until < cutoff, Chatbot.pause_reason.is_not(None))
                                     .values(pause_reason=null())))
+            # Status webhook events (their reason may quote the API's text) and their deliveries:
+            # retried for a day at most, so anything older than the cutoff is history only.
+            old_events = select(WebhookEvent.id).where(WebhookEvent.created_at < cutoff)
+            s.execute(delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(old_events)))
+            n += rowcount(s.execute(delete(WebhookEvent).where(WebhookEvent.created_at < cutoff)))
             return n
 
     # -- deleting a campaign --------------------------------------------------------------

@@ -148,3 +148,53 @@ def test_the_loop_runs_while_the_database_makes_enqueues_wait(pg_database: str, 
     assert len({i for batch in ids for i in batch}) == 50
     assert worst < 0.2, f"the event loop stalled {worst * 1000:.0f} ms"
     locker.dispose()
+
+
+def test_async_upsert_and_remove_recipient_follow_the_booking(settings: Any, outbox: Any) -> None:
+    """The booking system's calls from async code, in its AsyncSession: a move and a move back leave
+    one open reminder per offset; a removal rolled back with its transaction removes nothing."""
+    from datetime import timedelta
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from oaksend import AsyncProducer
+    from oaksend.models.db import make_async_engine
+    from oaksend.models.tables import Message
+    from oaksend.worker.campaigns.audience import AudienceSpec
+    from oaksend.worker.campaigns.schedule import parse_schedule
+    from oaksend.worker.campaigns.service import Campaigns, CampaignSpec
+    from oaksend.worker.clock import utcnow
+
+    a = (utcnow() + timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+    b = a + timedelta(hours=5)
+
+    def row(when: Any) -> dict[str, str]:
+        return {"booking": "b1", "phone": "+12125550101", "appt": when.isoformat()}
+
+    service = Campaigns(settings, outbox=outbox)
+    cid = service.create(CampaignSpec(name="async", chatbot=CHATBOT, tz="America/New_York",
+                                      audience=AudienceSpec(key_column="booking"), quiet_hours="off",
+                                      schedule=parse_schedule(before="appt:2h"), template="See you {appt:%H:%M}"),
+                         [row(a)]).id
+    service.redis.close()
+
+    def open_times() -> list[Any]:
+        with outbox.session() as s:
+            return sorted(m.next_attempt_at for m in s.scalars(
+                select(Message).where(Message.campaign_id == cid, Message.state == "pending")))
+
+    async def scenario() -> None:
+        engine = make_async_engine(settings.database_url)
+        async with AsyncProducer(settings, engine=engine) as producer:
+            await producer.upsert_recipient(cid, row(b))                       # moved: its own transaction
+            async with AsyncSession(engine) as s, s.begin():
+                await producer.upsert_recipient(cid, row(a), session=s)     # moved back, in the caller's
+            async with AsyncSession(engine) as s:
+                await s.begin()
+                await producer.remove_recipient(cid, "b1", session=s)
+                await s.rollback()                                           # the booking stays
+        await engine.dispose()
+
+    asyncio.run(scenario())
+    times = open_times()
+    assert len(times) == 1 and times[0].replace(tzinfo=None) == (a - timedelta(hours=2)).replace(tzinfo=None)

@@ -174,3 +174,27 @@ def test_an_empty_campaign_is_refused_unless_allowed_and_preview_says_why(zcli: 
     assert allowed.code == 0, allowed.err
     assert (allowed.json()["messages"], allowed.json()["skipped"]) == (0, {"quiet_hours": 1})
     assert campaigns(zcli) == before + 1
+
+
+def test_segments_are_totalled_and_max_segments_skips_the_long_ones(zcli: Cli) -> None:
+    """A name with a curly apostrophe turns its text into UCS-2 (70 characters a segment): preview
+    says so; --max-segments skips and counts such a recipient, and the campaign keeps the limit."""
+    long_note = "Please bring your insurance card and arrive ten minutes early for paperwork."
+    path = csv(zcli.cwd, "segments.csv", "phone,name,note",
+               ["+12125550171,Ann," + long_note, "+12125550172,O\u2019Brien," + long_note])
+    args = ["--name", "segments", "--chatbot", CHATBOT, "--audience", path, "--template", "Hi {name}. {note}",
+            "--at", "2027-01-05T10:00", "--tz", "America/New_York"]
+    report = zcli("campaign", "preview", *args, "--json").json()
+    assert report["messages"] == 2
+    assert report["segments"] == {"total": 3, "ucs2_messages": 1, "longest": 2}
+    text = zcli("campaign", "preview", *args)
+    assert "segments: 3 in all" in text.out and "1 message(s) in UCS-2" in text.out
+
+    created = zcli("campaign", "create", *args, "--max-segments", "1", "--json")
+    assert created.code == 0, created.err
+    assert (created.json()["messages"], created.json()["skipped"]) == (1, {"too_many_segments": 1})
+    shown = zcli("campaign", "show", str(created.json()["id"]), "--json").json()
+    assert shown["max_segments"] == 1
+    assert list(messages(zcli, created.json()["id"])) == ["+12125550171"]
+    refused = zcli("campaign", "create", *args, "--max-segments", "0")
+    assert refused.code == 2 and "max_segments" in one_line(refused.err)

@@ -84,6 +84,7 @@ def test_purge_deletes_exactly_the_old_terminal_messages(database_url: str, db: 
     assert dry.returncode == 0, dry.stderr
     preview = json.loads(dry.stdout)
     assert preview["count"] == len(TERMINAL_STATES)
+    assert preview["campaign_recipients"] == 0  # no campaign ended here
     assert {r["id"] for r in preview["sample"]} == {aged["old"][s] for s in TERMINAL_STATES}
     assert snapshot(db) == before  # a dry run changes nothing
 

@@ -46,6 +46,10 @@ def test_a_normal_message_overtakes_ten_thousand_bulk_reminders(make_stack: Any,
     after = [r for r in bot_requests() if r["received_at"] >= enqueued_at]
     phones = [r["to_phone_number"] for r in after]
     assert CONFIRMATION in phones
+    reached = next(r["received_at"] for r in after if r["to_phone_number"] == CONFIRMATION)
+    # A figure, not a timed assertion (docs/benchmarks.md): the goal is about 1.5 s at 5/s.
+    print(f"the confirmation reached the API {reached - enqueued_at:.2f} s after it was enqueued, "
+          f"{phones.index(CONFIRMATION)} bulk request(s) before it")
     # Only what was already leased (about one second of the rate) went before it.
     assert phones.index(CONFIRMATION) < 10, phones[:12]
     assert outbox.counts()["pending"] > BULK - 100  # the campaign was still waiting meanwhile

@@ -79,7 +79,20 @@ def seed(outbox: Any, producer: Any, settings: Any) -> dict[str, int]:
         s.execute(text("INSERT INTO oaksend_operator_actions (message_id, action, from_state, actor, at, note) "
                        "VALUES (:id, 'resolve failed', 'unknown', 'ops', :at, :note)"),
                   {"id": mid, "at": old, "note": f"called {NAME} on {PHONE}"})
-    outbox.record_audit("resolve --failed", {"ids": [mid]}, 1, "ops", old, note=f"{NAME} said {PHONE} is wrong")
+    audit_id = outbox.record_audit("resolve --failed", {"ids": [mid]}, 1, "ops", old,
+                                   note=f"{NAME} said {PHONE} is wrong")
+    with outbox.session() as s:  # a status webhook event whose reason quotes the API, and its delivery
+        event_id = s.execute(text(
+            "INSERT INTO oaksend_webhook_events (message_id, serial_number, event, payload, created_at) "
+            "VALUES (:id, :sn, 'failed', :p, :at) RETURNING id"),
+            {"id": mid, "sn": CHATBOT, "at": old,
+             "p": json.dumps({"data": {"id": mid, "reason": f"The 'To' number {PHONE} is not valid"}})}).scalar()
+        s.execute(text("INSERT INTO oaksend_webhook_deliveries (event_id, endpoint_id, message_id, state, attempts, "
+                       "next_attempt_at, last_error, created_at) VALUES (:e, 1, :id, 'failed', 3, :at, :err, :at)"),
+                  {"e": event_id, "id": mid, "at": old, "err": f"receiver said {NAME}"})
+    with outbox.session() as s:  # a failed command's error, quoting a value
+        s.execute(text("UPDATE oaksend_operator_audit SET result = :r WHERE id = :id"),
+                  {"r": json.dumps({"error": f"refused {PHONE} for {NAME}"}), "id": audit_id})
     outbox.pause(CHATBOT, old + timedelta(hours=1), f"paused: {NAME} complained", old)
     with outbox.session() as s:
         s.execute(text("INSERT INTO oaksend_suppressed_numbers (to_phone, reason, at) VALUES (:p, 'stop', :at)"),

@@ -56,12 +56,13 @@ def log_in(driver: Any, url: str, name: str) -> None:
 def text_of(driver: Any, css: str) -> str:
     from selenium.webdriver.common.by import By
 
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.wait import WebDriverWait
 
-    # A click that navigates returns before the next page is there: wait for the element.
-    found = WebDriverWait(driver, 10).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
-    return str(found.text)
+    # A click that navigates returns before the next page is there, and live updates replace
+    # elements between finding one and reading it: find and read again until both happen.
+    wait = WebDriverWait(driver, 10, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    return str(wait.until(lambda d: (d.find_element(By.CSS_SELECTOR, css).text,))[0])
 
 
 def test_an_operator_finds_a_failed_message_retries_it_and_watches_it_sent(

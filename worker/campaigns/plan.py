@@ -78,6 +78,8 @@ class CampaignPlan:
     tz_column: str | None = None
     #: OAKSEND_KEY_HASH_SECRET: message keys hold a keyed digest of the recipient's key (oaksend.models.keyhash).
     key_secret: str | None = None
+    #: --max-segments: a recipient whose text is longer is skipped ("too_many_segments"), never sent.
+    max_segments: int | None = None
 
     def occurrences(self, recipient: Recipient, now: datetime, *, window: tuple[datetime, datetime] | None = None,
                     row: int | None = None) -> tuple[list[Planned], Counter[str]]:
@@ -113,6 +115,8 @@ class CampaignPlan:
                 deadline = at + (self.deadline or DEFAULT_DEADLINE)
                 times.append((occurrence_label(at), at, deadline if following is None else min(deadline, following)))
         body = self.render(recipient, prefix)
+        if self.max_segments is not None and times and count_segments(body) > self.max_segments:
+            return [], Counter({"too_many_segments": len(times)})
         zones = self.zones_of(recipient).quiet
         skipped: Counter[str] = Counter({"missed": superseded} if superseded else {})
         out: list[Planned] = []
@@ -254,6 +258,7 @@ def plan_from_row(campaign: Any, template: Template, schedule: Schedule, *, key_
         missed=campaign.missed,
         tz_column=campaign.tz_column,
         key_secret=key_secret,
+        max_segments=campaign.max_segments,
     )
 
 

@@ -18,6 +18,7 @@ from oaksend.worker.campaigns.audience import AudienceError, RowError, from_dict
 from oaksend.worker.campaigns.plan import FALLBACK, CampaignPlan, summary, why_empty
 from oaksend.worker.campaigns.schedule import Cron
 from oaksend.worker.campaigns.spec import BAD_ROWS, CRON_HORIZON, CampaignSpec
+from oaksend.worker.message.segments import count_segments, encoding
 
 __all__ = ["Previews", "report"]
 
@@ -39,15 +40,23 @@ class Previews:
         errors: list[RowError] = []
         counts: Counter[str] = Counter()
         recipients = messages = 0
+        segments: Counter[str] = Counter()
         for recipient, planned in self._recipients(rows, spec.audience, plan, now, errors, counts, window):
             recipients += 1
             messages += len(planned)
+            for p in planned:
+                n = count_segments(p.body)
+                segments["total"] += n
+                segments["ucs2"] += encoding(p.body) == "UCS-2"
+                segments["longest"] = max(segments["longest"], n)
             fallback = plan.zones_of(recipient).fallback
             if fallback:
                 counts[FALLBACK + fallback] += 1
         if errors:
             raise AudienceError(errors, counts[BAD_ROWS])
-        return report(recipients, messages, counts, tz=plan.tz.key)
+        return report(recipients, messages, counts, tz=plan.tz.key,
+                      segments={"total": segments["total"], "ucs2_messages": segments["ucs2"],
+                                "longest": segments["longest"]})
 
 
 def report(recipients: int, messages: int, counts: Counter[str] | dict[str, int], **extra: Any) -> dict[str, Any]:

@@ -104,7 +104,9 @@ class Campaigns(AudienceSync, CronTicks, Previews):
         if not isinstance(spec.name, str) or not spec.name.strip() or len(spec.name) > 200:
             raise ValidationError("name", "is required (at most 200 characters)")
         check_serial_number(spec.chatbot)
-        tz = zone(spec.tz, "tz")
+        if not (spec.tz or self.settings.campaign_timezone):
+            raise ValidationError("tz", "is required (e.g. America/New_York), or set OAKSEND_CAMPAIGN_TIMEZONE")
+        tz = zone(spec.tz or self.settings.campaign_timezone or "", "tz")
         template = parse_template(spec.template, header)
         check_columns(header, spec.audience, needed_columns(spec.schedule, template.names))
         if spec.frequency_cap is not None and (not isinstance(spec.frequency_cap, int) or spec.frequency_cap < 1):
@@ -123,9 +125,11 @@ class Campaigns(AudienceSync, CronTicks, Previews):
             if spec.rate_cap_per_s > limit:
                 raise ValidationError("rate_cap",
                                       f"{spec.rate_cap_per_s:g}/s is above the chatbot's limit ({limit:g}/s)")
+        if spec.max_segments is not None and (not isinstance(spec.max_segments, int) or spec.max_segments < 1):
+            raise ValidationError("max_segments", "must be a whole number of segments, at least 1")
         return CampaignPlan(spec.name.strip(), template, spec.schedule, tz, parse_window(spec.quiet_hours),
                             deadline, spec.missed, tz_column=spec.audience.tz_column,
-                            key_secret=self.settings.key_secret)
+                            key_secret=self.settings.key_secret, max_segments=spec.max_segments)
 
     def _chatbot_rate(self, chatbot: str) -> float:
         row = self.outbox.chatbots([chatbot]).get(chatbot)
@@ -181,6 +185,7 @@ class Campaigns(AudienceSync, CronTicks, Previews):
                 "tz_column": spec.audience.tz_column, "quiet_hours": str(plan.quiet) if plan.quiet else None,
                 "deadline_s": plan.deadline.total_seconds() if plan.deadline else None,
                 "rate_cap_per_s": spec.rate_cap_per_s, "frequency_cap": spec.frequency_cap,
+                "max_segments": spec.max_segments,
                 "missed": spec.missed, "state": "draft" if spec.draft else "scheduled",
                 "skipped": {}, "recipients": 0,
                 "materialized_until": window[1] if window else None, "created_at": now, "updated_at": now,
@@ -334,6 +339,7 @@ class Campaigns(AudienceSync, CronTicks, Previews):
             "id": c.id, "name": c.name, "chatbot": c.serial_number, "state": c.state,
             "schedule": {"kind": kind, **data}, "tz": c.tz, "quiet_hours": c.quiet_hours or "off",
             "deadline_s": c.deadline_s, "rate_cap_per_s": c.rate_cap_per_s, "frequency_cap": c.frequency_cap,
+            "max_segments": c.max_segments,
             "missed": c.missed, "recipients": c.recipients, "messages": counts, "skipped": skipped,
             "next_send_at": None if first is None else first.isoformat(), "last_error": c.last_error,
             "eta": eta.isoformat() if eta else None, "priority": "bulk",

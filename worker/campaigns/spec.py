@@ -34,7 +34,8 @@ class CampaignSpec:
     chatbot: str
     template: str
     schedule: Schedule
-    tz: str = "UTC"
+    #: The campaign's IANA zone; None: OAKSEND_CAMPAIGN_TIMEZONE, else a ValidationError (never a silent UTC).
+    tz: str | None = None
     audience: AudienceSpec = field(default_factory=AudienceSpec)
     quiet_hours: str | None = "21:00-08:00"
     deadline: str | None = None
@@ -45,6 +46,8 @@ class CampaignSpec:
     draft: bool = False
     #: Create it even when it would write no message (a relative or once campaign; cron may start empty).
     allow_empty: bool = False
+    #: Skip (and count) a recipient whose text would take more SMS segments than this.
+    max_segments: int | None = None
 
 
 @dataclass

@@ -94,10 +94,12 @@ def sample_rows(outbox: Any, ids: list[int]) -> list[dict[str, Any]]:
 
 
 def print_preview(args: argparse.Namespace, verb: str, count: int, sample: list[dict[str, Any]], *,
-                  selected: int | None = None, refused: dict[str, int] | None = None) -> None:
-    """What a dry run found: `count` messages would change (of `selected`), and why the others would not."""
+                  selected: int | None = None, refused: dict[str, int] | None = None,
+                  extra: dict[str, Any] | None = None) -> None:
+    """What a dry run found: `count` messages would change (of `selected`), and why the others would not
+    (`extra`: what else would change, in the JSON)."""
     if getattr(args, "json", False):
-        data: dict[str, Any] = {"dry_run": True, "command": verb, "count": count, "sample": sample}
+        data: dict[str, Any] = {"dry_run": True, "command": verb, "count": count, "sample": sample, **(extra or {})}
         if selected is not None:
             data.update(selected=selected, refused=refused or {})
         print_json(data)

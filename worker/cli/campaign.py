@@ -56,7 +56,7 @@ def _spec(args: argparse.Namespace) -> Any:
         audience=AudienceSpec(args.phone_column, args.key_column, args.tz_column),
         quiet_hours=args.quiet_hours, deadline=args.deadline, rate_cap_per_s=args.rate_cap, missed=args.missed,
         frequency_cap=args.frequency_cap, draft=getattr(args, "draft", False),
-        allow_empty=getattr(args, "allow_empty", False),
+        allow_empty=getattr(args, "allow_empty", False), max_segments=args.max_segments,
     )
 
 
@@ -94,7 +94,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if result.expiring:  # written all the same: the chatbot's limit may be raised before they are due
         print(f"oaksend: warning: {result.expiring} of {result.messages} message(s) are certain to expire: "
               "the chatbot's limit (or --rate-cap) cannot send them before their deadlines", file=sys.stderr)
-    counts = report(result.recipients, result.messages, result.skipped, tz=spec.tz, tz_source=args.tz_source)
+    counts = report(result.recipients, result.messages, result.skipped, tz=str(spec.tz), tz_source=args.tz_source)
     if args.json:
         print_json({"id": result.id, **counts})
     else:
@@ -317,6 +317,8 @@ def _campaign_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--rate-cap", type=float, help="messages per second for this campaign (at most the chatbot's)")
     p.add_argument("--frequency-cap", type=int,
                    help="at most N campaign messages (of any campaign) per number within 24 h (default: no cap)")
+    p.add_argument("--max-segments", type=int, help="skip (and count) a recipient whose text takes more SMS "
+                   "segments than this (default: no limit)")
     p.add_argument("--missed", choices=["send", "skip"], default="send",
                    help="an occurrence missed during downtime: send late (while its deadline allows) or skip")
     p.add_argument("--json", action="store_true")

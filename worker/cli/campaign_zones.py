@@ -63,6 +63,11 @@ def print_counts(counts: dict[str, Any], source: str | None = None, file: TextIO
     if counts["campaign_zone"]:
         print(f"quiet hours in the campaign's zone ({counts['tz']}): {sum(counts['campaign_zone'].values())} "
               f"recipient(s): " + _by_cause(counts["campaign_zone"]), file=out)
+    seg = counts.get("segments")
+    if seg and counts["messages"]:
+        print(f"segments: {seg['total']} in all, {seg['total'] / counts['messages']:.1f} a message; longest "
+              f"{seg['longest']}; {seg['ucs2_messages']} message(s) in UCS-2 (70 characters a segment: an emoji, a "
+              f"curly quote or a letter outside GSM-7 does that)", file=out)
     if counts.get("why_empty"):
         print(f"no messages: {counts['why_empty']}", file=out)
 

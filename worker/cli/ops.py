@@ -215,11 +215,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
     verb = "anonymize" if args.anonymize else "purge"
     count, sample = outbox.purge_preview(cutoff, args.anonymize, SAMPLE)
     if args.dry_run:
+        recipients = outbox.purge_recipients_preview(cutoff)
         _print_preview(args, f"purge{' --anonymize' if args.anonymize else ''}", count,
-                       _sample_rows(outbox, [m.id for m in sample]))
+                       _sample_rows(outbox, [m.id for m in sample]), extra={"campaign_recipients": recipients})
         if not args.json:
-            print(f"and {outbox.purge_recipients_preview(cutoff)} recipients of campaigns that ended before "
-                  f"{iso(cutoff)} would be deleted")
+            print(f"and {recipients} recipients of campaigns that ended before {iso(cutoff)} would be deleted")
         return EXIT_OK
     if not confirm(args, verb, count):
         print(f"oaksend: {verb}: not confirmed; nothing was changed", file=sys.stderr)
