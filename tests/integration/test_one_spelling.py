@@ -8,7 +8,7 @@ blocks every other, and an idempotency key dedupes across spellings.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,10 +17,10 @@ from sqlalchemy import select
 from oaksend.errors import IdempotencyConflict, ValidationError
 from oaksend.models.tables import CampaignRecipient, Message
 from oaksend.worker.campaigns.audience import AudienceError, AudienceSpec
-from oaksend.worker.campaigns.schedule import parse_schedule
-from oaksend.worker.campaigns.service import Campaigns, CampaignSpec
+from oaksend.worker.campaigns.service import Campaigns
 from oaksend.worker.clock import utcnow
 from oaksend.worker.message.validation import SendRequest
+from tests.integration.test_frequency_cap import campaign_messages, once, rows
 from tests.support import CHATBOT, wait_until
 
 CANONICAL = "+447911123456"
@@ -33,24 +33,6 @@ def campaigns(settings: Any, outbox: Any) -> Iterator[Campaigns]:
     service = Campaigns(settings, outbox=outbox)
     yield service
     service.redis.close()
-
-
-def once(at: datetime, **overrides: Any) -> CampaignSpec:
-    values: dict[str, Any] = dict(name="reminders", chatbot=CHATBOT, template="Hi {first_name}",
-                                  schedule=parse_schedule(at=at.astimezone(timezone.utc).replace(tzinfo=None)
-                                                          .isoformat(timespec="seconds")),
-                                  tz="UTC", audience=AudienceSpec(key_column="booking"), quiet_hours="off")
-    values.update(overrides)
-    return CampaignSpec(**values)
-
-
-def rows(*phones: str) -> list[dict[str, str]]:
-    return [{"booking": f"b{i}", "phone": p, "first_name": f"P{i}"} for i, p in enumerate(phones)]
-
-
-def campaign_messages(outbox: Any, campaign_id: int) -> list[Message]:
-    with outbox.session() as s:
-        return list(s.scalars(select(Message).where(Message.campaign_id == campaign_id).order_by(Message.id)))
 
 
 def test_the_producer_stores_the_canonical_spelling(producer: Any, outbox: Any) -> None:
