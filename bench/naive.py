@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from celery import Celery
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -45,6 +44,8 @@ from sqlalchemy import (
     select,
     update,
 )
+
+from bench.baseline_app import baseline_app
 
 BROKER_URL = os.environ.get("BENCH_NAIVE_BROKER_URL", "redis://127.0.0.1:6379/14")
 DATABASE_URL = os.environ.get("BENCH_NAIVE_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/oaksend_bench")
@@ -78,21 +79,7 @@ attempts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-app = Celery("bench_naive", broker=BROKER_URL, set_as_current=False)
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    result_backend=None,
-    task_default_queue=QUEUE,
-    task_acks_late=False,
-    worker_prefetch_multiplier=1,
-    worker_send_task_events=False,
-    task_send_sent_event=False,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
-    broker_pool_limit=10,
-)
+app = baseline_app("bench_naive", BROKER_URL, QUEUE)
 
 
 def make_engine(url: str, pool_size: int) -> Any:

@@ -18,7 +18,8 @@ import os
 import time
 
 import redis
-from celery import Celery
+
+from bench.baseline_app import baseline_app
 
 #: The broker (and the counter's home): a Redis db of its own, flushed by the benchmark.
 BROKER_URL = os.environ.get("BENCH_NOOP_BROKER_URL", "redis://127.0.0.1:6379/14")
@@ -27,21 +28,7 @@ TASK = "bench.noop"
 DONE_KEY = "bench:noop:done"
 LAST_KEY = "bench:noop:last"
 
-app = Celery("bench_noop", broker=BROKER_URL, set_as_current=False)
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    result_backend=None,
-    task_default_queue=QUEUE,
-    task_acks_late=False,
-    worker_prefetch_multiplier=1,
-    worker_send_task_events=False,
-    task_send_sent_event=False,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
-    broker_pool_limit=10,
-)
+app = baseline_app("bench_noop", BROKER_URL, QUEUE)
 
 _counter = redis.Redis.from_url(BROKER_URL, socket_timeout=5, socket_connect_timeout=5)
 

@@ -7,7 +7,7 @@ Everything here acts on real processes, sockets and servers on 127.0.0.1:
   application name);
 - libfaketime: where Debian's library is, and the environment that starts a
   process with its wall clock offset (monotonic time stays real);
-- `debug_redis_server`: a redis-server of the test's own that accepts `DEBUG SLEEP`;
+- Redis stalls: `tests.support.private_redis_server` (a server of the test's own, DEBUG allowed) and `stall_redis`;
 - `TcpProxy`: a TCP proxy that can stall or reset its connections (a worker cut from Redis);
 - `Stream`: messages enqueued at a steady rate from a thread while faults are injected;
 - `terminate_backends`, `audit`: a database blip, and the exactness figures of a run.
@@ -24,9 +24,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from sqlalchemy import create_engine, func, select, text
 from oaksend.models.tables import Attempt, Message
 from oaksend.worker.message.validation import SendRequest
 from tests.faults.report import SUMMARIES, delivered, summarize
-from tests.support import CI, ROOT, Stack, free_port, unavailable, wait_until
+from tests.support import CI, ROOT, Stack, wait_until
 
 TERMINAL = frozenset({"sent", "failed", "unknown", "expired", "cancelled"})
 OPEN = ("pending", "dispatched", "sending")
@@ -159,39 +159,6 @@ def measured_offset_s(env: dict[str, str]) -> float:
 
 
 # -- Redis ------------------------------------------------------------------------------------
-@contextmanager
-def debug_redis_server(directory: Path) -> Iterator[str]:
-    """A redis-server of the test's own that accepts DEBUG from 127.0.0.1 (`DEBUG SLEEP` stalls it).
-
-    `tests.support.private_redis_server` starts redis-server without `--enable-debug-command`, and
-    Redis 7 refuses DEBUG then (the setting cannot change at runtime), hence this twin of it.
-    """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server", FileNotFoundError("redis-server is not on PATH"))
-        raise AssertionError("unreachable")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--enable-debug-command", "local", "--dir", str(directory)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url)
-
-    def up() -> bool:
-        try:
-            return bool(probe.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(up, 10, what="a private redis-server")
-        yield url
-    finally:
-        probe.close()
-        proc.terminate()
-        proc.wait(10)
-
-
 def stall_redis(url: str, seconds: float) -> float:
     """`DEBUG SLEEP seconds` from a connection of its own; returns how long the server was blocked."""
     client = redis.Redis.from_url(url, socket_timeout=seconds + 30)

@@ -51,7 +51,6 @@ from tests.faults.harness import (
     audit,
     blip_when_written,
     chatbots,
-    debug_redis_server,
     faketime_env,
     measured_offset_s,
     message_rows,
@@ -61,7 +60,7 @@ from tests.faults.harness import (
     wait_drained,
     wait_for_calls_out,
 )
-from tests.support import reset_pg, stack_env, wait_until
+from tests.support import private_redis_server, reset_pg, stack_env, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -107,7 +106,7 @@ def database_url(pg_database: str) -> str:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[str]:
     """A redis-server of this run's own (DEBUG allowed): stalls and cuts reach no other test."""
-    with debug_redis_server(tmp_path) as url:
+    with private_redis_server(tmp_path) as url:
         yield url
 
 

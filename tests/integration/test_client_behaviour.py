@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,19 +209,6 @@ def drip_head(server: RawServer, conn: socket.socket) -> None:
 
 
 # --- the transport ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_server() -> Iterator[Callable[[Handler], RawServer]]:
-    servers: list[RawServer] = []
-
-    def make(handler: Handler) -> RawServer:
-        servers.append(RawServer(handler))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def call(url: str, message: str = "Hello!", **options: Any) -> CallResult:

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -56,19 +56,6 @@ def by_phone(delays: dict[str, float] | None = None, statuses: dict[str, int] | 
         conn.sendall(http_response(status, json.dumps(SUCCESS).encode(), {"Content-Type": "application/json"}))
 
     return handler
-
-
-@pytest.fixture
-def make_server() -> Iterator[Callable[[Handler], RawServer]]:
-    servers: list[RawServer] = []
-
-    def make(handler: Handler) -> RawServer:
-        servers.append(RawServer(handler))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def phones(server: RawServer) -> list[str]:

@@ -302,14 +302,3 @@ def test_a_blackholed_first_address_falls_through_to_the_next(
     assert 0.2 <= took < 2.5, took
 
 
-@pytest.fixture
-def make_server() -> Iterator[Callable[[Handler], RawServer]]:
-    servers: list[RawServer] = []
-
-    def make(handler: Handler) -> RawServer:
-        servers.append(RawServer(handler))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
